@@ -1,0 +1,45 @@
+# dkbench — `make demo` runs the main job, `make test` the tests; both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The shared public datasets live beside the checkout on the project's machines.
+DKBENCH_DATA ?= $(abspath ../shared/datasets)
+export DKBENCH_DATA
+# Cached bytecode halves import time of the stack (this environment disables it by default).
+export PYTHONDONTWRITEBYTECODE=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-full bench clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@# medmnist (for its official Evaluator in tests) declares torchvision, which breaks the CPU stack:
+	$(PY) -m pip install --quiet --no-deps medmnist==3.0.2
+	$(PY) -m compileall -q $(VENV)/lib > /dev/null || true
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install dkbench with dev extras (re-runs when pyproject.toml changes)
+
+demo: $(STAMP) ## main job: runs on the embedded probe dataset (+ BreastMNIST when present), offline
+	$(VENV)/bin/dkbench demo
+
+test: $(STAMP) ## fast test suite (offline; slow tests deselected)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-full: $(STAMP) ## every test, including slow end-to-end runs
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## speed benchmark: dkbench vs a plain PyTorch loop (writes benchmarks/results/)
+	$(PY) benchmarks/bench_throughput.py
+
+clean: ## remove runs, reports, caches (keeps .venv)
+	rm -rf runs reports .pytest_cache .cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

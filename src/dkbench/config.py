@@ -1,0 +1,41 @@
+"""Where the Hydra config tree lives, and the OmegaConf resolvers it uses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def config_dir() -> Path:
+    """`configs/` of the checkout (editable install), or DKBENCH_CONFIG_DIR."""
+    env = os.environ.get("DKBENCH_CONFIG_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "configs")
+    for path in candidates:
+        if (path / "train.yaml").exists():
+            return path
+    raise FileNotFoundError(
+        f"dkbench's configs/ folder was not found (looked in {[str(c) for c in candidates]}). "
+        "Install dkbench editable from its checkout (`make install`) or set DKBENCH_CONFIG_DIR."
+    )
+
+
+def _int_mul(value: int, factor: float) -> int:
+    return int(round(float(value) * float(factor)))
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "dk_cwd": lambda: os.getcwd(),
+        "dk_isatty": lambda: sys.stdout.isatty(),
+        "dk_int_mul": _int_mul,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

@@ -1,0 +1,1 @@
+"""Data: readers (one per dataset family), saved splits, the in-memory DataModule."""

@@ -1,0 +1,1 @@
+"""Task → metric sets (torchmetrics), configured to equal the published evaluators."""

@@ -1,0 +1,1 @@
+"""Runs: one config → one run folder (train), and grids of them (sweep)."""

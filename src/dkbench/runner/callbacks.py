@@ -1,0 +1,49 @@
+"""Callbacks the runner adds to every Trainer."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+
+
+class TrainThroughput(pl.Callback):
+    """Training images per second, timed from the first batch fetch to the end of the last
+    training step of each epoch (validation excluded), summed over epochs."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._start: float | None = None
+        self._last_end: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        self._last_end = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += int(batch["image"].shape[0])
+        self._last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._start is not None and self._last_end is not None:
+            self.seconds += self._last_end - self._start
+        self._start = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training loss became NaN/inf: the run is recorded as failed."""
+
+
+class FailOnNonFiniteLoss(pl.Callback):
+    """Checks the epoch's mean loss (one sync per epoch, not per step)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(f"non-finite training loss {float(loss)} at epoch {trainer.current_epoch}")

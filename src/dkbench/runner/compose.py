@@ -1,0 +1,15 @@
+"""Compose a run config in process (tests, `dkbench demo`, the sweep runner) without Hydra's CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dkbench.config import config_dir
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))

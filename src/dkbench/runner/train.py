@@ -1,0 +1,165 @@
+"""`train(cfg)`: one composed config → one finished run folder.
+
+Flow: data → backbone → strategy → Lightning module → fit → test on the best-validation
+checkpoint → run folder. A finished folder with the same config hash is returned as is; an
+interrupted one resumes from `checkpoints/last.ckpt`; one finished under another config is
+moved to `superseded/<hash>/` first, never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from dkbench.backbones import create_backbone
+from dkbench.data.datamodule import DKDataModule
+from dkbench.data.loading import load_dataset
+from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
+from dkbench.runner.environment import git_sha, hardware, package_versions
+from dkbench.runner.run_folder import RunFolder, config_hash
+from dkbench.strategies import StrategyContext, create_strategy
+
+log = logging.getLogger("dkbench")
+
+
+def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a (possibly empty / null) config group."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def _backbone_factory(cfg: DictConfig, spec):
+    def make():
+        return create_backbone(
+            cfg.backbone.name,
+            in_chans=spec.in_chans,
+            spatial_dims=spec.spatial_dims,
+            img_size=spec.size,
+            pretrained=bool(cfg.backbone.get("pretrained", False)),
+            weights=cfg.backbone.get("weights"),
+            **dict(cfg.backbone.get("kwargs") or {}),
+        )
+
+    return make
+
+
+def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
+    """The task module from `configs/model/*.yaml`: its class, optimizer and scheduler partials."""
+    options = {k: v for k, v in model_cfg.items() if k not in ("_target_", "optimizer", "scheduler")}
+    return get_class(model_cfg._target_)(
+        **parts,
+        optimizer=instantiate(model_cfg.optimizer),
+        scheduler=instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None,
+        **options,
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment; returns the metrics dict written to metrics.json."""
+    run = RunFolder(cfg.paths.run_dir)
+    cfg_hash = config_hash(cfg)
+    previous = run.done_hash
+    if previous == cfg_hash:
+        log.info("already done (config %s): %s", cfg_hash, run.path)
+        return run.read_json("metrics.json")
+    if previous is not None:
+        moved = run.supersede(previous)
+        log.warning("run folder held results of another config (%s): moved to %s", previous, moved)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.clear_stale(cfg_hash)
+    started = time.time()
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+    arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    spec = arrays.spec
+    strategy = create_strategy(cfg.strategy.name, **dict(cfg.strategy.get("options") or {}))
+    strategy.check_compatible(spec)
+    make_backbone = _backbone_factory(cfg, spec)
+    strategy.prepare(
+        StrategyContext(
+            arrays=arrays,
+            cache_dir=Path(cfg.paths.cache_dir),
+            seed=int(cfg.seed),
+            make_backbone=make_backbone,
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        )
+    )
+    net = strategy.build_net(make_backbone(), spec)
+    module = build_module(cfg.model, net=net, spec=spec, strategy=strategy)
+
+    datamodule = DKDataModule(
+        arrays,
+        exclude=spec.label_derived,  # label-derived keys never reach a model
+        seed=int(cfg.seed),
+        sampler_factory=strategy.train_sampler,
+        **dict(cfg.data),
+    )
+
+    ckpt_dir = run.file("checkpoints")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "CONFIG_HASH").write_text(cfg_hash)
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=cfg.monitor.metric, mode=cfg.monitor.mode,
+        save_last=True, save_top_k=1, auto_insert_metric_name=False,
+    )
+    throughput = TrainThroughput()
+    callbacks = [best, throughput, FailOnNonFiniteLoss(), *_instantiate_list(cfg.get("callbacks"))]
+    loggers = _instantiate_list(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    resume = ckpt_dir / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
+        best_path = best.best_model_path or None
+        test_out = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
+    finally:
+        _finish_wandb(loggers)
+
+    best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] if best_path else None
+    metrics = {
+        **{k: float(v) for k, v in test_out.items() if k.startswith("test/")},
+        "selection": {"monitor": cfg.monitor.metric, "mode": cfg.monitor.mode,
+                      "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
+                      "best_epoch": best_epoch, "checkpoint": "best" if best_path else "last"},
+        "epochs_trained": trainer.current_epoch,
+        "wall_time_s": round(time.time() - started, 2),
+        "train_images_per_s": round(throughput.images_per_second, 2),
+    }
+    run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    assert module.test_predictions is not None
+    run.write_text("predictions.csv", module.test_predictions.to_csv(index=False))
+    run.write_json("metadata.json", {
+        "config_hash": cfg_hash,
+        "suite": cfg.suite_name, "dataset": spec.name, "backbone": cfg.backbone.name,
+        "strategy": strategy.metadata(), "seed": int(cfg.seed), "task": spec.task,
+        "data": {"checksum_sha256": arrays.checksum, "split_sizes": {k: len(v) for k, v in arrays.splits.items()},
+                 "source": spec.source, "notes": arrays.notes},
+        "versions": package_versions(), "git_sha": git_sha(), "hardware": hardware(),
+        "params": sum(p.numel() for p in module.net.parameters()),
+    })
+    run.write_json("metrics.json", metrics)
+    if not cfg.get("keep_checkpoints", True):
+        for f in ckpt_dir.glob("*.ckpt"):
+            f.unlink()
+    run.mark_done(cfg_hash)
+    log.info("finished %s: %s", run.path, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
+    return metrics
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """`wandb.finish()` after every run, or the next run in this process logs into it."""
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()

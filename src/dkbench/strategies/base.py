@@ -1,0 +1,119 @@
+"""The strategy interface: how a piece of domain knowledge enters training.
+
+The task modules call these hooks and never branch on a strategy's name, so a new strategy is
+one subclass + one YAML. Each hook's default is plain supervised training; a strategy
+overrides only the hooks its knowledge needs:
+
+- `prepare`          cached pre-stage (source pre-training, feature extraction, shape AE);
+- `build_net`        wrap or extend the network (extra heads, fusion branches, decoders);
+- `train_sampler`    change which samples are drawn (curriculum);
+- `transform_batch`  change a batch before the forward pass (ROI crops, extra channels);
+- `loss_terms`       weight samples / add loss terms (self-paced, attention supervision);
+- `postprocess`      change outputs before metrics (decision-level fusion, clean-up);
+- `metadata`         facts the run folder must record (e.g. which ROI is used at test time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from dkbench.backbones.base import Backbone
+from dkbench.data.spec import DatasetArrays, DatasetSpec
+from dkbench.metrics.classification import num_outputs
+
+CLASSIFICATION_TASKS = frozenset({"binary", "multiclass", "multilabel"})
+
+
+class IncompatibleStrategyError(ValueError):
+    """A strategy cannot run on a dataset; the message names what is missing."""
+
+
+@dataclass
+class StrategyContext:
+    """What a pre-stage may use: the data, a way to build backbones, a cache folder."""
+
+    arrays: DatasetArrays
+    cache_dir: Path
+    seed: int
+    make_backbone: Any  # () -> Backbone, with the run's backbone settings
+    config: dict = field(default_factory=dict)
+
+
+class ClassifierNet(nn.Module):
+    """Backbone + linear head; returns the outputs strategies and metrics read."""
+
+    def __init__(self, backbone: Backbone, num_out: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(backbone.num_features, num_out)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        feature_map = self.backbone.forward_features(batch["image"])
+        embedding = self.backbone.pool(feature_map)
+        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding, "feature_map": feature_map}
+
+
+class Strategy:
+    """Base class; subclasses set `name`, `requires`, `tasks`, `citation` and override hooks."""
+
+    name: ClassVar[str] = ""
+    #: Keys of DatasetSpec.provides the strategy needs.
+    requires: ClassVar[frozenset[str]] = frozenset()
+    tasks: ClassVar[frozenset[str]] = CLASSIFICATION_TASKS
+    #: The paper the strategy follows (SURVEY.md's representative method).
+    citation: ClassVar[str] = ""
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    # --- compatibility -------------------------------------------------------------------
+    def incompatibility(self, spec: DatasetSpec) -> str | None:
+        """None if the strategy can run on the dataset, else the reason (recorded by the runner)."""
+        if spec.task not in self.tasks:
+            return (
+                f"strategy '{self.name}' supports tasks {sorted(self.tasks)}; dataset "
+                f"'{spec.name}' is a {spec.task} task"
+            )
+        lacking = self.requires - spec.provides
+        if lacking:
+            return (
+                f"strategy '{self.name}' requires {sorted(self.requires)}; dataset '{spec.name}' "
+                f"provides {sorted(spec.provides) or 'nothing beyond images and labels'} "
+                f"(missing: {sorted(lacking)})"
+            )
+        return None
+
+    def check_compatible(self, spec: DatasetSpec) -> None:
+        reason = self.incompatibility(spec)
+        if reason:
+            raise IncompatibleStrategyError(reason)
+
+    # --- hooks ---------------------------------------------------------------------------
+    def prepare(self, context: StrategyContext) -> None:
+        """Run (or load from cache) a pre-stage before the network is built."""
+
+    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+        return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
+
+    def train_sampler(self, dataset: Any) -> Sampler | None:
+        return None
+
+    def transform_batch(self, batch: dict, stage: str) -> dict:
+        return batch
+
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        """Named loss terms; the module sums them. Default: the mean task loss."""
+        return {"task": per_sample_loss.mean()}
+
+    def postprocess(self, outputs: dict, batch: dict) -> dict:
+        return outputs
+
+    def metadata(self) -> dict[str, Any]:
+        return {"strategy": self.name, "citation": self.citation, "options": dict(self.options)}

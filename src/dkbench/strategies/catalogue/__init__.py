@@ -1,0 +1,1 @@
+"""One module per strategy of ../shared/SURVEY.md; each registers itself in STRATEGIES."""
