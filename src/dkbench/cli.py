@@ -1,7 +1,7 @@
-"""`dkbench train | list …` — the command-line front door.
+"""`dkbench train | sweep | report | demo | list …` — the command-line front door.
 
-`train` hands the remaining arguments to Hydra unchanged, so every Hydra feature works:
-overrides (`trainer.max_epochs=5`), `--cfg job`, `-m` multiruns with launcher plugins.
+`train` and `sweep` hand their arguments to Hydra unchanged, so every Hydra feature works:
+overrides (`trainer.max_epochs=5`), `--cfg job`, launchers (`hydra/launcher=joblib`).
 """
 
 from __future__ import annotations
@@ -11,27 +11,69 @@ import sys
 USAGE = """usage: dkbench <command> [args]
 
 commands:
-  train [overrides]            one run, e.g. dkbench train dataset=breastmnist backbone=resnet18_28
-  demo  [overrides]            the main job: short runs on the probe (+ BreastMNIST), offline
-  list  datasets|backbones|strategies|experiments
-                               print a registry (what `dataset=…` etc. accept)
+  train  [overrides]           one run, e.g. dkbench train dataset=breastmnist backbone=resnet18_28
+  sweep  suite=<name> [overrides]
+                               every compatible cell of a suite; finished cells are skipped
+                               (hydra/launcher=joblib hydra.launcher.n_jobs=2 for parallel runs)
+  report suite=<name> [overrides]
+                               leaderboard from the suite's run folders → reports/<suite>/
+  demo   [overrides]           the main job: sweep + report of the `demo` suite, offline
+  list   datasets|backbones|strategies|experiments|suites
+                               what `dataset=…`, `backbone=…` etc. accept
 """
 
 
-def _train() -> int:
+def _hydra_entry(argv: list[str]) -> object:
+    """Run Hydra's main with `argv`; returns the task's return value (runs) or None (sweeps)."""
     import hydra
     from omegaconf import DictConfig
 
     from dkbench.config import config_dir
 
+    result: dict[str, object] = {}
+
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> object:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from dkbench.runner.sweep import run_cell
+
+            outcome = run_cell(cfg)
+            metric = cfg.get("optimized_metric")
+            if metric:  # hyperparameter search: the sweeper optimises this number
+                return _selected_value(outcome.get("metrics") or {}, metric, cfg)
+            return outcome
         from dkbench.runner.train import train
 
-        train(cfg)
+        result["metrics"] = train(cfg)
+        return result["metrics"]
 
+    sys.argv = argv
     main()
-    return 0
+    return result.get("metrics")
+
+
+def _selected_value(metrics: dict, metric: str, cfg) -> float:
+    """Validation metric of the selected checkpoint (never a test number) for optimisers."""
+    if not metrics:
+        return float("nan")
+    if metric == cfg.monitor.metric:
+        return float(metrics["selection"]["best_score"])
+    if metric.startswith("test/"):
+        raise ValueError("optimise a validation metric (val/...), never a test metric")
+    raise ValueError(f"optimized_metric '{metric}' must equal monitor.metric ('{cfg.monitor.metric}')")
+
+
+def _sweep(rest: list[str]) -> None:
+    _hydra_entry(["dkbench sweep", "-m", "hydra/sweeper=dkbench_suite", *rest])
+
+
+def _report(rest: list[str]) -> None:
+    from dkbench.runner.reporting import report_suite
+
+    report_suite(rest)
 
 
 def _list(what: str | None) -> int:
@@ -51,17 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
-        sys.argv = [f"dkbench {command}", *rest]
-        return _train()
-    if command == "demo":
-        from dkbench.runner.demo import run_demo
-
-        run_demo(rest)
-        return 0
-    if command == "list":
+        _hydra_entry(["dkbench train", *rest])
+    elif command == "sweep":
+        _sweep(rest)
+    elif command == "report":
+        _report(rest)
+    elif command == "demo":
+        has_suite = any(a.startswith("suite=") for a in rest)
+        args = rest if has_suite else ["suite=demo", *rest]
+        _sweep(args)
+        _report(args)
+    elif command == "list":
         return _list(rest[0] if rest else None)
-    print(f"unknown command '{command}'.\n\n{USAGE}", file=sys.stderr)
-    return 2
+    else:
+        print(f"unknown command '{command}'.\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

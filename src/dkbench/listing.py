@@ -57,9 +57,20 @@ def list_experiments() -> str:
     return "\n".join(f"{p.stem}: {_first_comment(p)}" for p in paths)
 
 
+def list_suites() -> str:
+    rows = ["suite | datasets | backbones | strategies | seeds", "--- | --- | --- | --- | ---"]
+    for name, cfg in _yaml_entries("suite").items():
+        rows.append(
+            f"{name} | {', '.join(cfg.get('datasets', []))} | {', '.join(cfg.get('backbones', []))} | "
+            f"{', '.join(cfg.get('strategies', []))} | {cfg.get('seeds')}"
+        )
+    return "\n".join(rows)
+
+
 LISTERS = {
     "datasets": list_datasets,
     "backbones": list_backbones,
     "strategies": list_strategies,
     "experiments": list_experiments,
+    "suites": list_suites,
 }

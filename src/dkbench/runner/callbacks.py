@@ -9,31 +9,33 @@ import pytorch_lightning as pl
 
 
 class TrainThroughput(pl.Callback):
-    """Training images per second, timed from the first batch fetch to the end of the last
-    training step of each epoch (validation excluded), summed over epochs."""
+    """Training images per second, per epoch: from the epoch's first batch fetch to the end of
+    its last training step (validation excluded). The first epoch is a warm-up (allocator,
+    cuDNN autotune) and is left out of the summary when later epochs exist."""
 
     def __init__(self) -> None:
-        self.images = 0
-        self.seconds = 0.0
+        self.epochs: list[tuple[int, float]] = []  # (images, seconds)
         self._start: float | None = None
         self._last_end: float | None = None
+        self._images = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-        self._last_end = None
+        self._start, self._last_end, self._images = time.perf_counter(), None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += int(batch["image"].shape[0])
+        self._images += int(batch["image"].shape[0])
         self._last_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._start is not None and self._last_end is not None:
-            self.seconds += self._last_end - self._start
+            self.epochs.append((self._images, self._last_end - self._start))
         self._start = None
 
     @property
     def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+        steady = self.epochs[1:] or self.epochs
+        seconds = sum(s for _, s in steady)
+        return sum(n for n, _ in steady) / seconds if seconds > 0 else float("nan")
 
 
 class NonFiniteLossError(RuntimeError):

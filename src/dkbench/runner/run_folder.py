@@ -8,25 +8,38 @@ half-written file behind; `DONE` is written last, so its presence means the rest
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 #: Config sections that do not change results (where files go, how they are logged).
-NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui")
+NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite_name")
 RESULT_FILES = ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE")
+#: `status.json` holds one of these (plus `config_hash`, and `reason` / `error` where relevant).
+STATUSES = ("running", "done", "failed", "incompatible")
 
 
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    return {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
+    """The resolved config minus what does not change results (resolved key by key: the
+    `hydra` node of a sweep config cannot be resolved outside its job)."""
+    identity = {}
+    for key in cfg:
+        if key in NON_IDENTITY_KEYS:
+            continue
+        value = cfg[key]
+        identity[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return identity
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -82,14 +95,27 @@ class RunFolder:
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text())
 
-    def mark_done(self, cfg_hash: str, status: str = "done") -> None:
-        self.write_json("DONE", {"config_hash": cfg_hash, "status": status})
+    def mark_done(self, cfg_hash: str) -> None:
+        self.write_json("DONE", {"config_hash": cfg_hash, "status": "done"})
+        self.set_status("done", cfg_hash)
+
+    def set_status(self, status: str, cfg_hash: str, **details: Any) -> None:
+        """`status.json`: what the leaderboard shows for this cell (done/failed/incompatible/running)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        self.write_json("status.json", {"status": status, "config_hash": cfg_hash, "updated": time.time(), **details})
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.file("status.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def supersede(self, old_hash: str) -> Path:
         """Move the results of an older config aside (never overwrite them)."""
         dest = self.path / "superseded" / old_hash
         dest.mkdir(parents=True, exist_ok=True)
-        for name in (*RESULT_FILES, "checkpoints", "csv", "wandb"):
+        for name in (*RESULT_FILES, "status.json", "checkpoints", "checkpoints.hash", "csv", "wandb"):
             src = self.file(name)
             if src.exists():
                 shutil.move(str(src), str(dest / name))
@@ -97,6 +123,42 @@ class RunFolder:
 
     def clear_stale(self, cfg_hash: str) -> None:
         """Remove partial results of an earlier config (checkpoints of another hash)."""
-        stamp = self.file("checkpoints") / "CONFIG_HASH"
+        stamp = self.file("checkpoints.hash")
         if stamp.exists() and stamp.read_text().strip() != cfg_hash:
-            shutil.rmtree(self.file("checkpoints"))
+            shutil.rmtree(self.file("checkpoints"), ignore_errors=True)
+        stamp.write_text(cfg_hash)
+
+
+class RunLockedError(RuntimeError):
+    """Another process is running the same cell right now."""
+
+
+@contextmanager
+def locked(run: RunFolder) -> Iterator[None]:
+    """Exclusive lock on a run folder for the duration of a run.
+
+    `flock` is released by the kernel when the holder dies (even by SIGKILL), so a crash
+    leaves no stale lock; a second sweep that reaches the same cell fails cleanly instead of
+    writing into it.
+    """
+    run.path.mkdir(parents=True, exist_ok=True)
+    fh = open(run.file(".lock"), "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise RunLockedError(
+            f"{run.path} is being run by another process ({holder}); wait for it to finish, "
+            "then run again (finished cells are skipped)"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()

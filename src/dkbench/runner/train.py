@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,19 @@ from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
 from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
 from dkbench.runner.environment import git_sha, hardware, package_versions
-from dkbench.runner.run_folder import RunFolder, config_hash
+from dkbench.runner.run_folder import RunFolder, config_hash, locked
 from dkbench.strategies import StrategyContext, create_strategy
 
 log = logging.getLogger("dkbench")
+
+# Lightning hints that do not apply to in-memory data and fixed logging intervals.
+for _pattern in (
+    ".*number of training batches.*smaller than the logging interval.*",
+    ".*does not have many workers.*",
+    ".*LeafSpec.*",
+    ".*Checkpoint directory .* exists and is not empty.*",
+):
+    warnings.filterwarnings("ignore", message=_pattern)
 
 
 def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
@@ -66,6 +77,11 @@ def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns the metrics dict written to metrics.json."""
     run = RunFolder(cfg.paths.run_dir)
+    with locked(run):
+        return _train_locked(cfg, run)
+
+
+def _train_locked(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     cfg_hash = config_hash(cfg)
     previous = run.done_hash
     if previous == cfg_hash:
@@ -76,6 +92,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("run folder held results of another config (%s): moved to %s", previous, moved)
     run.path.mkdir(parents=True, exist_ok=True)
     run.clear_stale(cfg_hash)
+    run.set_status("running", cfg_hash)
+    try:
+        return _fit_and_record(cfg, run, cfg_hash)
+    except Exception as err:  # recorded for the leaderboard, then re-raised to the caller
+        run.set_status("failed", cfg_hash, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+
+
+def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str, Any]:
     started = time.time()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("threads"):
@@ -107,8 +132,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     ckpt_dir = run.file("checkpoints")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "CONFIG_HASH").write_text(cfg_hash)
     best = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor=cfg.monitor.metric, mode=cfg.monitor.mode,
         save_last=True, save_top_k=1, auto_insert_metric_name=False,
@@ -134,6 +157,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                       "best_epoch": best_epoch, "checkpoint": "best" if best_path else "last"},
         "epochs_trained": trainer.current_epoch,
         "wall_time_s": round(time.time() - started, 2),
+        "started_at": started,
+        "finished_at": time.time(),
         "train_images_per_s": round(throughput.images_per_second, 2),
     }
     run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,137 @@
+"""Planning and reporting a suite sweep (used by the `dkbench_suite` Hydra sweeper).
+
+`plan_cells` decides, for every cell, one of: incompatible (recorded with its reason, never
+launched), done (same config hash already finished: skipped, files untouched), or pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+import dkbench.config  # noqa: F401  (registers the resolvers the configs use)
+from dkbench.backbones import BACKBONES
+from dkbench.config import config_dir
+from dkbench.data.loading import spec_from_config
+from dkbench.runner.run_folder import RunFolder, config_hash
+from dkbench.runner.suite import Cell, expand_suite, validate_suite
+from dkbench.strategies import STRATEGIES
+
+log = logging.getLogger("dkbench.sweep")
+
+
+@dataclass
+class SweepPlan:
+    suite: dict
+    cells: list[Cell]
+    pending: list[Cell] = field(default_factory=list)
+    done: list[Cell] = field(default_factory=list)
+    incompatible: list[tuple[Cell, str]] = field(default_factory=list)
+
+
+def _valid_names() -> dict[str, list[str]]:
+    return {
+        "dataset": [p.stem for p in (config_dir() / "dataset").glob("*.yaml")],
+        "backbone": [p.stem for p in (config_dir() / "backbone").glob("*.yaml")],
+        "strategy": [p.stem for p in (config_dir() / "strategy").glob("*.yaml")],
+    }
+
+
+def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig]) -> SweepPlan:
+    validate_suite(suite, _valid_names())
+    plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
+    for cell in plan.cells:
+        cfg = load(list(cell.overrides))
+        reason = STRATEGIES.get(cfg.strategy.name)(**dict(cfg.strategy.get("options") or {})).incompatibility(
+            spec_from_config(cfg.dataset)
+        )
+        if reason is None and cfg.backbone.name not in BACKBONES:
+            reason = f"backbone '{cfg.backbone.name}' is not installed here (optional extra missing)"
+        run = RunFolder(cfg.paths.run_dir)
+        cfg_hash = config_hash(cfg)
+        if reason is not None:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.set_status("incompatible", cfg_hash, reason=reason)
+            plan.incompatible.append((cell, reason))
+        elif run.is_done(cfg_hash):
+            plan.done.append(cell)
+        else:
+            if run.path.exists() and run.done_hash is None and any(run.path.iterdir()):
+                log.warning("%s: unfinished or corrupt run folder, it will be (re)run", cell.label)
+            plan.pending.append(cell)
+    if not plan.pending and not plan.done:
+        reasons = "\n  ".join(f"{c.label}: {r}" for c, r in plan.incompatible)
+        raise ValueError(f"suite '{suite['name']}' has no compatible cell:\n  {reasons}")
+    return plan
+
+
+class SweepProgress:
+    """One line per finished cell and a running total with ETA."""
+
+    def __init__(self, plan: SweepPlan):
+        self.plan = plan
+        self.total = len(plan.pending)
+        self.finished = 0
+        self.counts: Counter[str] = Counter()
+        self.started = time.time()
+
+    def report_plan(self) -> None:
+        p = self.plan
+        print(
+            f"suite '{p.suite['name']}': {len(p.cells)} cells — {len(p.pending)} to run, "
+            f"{len(p.done)} already done (skipped), {len(p.incompatible)} incompatible",
+            flush=True,
+        )
+        for cell, reason in p.incompatible:
+            print(f"  incompatible {cell.label}: {reason}", flush=True)
+
+    def record(self, batch: list[Cell], returns: list[Any], seconds: float, parallel: int) -> None:
+        for cell, ret in zip(batch, returns, strict=True):
+            self.finished += 1
+            outcome = _outcome(ret)
+            self.counts[outcome["status"]] += 1
+            detail = outcome.get("summary") or outcome.get("error", "")
+            print(f"[{self.finished}/{self.total}] {outcome['status']:<6} {cell.label}  {detail}", flush=True)
+        elapsed = time.time() - self.started
+        left = self.total - self.finished
+        eta = elapsed / self.finished * left if self.finished else float("nan")
+        print(
+            f"  progress {self.finished}/{self.total} · done {self.counts['done']} · failed {self.counts['failed']}"
+            f" · elapsed {elapsed / 60:.1f} min · ETA {eta / 60:.1f} min",
+            flush=True,
+        )
+
+    def report_end(self) -> None:
+        print(
+            f"sweep finished: {self.counts['done']} done, {self.counts['failed']} failed, "
+            f"{len(self.plan.done)} skipped as already done, {len(self.plan.incompatible)} incompatible",
+            flush=True,
+        )
+
+
+def _outcome(job_return: Any) -> dict[str, Any]:
+    """What a cell's job returned (`run_cell`), or the exception Hydra captured."""
+    try:
+        value = job_return.return_value
+    except Exception as err:  # the job raised: Hydra stored the exception
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    return value if isinstance(value, dict) and "status" in value else {"status": "done"}
+
+
+def run_cell(cfg: DictConfig) -> dict[str, Any]:
+    """The task of one sweep job: train, and turn a failure into a recorded result."""
+    from dkbench.runner.train import train
+
+    try:
+        metrics = train(cfg)
+    except Exception as err:  # recorded in the run folder by train(); the sweep goes on
+        log.exception("cell failed: %s", cfg.paths.run_dir)
+        return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("test/") and "loss" not in k)
+    return {"status": "done", "summary": f"{summary} ({metrics.get('wall_time_s', 0):.0f}s)", "metrics": metrics}

@@ -1,0 +1,81 @@
+"""`hydra/sweeper=dkbench_suite`: run every compatible, unfinished cell of a suite.
+
+It expands `cfg.suite` into cells, composes each cell's config, records incompatible cells
+(strategy `requires` ⊄ dataset `provides`, or unsupported task) in their run folders, skips
+cells whose `DONE` carries the same config hash, and hands the rest to the configured Hydra
+launcher (basic = sequential in process, joblib, submitit, ray) in batches, printing progress.
+Imports of dkbench stay inside methods: Hydra imports every plugin at start-up.
+"""
+
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("dkbench.sweep")
+
+
+@dataclass
+class SuiteSweeperConf:
+    _target_: str = "hydra_plugins.dkbench_suite_sweeper.suite_sweeper.SuiteSweeper"
+    #: Cells per launcher call (null: the launcher's n_jobs when it has one, else 1), so
+    #: progress is reported while the sweep runs.
+    max_batch_size: Any = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="dkbench_suite", node=SuiteSweeperConf, provider="dkbench")
+
+
+class SuiteSweeper(Sweeper):
+    def __init__(self, max_batch_size: Optional[int] = None):
+        self.max_batch_size = max_batch_size
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _batch_size(self) -> int:
+        if self.max_batch_size:
+            return int(self.max_batch_size)
+        n_jobs = OmegaConf.select(self.config, "hydra.launcher.n_jobs")
+        return max(1, int(n_jobs)) if n_jobs and int(n_jobs) > 0 else 1
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from dkbench.runner.sweep import SweepProgress, plan_cells
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        if OmegaConf.select(self.config, "suite") is None:
+            raise ValueError("dkbench_suite sweeper needs a suite: add `suite=<name>` (see `dkbench list suites`)")
+        suite = OmegaConf.to_container(self.config.suite, resolve=True)
+        loader = self.hydra_context.config_loader
+
+        def load(overrides: list[str]) -> DictConfig:
+            return loader.load_sweep_config(self.config, overrides)
+
+        plan = plan_cells(suite, arguments, load)
+        progress = SweepProgress(plan)
+        progress.report_plan()
+        pending = plan.pending
+        size = self._batch_size()
+        results = []
+        for start in range(0, len(pending), size):
+            batch = pending[start : start + size]
+            began = time.time()
+            returns = self.launcher.launch([list(c.overrides) for c in batch], initial_job_idx=start)
+            progress.record(batch, returns, time.time() - began, parallel=size)
+            results.append(returns)
+        progress.report_end()
+        return results

@@ -1,0 +1,102 @@
+"""The sweep runner through the real CLI: resume after SIGKILL, parallel launchers, optuna.
+
+Each test starts `python -m dkbench.cli` processes (the import of the stack costs seconds),
+on the `smoke` suite: a 96-image probe, tinycnn, one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SMOKE = ["suite=smoke", "ui.progress_bar=false"]
+
+
+def cli(tmp_path: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DKBENCH_ROOT": str(tmp_path), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dkbench.cli", *args], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dkbench {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def cells(tmp_path: Path, suite: str = "smoke") -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sorted((tmp_path / "runs" / suite).glob("*/*/seed_*/status.json"))}
+
+
+def statuses(tmp_path: Path, suite: str = "smoke") -> dict[str, str]:
+    return {k: json.loads((v / "status.json").read_text())["status"] for k, v in cells(tmp_path, suite).items()}
+
+
+def test_sigkill_midway_then_resume_recomputes_nothing_finished(tmp_path):
+    env = {**os.environ, "DKBENCH_ROOT": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dkbench.cli", "sweep", *SMOKE], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and "done" not in statuses(tmp_path).values():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = statuses(tmp_path)
+    finished = {k: v for k, v in cells(tmp_path).items() if before[k] == "done"}
+    assert finished and len(finished) < 3, f"kill should land mid-sweep, got {before}"
+    stamps = {k: {f.name: f.stat().st_mtime_ns for f in v.iterdir() if f.is_file()} for k, v in finished.items()}
+
+    out = cli(tmp_path, "sweep", *SMOKE).stdout
+    assert f"{len(finished)} already done (skipped)" in out
+    assert statuses(tmp_path) == {"seed_0": "done", "seed_1": "done", "seed_2": "done"}
+    for key, files in stamps.items():  # finished cells untouched, byte for byte in time
+        assert {f.name: f.stat().st_mtime_ns for f in cells(tmp_path)[key].iterdir() if f.is_file()} == files
+
+    report = cli(tmp_path, "report", *SMOKE).stdout
+    assert "missing" in report.lower() or "done" in report.lower()
+    assert (tmp_path / "reports/smoke/leaderboard.md").exists()
+
+
+def test_joblib_runs_two_cells_at_once(tmp_path):
+    cli(tmp_path, "sweep", *SMOKE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "suite.seeds=[0,1]")
+    spans = []
+    for run in cells(tmp_path).values():
+        metrics = json.loads((run / "metrics.json").read_text())
+        spans.append((metrics["started_at"], metrics["finished_at"]))
+    assert len(spans) == 2
+    assert max(s for s, _ in spans) < min(e for _, e in spans), f"cells did not overlap: {spans}"
+
+
+def test_submitit_local_sweep(tmp_path):
+    cli(tmp_path, "sweep", *SMOKE, "hydra/launcher=submitit_local", "suite.seeds=[0]",
+        "hydra.launcher.timeout_min=10")
+    assert statuses(tmp_path) == {"seed_0": "done"}
+
+
+def test_optuna_search_runs_three_trials_as_run_folders(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper not installed")
+    out = cli(tmp_path, "train", "-m", "hparams_search=probe_lr", "hydra.sweeper.n_trials=3",
+              "trainer.max_epochs=1", "dataset.options.n_train=96", "dataset.options.n_val=48",
+              "dataset.options.n_test=48", "data.batch_size=32", "ui.progress_bar=false")
+    trials = sorted((tmp_path / "runs/hps_probe_lr/probe").glob("tinycnn__baseline@trial*/seed_0/DONE"))
+    assert len(trials) == 3, out.stdout[-2000:]
+    assert "Best parameters" in out.stdout + out.stderr or (tmp_path / "runs/hps_probe_lr/optimization_results.yaml").exists()
+
+
+def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """lr=nan makes the optimizer raise in the probe_3class cell only; the probe cell finishes."""
+    proc = cli(tmp_path, "sweep", *SMOKE, "suite.seeds=[0]", "suite.datasets=[probe,probe_3class]",
+               '+suite.per_dataset.probe_3class=["model.optimizer.lr=nan"]')
+    assert "1 done, 1 failed" in proc.stdout
+    status = json.loads((tmp_path / "runs/smoke/probe_3class/tinycnn__baseline/seed_0/status.json").read_text())
+    assert status["status"] == "failed" and "learning rate" in status["error"]
+    assert statuses(tmp_path)["seed_0"] in ("done", "failed")
+    assert (tmp_path / "runs/smoke/probe/tinycnn__baseline/seed_0/DONE").exists()
