@@ -1,0 +1,114 @@
+"""Leaderboard figures (matplotlib, Agg backend only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+
+from dkbench.leaderboard.stats import higher_is_better  # noqa: E402
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
+
+
+def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbones: bool = False) -> Path:
+    """Mean sign-adjusted Δ vs baseline (``gain``: positive = better), strategies × datasets, one
+    panel per backbone (or one panel averaged over backbones). Diverging colormap centred at 0,
+    values annotated, ``*`` = significant after Holm (per-backbone panels only)."""
+    metric = str(deltas["metric"].iloc[0]) if len(deltas) else "metric"
+    d = deltas.copy()
+    if average_backbones:
+        d = d.groupby(["dataset", "strategy"], sort=False, as_index=False)["gain"].mean()
+        d["backbone"], d["significant"] = "mean over backbones", False
+    backbones = list(dict.fromkeys(d["backbone"])) or ["(none)"]
+    datasets = list(dict.fromkeys(d["dataset"]))
+    strategies = list(dict.fromkeys(d["strategy"]))
+    vmax = float(np.nanmax(np.abs(d["gain"].to_numpy(float)))) if d["gain"].notna().any() else 1.0
+    vmax = vmax or 1.0
+    norm, cmap = Normalize(-vmax, vmax), plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
+
+    width = max(4.0, 1.05 * len(datasets) + 2.8)
+    height_each = max(1.6, 0.5 * len(strategies) + 1.0)
+    fig, axes = plt.subplots(len(backbones), 1, figsize=(width, height_each * len(backbones)), squeeze=False)
+    for ax, backbone in zip(axes[:, 0], backbones):
+        sub = d[d["backbone"] == backbone]
+        gain = sub.pivot_table(index="strategy", columns="dataset", values="gain", dropna=False).reindex(
+            index=strategies, columns=datasets)
+        sig = sub.pivot_table(index="strategy", columns="dataset", values="significant", aggfunc="any",
+                              dropna=False).reindex(index=strategies, columns=datasets)
+        im = ax.imshow(np.ma.masked_invalid(gain.to_numpy(float)), cmap=cmap, norm=norm, aspect="auto")
+        for i in range(len(strategies)):
+            for j in range(len(datasets)):
+                v = gain.iat[i, j]
+                if pd.isna(v):
+                    ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="#555555")
+                    continue
+                star = "*" if not pd.isna(sig.iat[i, j]) and bool(sig.iat[i, j]) else ""
+                ax.text(j, i, f"{v:+.3f}{star}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(v) > 0.6 * vmax else "black")
+        ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(strategies)), strategies, fontsize=8)
+        ax.set_title(f"{backbone}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
+    direction = "" if higher_is_better(metric) else " (sign flipped: lower is better)"
+    fig.suptitle(f"Δ {metric} vs baseline{direction}; + = better, * = Holm p<0.05", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def bars(agg: pd.DataFrame, metric: str, out_png: str | Path) -> Path:
+    """Mean ``metric`` per dataset × strategy with std-over-seeds error bars, one panel per
+    backbone. Cells without a result are marked ``×``. The y axis is zoomed to the data range."""
+    sub = agg[agg["metric"] == metric]
+    backbones = list(dict.fromkeys(sub["backbone"])) or ["(none)"]
+    datasets = list(dict.fromkeys(sub["dataset"]))
+    strategies = list(dict.fromkeys(sub["strategy"]))
+    colors = plt.get_cmap("tab10")
+    lo = (sub["mean"] - sub["std"].fillna(0)).min()
+    hi = (sub["mean"] + sub["std"].fillna(0)).max()
+    if pd.isna(lo):
+        lo, hi = 0.0, 1.0
+    pad = 0.08 * (hi - lo) if hi > lo else 0.05
+    ylo, yhi = lo - pad, hi + pad
+    if sub["mean"].min() >= 0:
+        ylo = max(0.0, ylo)
+
+    width = max(5.0, 0.35 * len(strategies) * len(datasets) + 2.0)
+    fig, axes = plt.subplots(len(backbones), 1, figsize=(width, 3.0 * len(backbones)), squeeze=False)
+    bar_w = 0.8 / max(1, len(strategies))
+    x = np.arange(len(datasets))
+    for ax, backbone in zip(axes[:, 0], backbones):
+        b = sub[sub["backbone"] == backbone].set_index(["dataset", "strategy"])
+        for k, strategy in enumerate(strategies):
+            means = np.array([b["mean"].get((ds, strategy), np.nan) for ds in datasets], dtype=float)
+            stds = np.array([b["std"].get((ds, strategy), np.nan) for ds in datasets], dtype=float)
+            pos = x - 0.4 + bar_w * (k + 0.5)
+            ax.bar(pos, np.where(np.isnan(means), 0, means - ylo), bottom=ylo, width=bar_w, color=colors(k % 10),
+                   label=strategy, yerr=np.where(np.isnan(stds), 0, stds), capsize=2, error_kw={"lw": 0.8})
+            for p_, m in zip(pos, means):
+                if np.isnan(m):
+                    ax.text(p_, ylo, "×", ha="center", va="bottom", color=colors(k % 10), fontsize=9)
+        ax.set_ylim(ylo, yhi)
+        ax.set_xticks(x, datasets, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.set_title(backbone, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0, 0].legend(fontsize=7, ncol=min(len(strategies), 5), loc="lower center", bbox_to_anchor=(0.5, 1.12),
+                      frameon=False)
+    note = "higher is better" if higher_is_better(metric) else "lower is better"
+    fig.suptitle(f"{metric} ({note}); mean ± std over seeds, × = no result", fontsize=10, y=1.0)
+    fig.tight_layout()
+    return _save(fig, out_png)

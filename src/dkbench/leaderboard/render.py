@@ -1,0 +1,366 @@
+"""Turn the leaderboard tables into Markdown, LaTeX, CSV and one self-contained HTML page.
+
+Display conventions: a cell is ``mean ± std (n)`` over its done seeds (std omitted for n = 1);
+seeds that are not done are appended in brackets (``[1 failed]``); a cell with no done seed
+shows its status (``missing``, ``failed``, ``incompatible``, ``incomplete``). Δ is the mean
+paired difference strategy − baseline; ``*`` marks Holm-adjusted p < alpha.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dkbench.leaderboard.collect import STATUS_ORDER
+from dkbench.leaderboard.stats import ALPHA, CDResult, higher_is_better
+
+DIGITS = 3
+NOT_DONE = tuple(s for s in STATUS_ORDER if s != "done")
+
+
+@dataclass
+class Tables:
+    """Everything the renderers need (built by :func:`dkbench.leaderboard.report.build_report`)."""
+
+    suite: dict
+    long: pd.DataFrame
+    agg: pd.DataFrame
+    deltas: pd.DataFrame  # all reported metrics
+    cross: pd.DataFrame
+    rank_long: pd.DataFrame
+    avg_ranks: pd.DataFrame
+    cd: CDResult | None
+    cd_message: str
+    metrics: list[str]
+    alpha: float = ALPHA
+    images: dict[str, Path] = field(default_factory=dict)  # title -> png
+
+    @property
+    def rank_metric(self) -> str:
+        return self.suite.get("rank_metric", self.metrics[0] if self.metrics else "test/auroc")
+
+    @property
+    def baseline(self) -> str:
+        return self.suite.get("baseline", "baseline")
+
+
+# --------------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def fmt(x, digits: int = DIGITS, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)) or pd.isna(x):
+        return ""
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def fmt_p(p) -> str:
+    if pd.isna(p):
+        return "n/a"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
+
+
+def _not_done_note(row) -> str:
+    parts = [f"{int(row[f'n_{s}'])} {s}" for s in NOT_DONE if row.get(f"n_{s}", 0)]
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def status_word(row) -> str:
+    """What an empty cell shows: its status, or the mix of statuses over its seeds."""
+    present = [s for s in NOT_DONE if row.get(f"n_{s}", 0)]
+    if row.get("n_done", 0):
+        return "n/a"  # done, but this metric was not produced
+    if len(present) == 1:
+        return present[0]
+    return " / ".join(f"{s} ({int(row[f'n_{s}'])})" for s in present) or "missing"
+
+
+def cell_text(row, digits: int = DIGITS) -> str:
+    if row["n"] == 0:
+        return status_word(row)
+    text = fmt(row["mean"], digits) if row["n"] < 2 else f"{fmt(row['mean'], digits)} ± {fmt(row['std'], digits)}"
+    return f"{text} ({int(row['n'])}){_not_done_note(row)}"
+
+
+def delta_text(row, digits: int = DIGITS) -> str:
+    if pd.isna(row["delta"]):
+        return "n/a"
+    return fmt(row["delta"], digits, signed=True) + ("*" if bool(row["significant"]) else "")
+
+
+# --------------------------------------------------------------------------------------------
+# tables (strings, ready to render)
+
+
+def status_table(long: pd.DataFrame) -> pd.DataFrame:
+    from dkbench.leaderboard.collect import status_counts
+
+    counts = status_counts(long)
+    return pd.DataFrame({"status": list(counts.index) + ["total"], "runs": [*counts.to_list(), int(counts.sum())]})
+
+
+def leaderboard_table(t: Tables, *, bold: bool = False, sparse: bool = False) -> pd.DataFrame:
+    """Rows (dataset, strategy); per backbone: rank metric ``mean ± std (n)`` and Δ vs baseline."""
+    metric = t.rank_metric
+    agg = t.agg[t.agg["metric"] == metric].copy()
+    agg["text"] = agg.apply(cell_text, axis=1)
+    if bold:  # best mean per (dataset, backbone)
+        hib = higher_is_better(metric)
+        best = agg.groupby(["dataset", "backbone"])["mean"].transform("max" if hib else "min")
+        mark = agg["mean"].notna() & (agg["mean"] == best)
+        agg.loc[mark, "text"] = "**" + agg.loc[mark, "text"] + "**"
+    d = t.deltas[t.deltas["metric"] == metric].copy()
+    d["dtext"] = d.apply(delta_text, axis=1) if len(d) else pd.Series(dtype=str)
+    backbones = list(dict.fromkeys(agg["backbone"]))
+    rows = []
+    for (dataset, strategy), grp in agg.groupby(["dataset", "strategy"], sort=False):
+        row = {"dataset": dataset, "strategy": strategy}
+        for backbone in backbones:
+            cell = grp[grp["backbone"] == backbone]
+            row[f"{backbone} {metric}"] = cell["text"].iloc[0] if len(cell) else "missing"
+            if strategy == t.baseline:
+                row[f"{backbone} Δ"] = "(baseline)"
+            else:
+                dd = d[(d["dataset"] == dataset) & (d["backbone"] == backbone) & (d["strategy"] == strategy)]
+                row[f"{backbone} Δ"] = dd["dtext"].iloc[0] if len(dd) else "n/a"
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if sparse and len(out):
+        out.loc[out["dataset"].duplicated(), "dataset"] = ""
+    return out
+
+
+def per_dataset_tables(t: Tables) -> dict[str, pd.DataFrame]:
+    """Per dataset: strategies × (backbone, metric) with ``mean ± std (n)`` or the cell status."""
+    agg = t.agg[t.agg["metric"].isin(t.metrics)].copy()
+    agg["text"] = agg.apply(cell_text, axis=1) if len(agg) else pd.Series(dtype=str)
+    out = {}
+    for dataset, grp in agg.groupby("dataset", sort=False):
+        grp = grp.assign(col=grp["backbone"] + " " + grp["metric"])
+        wide = grp.pivot_table(index="strategy", columns="col", values="text", aggfunc="first", sort=False)
+        cols = [f"{b} {m}" for b in dict.fromkeys(grp["backbone"]) for m in t.metrics]
+        wide = wide.reindex(index=list(dict.fromkeys(grp["strategy"])), columns=cols).fillna("missing")
+        out[dataset] = wide.reset_index()
+    return out
+
+
+def delta_table(t: Tables, metrics: list[str] | None = None) -> pd.DataFrame:
+    d = t.deltas if metrics is None else t.deltas[t.deltas["metric"].isin(metrics)]
+    return pd.DataFrame({
+        "dataset": d["dataset"], "backbone": d["backbone"], "strategy": d["strategy"], "metric": d["metric"],
+        "n pairs": d["n_pairs"], "strategy mean": d["mean_strategy"].map(fmt),
+        "baseline mean": d["mean_baseline"].map(fmt), "Δ": d.apply(delta_text, axis=1) if len(d) else [],
+        "gain": d["gain"].map(lambda x: fmt(x, signed=True)), "p (t-test)": d["p"].map(fmt_p),
+        "p Holm": d["p_holm"].map(fmt_p), "note": d["note"]})
+
+
+def cross_table(t: Tables) -> pd.DataFrame:
+    c = t.cross
+    return pd.DataFrame({
+        "backbone": c["backbone"], "strategy": c["strategy"], "metric": c["metric"], "datasets": c["n_datasets"],
+        "better on": c["n_better"].astype(str) + "/" + c["n_datasets"].astype(str),
+        "mean gain": c["mean_gain"].map(lambda x: fmt(x, signed=True)),
+        "median gain": c["median_gain"].map(lambda x: fmt(x, signed=True)),
+        "p (Wilcoxon)": c["p"].map(fmt_p), "p Holm": c["p_holm"].map(fmt_p),
+        "sig.": c["significant"].map(lambda s: "*" if s else ""), "note": c["note"]})
+
+
+def rank_table(t: Tables) -> pd.DataFrame:
+    a = t.avg_ranks
+    if a.empty:
+        return pd.DataFrame(columns=["strategy"])
+    wide = a.pivot_table(index="strategy", columns="backbone", values="avg_rank", sort=False, dropna=False)
+    wide = wide.reindex(index=list(dict.fromkeys(a["strategy"])), columns=list(dict.fromkeys(a["backbone"])))
+    blocks = a.drop_duplicates("backbone").set_index("backbone")["n_blocks"]
+    wide.columns = [f"{b} (n={int(blocks[b])})" for b in wide.columns]
+    wide = wide.sort_values(wide.columns[-1], na_position="last")
+    return wide.map(lambda x: fmt(x, 2) if pd.notna(x) else "n/a").reset_index()
+
+
+def not_done_table(long: pd.DataFrame) -> pd.DataFrame:
+    cells = long.drop_duplicates(["dataset", "backbone", "strategy", "seed"])
+    cells = cells[cells["status"] != "done"]
+    if cells.empty:
+        return pd.DataFrame(columns=["dataset", "backbone", "strategy", "seeds", "status", "reason"])
+    g = cells.groupby(["dataset", "backbone", "strategy", "status", "reason"], sort=False)["seed"]
+    out = g.agg(lambda s: ", ".join(str(x) for x in s)).rename("seeds").reset_index()
+    return out[["dataset", "backbone", "strategy", "seeds", "status", "reason"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(empty)_"
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def _header_lines(t: Tables) -> list[str]:
+    s = t.suite
+    n_runs = len(s["datasets"]) * len(s["backbones"]) * len(s["strategies"]) * len(s["seeds"])
+    direction = "higher is better" if higher_is_better(t.rank_metric) else "lower is better"
+    lines = [f"Rank metric **{t.rank_metric}** ({direction}); baseline **{t.baseline}**; grid "
+             f"{len(s['datasets'])} datasets × {len(s['backbones'])} backbones × "
+             f"{len(s['strategies'])} strategies × "
+             f"{len(s['seeds'])} seeds = {n_runs} runs."]
+    extra = t.long.attrs.get("out_of_grid", 0)
+    if extra:
+        lines.append(f"**Warning:** {extra} run folder(s) on disk are outside this grid and were ignored.")
+    return lines
+
+
+LEGEND = ("Cells: mean ± std over done seeds (n seeds); `[k failed]` etc. counts seeds that are not done; a "
+          "cell with no done seed shows its status (missing / failed / incompatible / incomplete). "
+          "Δ = mean paired difference strategy − baseline over seeds; `*` = paired t-test over seeds, "
+          "Holm-adjusted across strategies within dataset × backbone, p < {alpha}.")
+
+
+def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str:
+    header = [x for line in _header_lines(t) for x in (line, "")]
+    out = [f"# Leaderboard: {t.suite.get('name', '')}", "", *header, "## Run status", "",
+           md_table(status_table(t.long)), ""]
+    out += [f"## Leaderboard ({t.rank_metric})", "", md_table(leaderboard_table(t, bold=True, sparse=True)), "",
+            LEGEND.format(alpha=t.alpha), ""]
+    out += ["## Average ranks", "", f"Rank of each strategy by mean {t.rank_metric} within each dataset × backbone "
+            "(1 = best, ties averaged), averaged over the complete blocks (n = number of blocks; blocks where a "
+            f"strategy has no result are left out: {t.avg_ranks.attrs.get('dropped_blocks', 0)} dropped).", "",
+            md_table(rank_table(t)), ""]
+    out += ["## Across datasets (Wilcoxon signed-rank on per-dataset mean Δ)", "",
+            "Two-sided, Holm-adjusted across strategies within each backbone × metric; gain = Δ signed so that "
+            "positive = better. With fewer than 6 datasets the exact test cannot reach p < 0.05.", "",
+            md_table(cross_table(t)), ""]
+    out += [f"## Δ vs baseline per dataset ({t.rank_metric}, paired t-test over seeds)", "",
+            "p is n/a with fewer than 2 paired seeds or zero variance of the differences (see note). "
+            "All metrics are in `deltas.csv`.", "", md_table(delta_table(t, [t.rank_metric])), ""]
+    out += ["## Critical difference (Friedman + Nemenyi)", ""]
+    if t.cd is not None:
+        out += [t.cd_message, ""]
+        if image_links and "cd" in image_links:
+            out += [f"![critical difference diagram]({image_links['cd']})", ""]
+    else:
+        out += [f"Critical-difference diagram {t.cd_message}.", ""]
+    out += ["## Per-dataset results", ""]
+    for dataset, table in per_dataset_tables(t).items():
+        out += [f"### {dataset}", "", md_table(table), ""]
+    out += ["## Runs not done", "", md_table(not_done_table(t.long)), ""]
+    if image_links:
+        out += ["## Figures", ""]
+        out += [f"![{name}]({link})" for name, link in image_links.items() if name != "cd"]
+        out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# LaTeX (own renderer: DataFrame.to_latex needs jinja2, which dkbench does not depend on)
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+                  "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "α": r"$\alpha$", "−": "-"}
+
+
+def latex_escape(text) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def latex_tabular(df: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs ``table`` with one left-aligned column per DataFrame column (cells as text)."""
+    lines = [r"\begin{table}[ht]", r"\centering", r"\small"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [rf"\begin{{tabular}}{{{'l' * max(1, len(df.columns))}}}", r"\toprule",
+              " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\midrule"]
+    for row in df.itertuples(index=False):
+        lines.append(" & ".join(latex_escape("" if pd.isna(v) else v) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def render_latex(t: Tables) -> str:
+    name = t.suite.get("name", "")
+    parts = [f"% dkbench leaderboard for suite {name}; needs \\usepackage{{booktabs}}", "",
+             latex_tabular(leaderboard_table(t), f"{name}: {t.rank_metric} (mean ± std (n)) and Δ vs "
+                           f"{t.baseline}; * = Holm p<{t.alpha}", "tab:leaderboard"),
+             latex_tabular(rank_table(t), f"{name}: average rank by {t.rank_metric}", "tab:ranks"),
+             latex_tabular(cross_table(t).drop(columns=["note"]), f"{name}: Wilcoxon across datasets",
+                           "tab:wilcoxon"),
+             latex_tabular(status_table(t.long), f"{name}: run status", "tab:status")]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em; color: #222;
+       max-width: 1400px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; white-space: nowrap; }
+th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
+td.note { white-space: normal; }
+.status-done { color: #1a7f37; } .status-failed { color: #cf222e; } .status-incompatible { color: #8250df; }
+.status-incomplete { color: #bf8700; } .status-missing { color: #6e7781; }
+.counts span { display: inline-block; margin-right: 1.2em; font-weight: 600; }
+p.legend { font-size: 0.85em; color: #555; max-width: 70em; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>(empty)</em></p>"
+    return df.to_html(index=False, escape=True, border=0, na_rep="")
+
+
+def data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+
+
+def _md_bold_to_html(text: str) -> str:
+    return re.sub(r"[*][*](.+?)[*][*]", r"<b>\1</b>", text)
+
+
+def render_html(t: Tables) -> str:
+    e = html.escape
+    counts = status_table(t.long)
+    body = [f"<h1>Leaderboard: {e(str(t.suite.get('name', '')))}</h1>"]
+    body += [f"<p>{_md_bold_to_html(e(line))}</p>" for line in _header_lines(t)]
+    body.append('<p class="counts">' + "".join(
+        f'<span class="status-{e(s)}">{e(s)}: {n}</span>' for s, n in zip(counts["status"], counts["runs"])) + "</p>")
+    body += [f"<h2>Leaderboard ({e(t.rank_metric)})</h2>", html_table(leaderboard_table(t)),
+             f'<p class="legend">{e(LEGEND.format(alpha=t.alpha))}</p>']
+    body += ["<h2>Average ranks</h2>", html_table(rank_table(t))]
+    body += ["<h2>Across datasets (Wilcoxon signed-rank on per-dataset mean Δ)</h2>", html_table(cross_table(t)),
+             '<p class="legend">Two-sided, Holm-adjusted across strategies within backbone × metric; gain is Δ '
+             "signed so that positive = better. With fewer than 6 datasets the exact test cannot reach "
+             "p &lt; 0.05.</p>"]
+    body += ["<h2>Δ vs baseline per dataset (paired t-test over seeds, Holm within dataset × backbone)</h2>",
+             html_table(delta_table(t))]
+    body.append("<h2>Critical difference (Friedman + Nemenyi)</h2>")
+    if t.cd is not None and Path(t.cd.path).exists():
+        body += [f"<p>{e(t.cd_message)}</p>", f'<img alt="critical difference diagram" src="{data_uri(t.cd.path)}">']
+    else:
+        body.append(f"<p>Critical-difference diagram {e(t.cd_message)}.</p>")
+    body.append("<h2>Per-dataset results</h2>")
+    for dataset, table in per_dataset_tables(t).items():
+        body += [f"<h3>{e(dataset)}</h3>", html_table(table)]
+    body += ["<h2>Runs not done</h2>", html_table(not_done_table(t.long))]
+    if t.images:
+        body.append("<h2>Figures</h2>")
+        body += [f'<h3>{e(title)}</h3><img alt="{e(title)}" src="{data_uri(png)}">'
+                 for title, png in t.images.items() if Path(png).exists()]
+    title = e(f"dkbench leaderboard: {t.suite.get('name', '')}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")

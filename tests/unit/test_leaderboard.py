@@ -1,0 +1,369 @@
+"""Leaderboard: hand-made run folders with known values → exact aggregates, tests, ranks, report.
+
+Fixture suite: 6 datasets × 2 backbones × 3 strategies × 3 seeds (108 runs). Per dataset index
+``i`` (0..5), backbone offset ``o`` (bb1: 0, bb2: 0.05) and seed ``k``:
+
+* baseline: ``0.70 + 0.02 i + o + 0.01 k``
+* sA: baseline + ``0.01 (i + 1) + 0.01 (k + 1)`` → Δ mean ``0.03 + 0.01 i``, Δ sd 0.01
+* sB: baseline + ``M[i] + 0.01 (k − 1)`` with ``M = [.03, .02, −.01, .04, −.05, .06]``
+* ``test/hd95 = 10 (1 − auroc)`` (lower is better), ``test/acc = auroc − 0.1``.
+
+bb2 holds the anomalies: d1/sA seed 2 failed, d2/sB incompatible (3 seeds), d3/sA seed 1 has no
+folder (missing), d4/baseline seed 2 still "running" (incomplete). One folder outside the grid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from dkbench.leaderboard import build_report, collect_runs
+from dkbench.leaderboard import stats as lb
+from dkbench.leaderboard.collect import status_counts
+
+DATASETS = ["d1", "d2", "d3", "d4", "d5", "d6"]
+BACKBONES = ["bb1", "bb2"]
+STRATEGIES = ["baseline", "sA", "sB"]
+SEEDS = [0, 1, 2]
+M = [0.03, 0.02, -0.01, 0.04, -0.05, 0.06]
+OFFSET = {"bb1": 0.0, "bb2": 0.05}
+SUITE = {"name": "toy", "datasets": DATASETS, "backbones": BACKBONES, "strategies": STRATEGIES, "seeds": SEEDS,
+         "baseline": "baseline", "rank_metric": "test/auroc", "metrics": ["test/auroc", "test/acc"]}
+
+FAILED = ("d1", "bb2", "sA", 2)
+INCOMPATIBLE = [("d2", "bb2", "sB", k) for k in SEEDS]
+MISSING = ("d3", "bb2", "sA", 1)
+INCOMPLETE = ("d4", "bb2", "baseline", 2)
+
+
+def auroc(dataset: str, backbone: str, strategy: str, seed: int) -> float:
+    i = DATASETS.index(dataset)
+    base = 0.70 + 0.02 * i + OFFSET[backbone] + 0.01 * seed
+    if strategy == "sA":
+        return base + 0.01 * (i + 1) + 0.01 * (seed + 1)
+    if strategy == "sB":
+        return base + M[i] + 0.01 * (seed - 1)
+    return base
+
+
+def write_run(root: Path, suite: str, dataset: str, backbone: str, strategy: str, seed: int, status: str = "done",
+              **details) -> None:
+    path = root / suite / dataset / f"{backbone}__{strategy}" / f"seed_{seed}"
+    path.mkdir(parents=True)
+    (path / "status.json").write_text(json.dumps({"status": status, "config_hash": "abc123", **details}))
+    if status != "done":
+        return
+    a = auroc(dataset, backbone, strategy, seed)
+    metrics = {"test/auroc": a, "test/acc": a - 0.1, "test/hd95": 10 * (1 - a), "test/loss": 1 - a,
+               "val/auroc": a + 0.001, "test/notes": "not a number", "selection": {"monitor": "val/auroc"},
+               "wall_time_s": 1.5, "train_images_per_s": 100.0, "epochs_trained": 3}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / "metadata.json").write_text(json.dumps({
+        "dataset": dataset, "backbone": backbone, "strategy": {"strategy": strategy}, "seed": seed,
+        "task": "binary-class", "config_hash": "abc123"}))
+    (path / "predictions.csv").write_text("index,target,prob_0,prob_1\n0,1,0.2,0.8\n")
+    (path / "config.yaml").write_text("seed: 0\n")
+    (path / "DONE").write_text(json.dumps({"config_hash": "abc123", "status": "done"}))
+
+
+def make_runs(root: Path) -> Path:
+    for d in DATASETS:
+        for b in BACKBONES:
+            for s in STRATEGIES:
+                for k in SEEDS:
+                    key = (d, b, s, k)
+                    if key == MISSING:
+                        continue
+                    if key == FAILED:
+                        write_run(root, "toy", *key, status="failed", error="RuntimeError: CUDA out of memory")
+                    elif key in INCOMPATIBLE:
+                        write_run(root, "toy", *key, status="incompatible", reason="sB needs masks")
+                    elif key == INCOMPLETE:
+                        write_run(root, "toy", *key, status="running")
+                    else:
+                        write_run(root, "toy", *key)
+    write_run(root, "toy", "d1", "bb1", "sA", 7, status="running")  # seed 7: outside the grid
+    return root
+
+
+def done_values(dataset, backbone, strategy) -> dict[int, float]:
+    bad = {FAILED, MISSING, INCOMPLETE, *INCOMPATIBLE}
+    return {k: auroc(dataset, backbone, strategy, k) for k in SEEDS if (dataset, backbone, strategy, k) not in bad}
+
+
+def t_p_df(t: float, df: int) -> float:
+    """Two-sided Student-t p by hand (closed forms for df 1 and 2)."""
+    t = abs(t)
+    return 1 - 2 / math.pi * math.atan(t) if df == 1 else 1 - t / math.sqrt(t * t + 2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return make_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def long(runs) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return collect_runs(runs, SUITE)
+
+
+@pytest.fixture(scope="module")
+def agg(long) -> pd.DataFrame:
+    return lb.aggregate(long)
+
+
+@pytest.fixture(scope="module")
+def deltas(long) -> pd.DataFrame:
+    return lb.paired_deltas(long, "baseline", "test/auroc")
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_report(runs, SUITE, tmp_path_factory.mktemp("report"))
+
+
+# ------------------------------------------------------------------------------------------ collect
+
+
+def test_collect_counts_and_reasons(runs, long):
+    assert list(long.columns) == ["suite", "dataset", "backbone", "strategy", "seed", "metric", "value", "status",
+                                  "reason"]
+    assert status_counts(long).to_dict() == {"done": 102, "failed": 1, "incompatible": 3, "incomplete": 1,
+                                             "missing": 1}
+    cell = long.set_index(["dataset", "backbone", "strategy", "seed"])
+    assert cell.loc[FAILED, "reason"] == "RuntimeError: CUDA out of memory"
+    assert cell.loc[MISSING, "reason"] == "not run" and cell.loc[MISSING, "status"] == "missing"
+    assert cell.loc[INCOMPATIBLE[0], "reason"] == "sB needs masks"
+    assert cell.loc[INCOMPLETE, "status"] == "incomplete"
+    for key in (FAILED, MISSING, INCOMPLETE, *INCOMPATIBLE):  # one row, metric NaN
+        assert np.isnan(cell.loc[key, "value"]) and pd.isna(cell.loc[key, "metric"])
+    done = long[long["status"] == "done"]
+    assert set(done["metric"]) == {"test/auroc", "test/acc", "test/hd95", "test/loss", "val/auroc"}
+    assert len(done) == 102 * 5
+    assert long.attrs["out_of_grid"] == 1
+    with pytest.warns(UserWarning, match="1 run folder"):
+        collect_runs(runs, SUITE)
+
+
+# ------------------------------------------------------------------------------------------ stats
+
+
+def test_aggregate_mean_std_n(agg):
+    a = agg.set_index(["dataset", "backbone", "strategy", "metric"])
+    for d in DATASETS:
+        for b in BACKBONES:
+            for s in STRATEGIES:
+                vals = list(done_values(d, b, s).values())
+                row = a.loc[(d, b, s, "test/auroc")]
+                assert row["n"] == len(vals)
+                if vals:
+                    assert row["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+                    assert row["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+    row = a.loc[("d1", "bb1", "sA", "test/auroc")]  # 0.72, 0.74, 0.76 by hand
+    assert (row["mean"], row["std"], row["n"]) == (pytest.approx(0.74), pytest.approx(0.02), 3)
+    failed = a.loc[("d1", "bb2", "sA", "test/auroc")]
+    assert failed["n"] == 2 and failed["n_failed"] == 1 and "CUDA" in failed["reasons"]
+    inc = a.loc[("d2", "bb2", "sB", "test/auroc")]
+    assert inc["n"] == 0 and np.isnan(inc["mean"]) and inc["n_incompatible"] == 3
+
+
+def test_holm_against_hand_computation():
+    np.testing.assert_allclose(lb.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(lb.holm([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04])  # NaN not counted
+    np.testing.assert_allclose(lb.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    assert lb.holm([]).size == 0
+
+
+def test_paired_deltas_and_t_test(deltas):
+    d = deltas.set_index(["dataset", "backbone", "strategy"])
+    for ds in DATASETS:
+        for b in BACKBONES:
+            for s in ("sA", "sB"):
+                sv, bv = done_values(ds, b, s), done_values(ds, b, "baseline")
+                seeds = sorted(set(sv) & set(bv))
+                row = d.loc[(ds, b, s)]
+                assert row["n_pairs"] == len(seeds)
+                if not seeds:
+                    assert np.isnan(row["delta"]) and np.isnan(row["p"]) and "no paired seeds" in row["note"]
+                    continue
+                x, y = np.array([sv[k] for k in seeds]), np.array([bv[k] for k in seeds])
+                assert row["delta"] == pytest.approx((x - y).mean(), abs=1e-12)
+                assert row["p"] == pytest.approx(sps.ttest_rel(x, y).pvalue, rel=1e-9)
+    # by hand: d1/bb1/sA Δ = [.02, .03, .04] → t = 0.03 / (0.01/√3) = 3√3, df 2
+    row = d.loc[("d1", "bb1", "sA")]
+    assert row["delta"] == pytest.approx(0.03) and row["t"] == pytest.approx(3 * math.sqrt(3))
+    assert row["p"] == pytest.approx(t_p_df(3 * math.sqrt(3), 2), rel=1e-9)  # 0.0351
+    # d1/bb2/sA: seed 2 failed → Δ = [.02, .03], t = 5, df 1
+    assert d.loc[("d1", "bb2", "sA"), "p"] == pytest.approx(t_p_df(5.0, 1), rel=1e-9)
+    assert d.loc[("d2", "bb2", "sB"), "note"].startswith("no paired seeds (sB: 3 incompatible")
+    # Holm within d1/bb1: both p = 0.0351 → both 0.0702 (not significant)
+    h = t_p_df(3 * math.sqrt(3), 2)
+    assert d.loc[("d1", "bb1", "sA"), "p_holm"] == pytest.approx(2 * h)
+    assert d.loc[("d1", "bb1", "sB"), "p_holm"] == pytest.approx(2 * h)
+    assert not d.loc[("d1", "bb1", "sA"), "significant"]
+    # d6/bb1: sA t = 0.08√3/0.01, sB t = 0.06√3/0.01 → Holm [2 p_A, max(2 p_A, p_B)], both < 0.05
+    pa, pb = t_p_df(8 * math.sqrt(3), 2), t_p_df(6 * math.sqrt(3), 2)
+    assert d.loc[("d6", "bb1", "sA"), "p_holm"] == pytest.approx(2 * pa)
+    assert d.loc[("d6", "bb1", "sB"), "p_holm"] == pytest.approx(max(2 * pa, pb))
+    assert d.loc[("d6", "bb1", "sA"), "significant"] and d.loc[("d6", "bb1", "sB"), "significant"]
+
+
+def test_zero_variance_and_single_pair_give_nan_p():
+    rows = [dict(suite="s", dataset="d", backbone="b", strategy=s, seed=k, metric="test/auroc", value=v,
+                 status="done", reason="") for s, vals in {"baseline": [0.5, 0.6], "x": [0.6, 0.7]}.items()
+            for k, v in enumerate(vals)]
+    out = lb.paired_deltas(pd.DataFrame(rows), "baseline", "test/auroc")
+    assert np.isnan(out.loc[0, "p"]) and "zero variance" in out.loc[0, "note"]
+    assert out.loc[0, "delta"] == pytest.approx(0.1)
+    one = lb.paired_deltas(pd.DataFrame(rows[:1] + rows[2:3]), "baseline", "test/auroc")
+    assert np.isnan(one.loc[0, "p"]) and "n<2" in one.loc[0, "note"]
+
+
+def test_cross_dataset_wilcoxon_and_holm(deltas):
+    c = lb.cross_dataset_tests(deltas).set_index(["backbone", "strategy"])
+    # bb1/sA: 6 positive per-dataset means → exact p = 2/2^6; sB: |Δ| ranks 3,2,1,4,5,6 with 1 and 5
+    # negative → W = 6, 14 of 64 sign patterns have W ≤ 6 → p = 28/64
+    assert c.loc[("bb1", "sA"), "p"] == pytest.approx(2 / 64)
+    assert c.loc[("bb1", "sB"), "p"] == pytest.approx(28 / 64)
+    assert c.loc[("bb1", "sA"), "p_holm"] == pytest.approx(2 * 2 / 64)
+    assert c.loc[("bb1", "sB"), "p_holm"] == pytest.approx(28 / 64)
+    assert not c["significant"].any()
+    assert c.loc[("bb1", "sB"), "n_better"] == 4 and c.loc[("bb1", "sA"), "n_datasets"] == 6
+    # bb2/sB: d2 incompatible → 5 datasets → note that p<0.05 is unreachable
+    assert c.loc[("bb2", "sB"), "n_datasets"] == 5 and "cannot reach p<0.05" in c.loc[("bb2", "sB"), "note"]
+    per = deltas[(deltas["backbone"] == "bb2") & (deltas["strategy"] == "sB")]["delta"].dropna()
+    assert c.loc[("bb2", "sB"), "p"] == pytest.approx(sps.wilcoxon(per.to_numpy()).pvalue)
+    one = lb.cross_dataset_tests(deltas[deltas["dataset"] == "d1"])
+    assert one["p"].isna().all() and one["note"].str.contains("needs ≥ 2").all()
+
+
+def test_lower_is_better_flips_direction(long):
+    assert not lb.higher_is_better("test/hd95") and not lb.higher_is_better("test/loss")
+    assert lb.higher_is_better("test/auroc") and lb.higher_is_better("test/dice")
+    up = lb.paired_deltas(long, "baseline", "test/auroc").set_index(["dataset", "backbone", "strategy"])
+    down = lb.paired_deltas(long, "baseline", "test/hd95").set_index(["dataset", "backbone", "strategy"])
+    valid = up["delta"].notna()
+    np.testing.assert_allclose(down.loc[valid, "delta"], -10 * up.loc[valid, "delta"], atol=1e-9)
+    np.testing.assert_allclose(down.loc[valid, "gain"], 10 * up.loc[valid, "gain"], atol=1e-9)
+    assert (down.loc[("d1", "bb1", "sA"), "delta"] < 0) and (down.loc[("d1", "bb1", "sA"), "gain"] > 0)
+    agg = lb.aggregate(long)
+    r_up, r_down = lb.ranks(agg, "test/auroc"), lb.ranks(agg, "test/hd95")
+    np.testing.assert_array_equal(r_up["rank"].to_numpy(), r_down["rank"].to_numpy())
+
+
+def test_ranks_with_ties_and_average(agg):
+    r = lb.ranks(agg, "test/auroc").set_index(["dataset", "backbone", "strategy"])["rank"]
+    expected_bb1 = {"d1": (3, 1.5, 1.5), "d2": (3, 1, 2), "d3": (2, 1, 3), "d4": (3, 1, 2), "d5": (2, 1, 3),
+                    "d6": (3, 1, 2)}
+    expected_bb2 = {"d1": (3, 2, 1), "d2": (2, 1, np.nan), "d3": (2, 1, 3), "d4": (3, 1, 2), "d5": (2, 1, 3),
+                    "d6": (3, 1, 2)}
+    for b, expected in (("bb1", expected_bb1), ("bb2", expected_bb2)):
+        for d, ranks_ in expected.items():
+            np.testing.assert_array_equal([r[(d, b, s)] for s in STRATEGIES], ranks_)
+    avg = lb.average_ranks(lb.ranks(agg, "test/auroc")).set_index(["backbone", "strategy"])
+    assert avg.loc[("bb1", "sA"), "avg_rank"] == pytest.approx(6.5 / 6)
+    assert avg.loc[("bb1", "sB"), "avg_rank"] == pytest.approx(13.5 / 6)
+    assert avg.loc[("bb1", "baseline"), "avg_rank"] == pytest.approx(16 / 6)
+    # bb2: d2 block incomplete → averaged over 5 blocks
+    assert avg.loc[("bb2", "sA"), "avg_rank"] == pytest.approx(1.2)
+    assert avg.loc[("bb2", "sB"), "avg_rank"] == pytest.approx(2.2)
+    assert avg.loc[("bb2", "baseline"), "avg_rank"] == pytest.approx(2.6)
+    assert avg.loc[("bb2", "sA"), "n_blocks"] == 5
+    assert avg.loc[("(all)", "baseline"), "avg_rank"] == pytest.approx(29 / 11)
+    assert avg.attrs["dropped_blocks"] == 1
+
+
+def test_critical_difference(agg, tmp_path):
+    res, msg = lb.critical_difference(agg, "test/auroc", tmp_path / "cd.png")
+    assert res is not None and res.path.exists() and res.path.stat().st_size > 1000
+    assert res.n_blocks == 11 and res.dropped_blocks == 1 and res.n_datasets == 6
+    assert "dropped 1 incomplete block" in msg
+    # autorank's mean ranks equal ours over the same complete blocks
+    assert res.meanranks["sA"] == pytest.approx(12.5 / 11)
+    assert res.meanranks["baseline"] == pytest.approx(29 / 11)
+    # 4 datasets → refused with a reason
+    four = agg[agg["dataset"].isin(DATASETS[:4])]
+    none, reason = lb.critical_difference(four, "test/auroc", tmp_path / "cd4.png")
+    assert none is None and "4 complete dataset(s) < 5" in reason and not (tmp_path / "cd4.png").exists()
+    # 5 datasets on bb2, but d2 is incomplete → dropped before autorank → only 4 left
+    five = agg[agg["dataset"].isin(DATASETS[:5]) & (agg["backbone"] == "bb2")]
+    none, reason = lb.critical_difference(five, "test/auroc", tmp_path / "cd5.png")
+    assert none is None and "dropped 1 incomplete block" in reason and "4 complete dataset(s)" in reason
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def test_report_files_and_content(report):
+    paths = report["paths"]
+    for name in ("leaderboard.md", "leaderboard.html", "leaderboard.csv", "leaderboard.tex", "runs_long.csv",
+                 "deltas.csv", "heatmap_delta.png", "bars.png", "cd_diagram.png"):
+        assert paths[name].exists() and paths[name].stat().st_size > 0, name
+    md = report["markdown"]
+    assert md == paths["leaderboard.md"].read_text()
+    for word in ("missing", "failed", "incompatible", "incomplete", "cannot reach p < 0.05"):
+        assert word in md
+    assert report["counts"] == {"done": 102, "failed": 1, "incompatible": 3, "incomplete": 1, "missing": 1}
+    html = paths["leaderboard.html"].read_text()
+    assert html.count("data:image/png;base64,") == 3  # cd + heatmap + bars, all embedded
+    assert 'src="http' not in html and "<link" not in html
+    tex = paths["leaderboard.tex"].read_text()
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"$\Delta$" in tex
+    assert len(pd.read_csv(paths["runs_long.csv"])) == 102 * 5 + 6
+    lb_csv = pd.read_csv(paths["leaderboard.csv"])
+    assert {"mean", "std", "n", "n_failed", "n_missing"} <= set(lb_csv.columns)
+
+
+def test_report_without_cd(runs, tmp_path):
+    suite = {**SUITE, "datasets": DATASETS[:4]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = build_report(runs, suite, tmp_path)
+    assert "cd_diagram.png" not in out["paths"] and not (tmp_path / "cd_diagram.png").exists()
+    assert "not computed: 4 complete dataset(s) < 5" in out["markdown"]
+
+
+def test_read_cell_edge_cases(tmp_path):
+    from dkbench.leaderboard.collect import read_cell
+
+    write_run(tmp_path, "s", "d1", "bb1", "sA", 0)
+    done = tmp_path / "s" / "d1" / "bb1__sA" / "seed_0"
+    (done / "status.json").write_text(json.dumps({"status": "running"}))  # DONE is written before status.json
+    status, _, metrics = read_cell(done)
+    assert status == "done" and set(metrics) == {"test/auroc", "test/acc", "test/hd95", "test/loss", "val/auroc"}
+    (done / "DONE").unlink()
+    (done / "status.json").write_text(json.dumps({"status": "done"}))
+    assert read_cell(done)[0] == "incomplete"
+    (done / "status.json").unlink()
+    assert read_cell(done)[:2] == ("incomplete", "interrupted (no status.json)")
+    assert read_cell(tmp_path / "nowhere")[:2] == ("missing", "not run")
+
+
+def test_heatmap_variants(deltas, long, tmp_path):
+    from dkbench.leaderboard import plots
+
+    assert plots.heatmap_delta(deltas, tmp_path / "avg.png", average_backbones=True).stat().st_size > 1000
+    hd = lb.paired_deltas(long, "baseline", "test/hd95")
+    assert plots.heatmap_delta(hd, tmp_path / "hd95.png").stat().st_size > 1000
+
+
+def test_module_entry_point(runs, tmp_path, capsys):
+    from dkbench.leaderboard.__main__ import main
+
+    suite_file = tmp_path / "suite.json"
+    suite_file.write_text(json.dumps({**SUITE, "datasets": DATASETS[:2], "backbones": ["bb1"]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main([str(runs), str(suite_file), str(tmp_path / "out")])
+    assert "# Leaderboard: toy" in capsys.readouterr().out and (tmp_path / "out" / "leaderboard.md").exists()
