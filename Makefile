@@ -31,11 +31,12 @@ install: $(STAMP) ## create .venv and install dkbench with dev extras (re-runs w
 demo: $(STAMP) ## main job: runs on the embedded probe dataset (+ BreastMNIST when present), offline
 	$(VENV)/bin/dkbench demo
 
+# Tests train tiny models and start parallel workers: one thread each avoids oversubscription.
 test: $(STAMP) ## fast test suite (offline; slow tests deselected)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-full: $(STAMP) ## every test, including slow end-to-end runs
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## speed benchmark: dkbench vs a plain PyTorch loop (writes benchmarks/results/)
 	$(PY) benchmarks/bench_throughput.py

@@ -35,7 +35,7 @@ def list_backbones() -> str:
 
     configs: dict[str, list[str]] = {}
     for stem, cfg in _yaml_entries("backbone").items():
-        configs.setdefault(cfg.get("name", stem), []).append(stem)
+        configs.setdefault(cfg.get("arch", stem), []).append(stem)
     rows = ["registry name | configs (backbone=…)", "--- | ---"]
     rows += [f"{name} | {', '.join(configs.get(name, [])) or '(no yaml)'}" for name in BACKBONES.names()]
     return "\n".join(rows)

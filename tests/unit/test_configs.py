@@ -20,8 +20,11 @@ STRATEGY_CONFIGS = sorted(p.stem for p in (config_dir() / "strategy").glob("*.ya
 
 
 def test_every_registry_entry_has_a_yaml_and_back():
-    assert {OmegaConf.load(config_dir() / "strategy" / f"{s}.yaml").name for s in STRATEGY_CONFIGS} == set(STRATEGIES.names())
-    names = {OmegaConf.load(config_dir() / "backbone" / f"{b}.yaml").name for b in BACKBONE_CONFIGS}
+    for group in ("strategy", "backbone", "dataset"):  # `name` = file name = run-folder name
+        for path in (config_dir() / group).glob("*.yaml"):
+            assert OmegaConf.load(path).name == path.stem, path
+    assert {OmegaConf.load(config_dir() / "strategy" / f"{s}.yaml").method for s in STRATEGY_CONFIGS} == set(STRATEGIES.names())
+    names = {OmegaConf.load(config_dir() / "backbone" / f"{b}.yaml").arch for b in BACKBONE_CONFIGS}
     # timm entries register only when the optional `dkbench[timm]` extra is installed
     assert {n for n in names if not n.startswith("timm_")} == {n for n in BACKBONES.names() if not n.startswith("timm_")}
     assert set(BACKBONES.names()) <= names

@@ -48,11 +48,11 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
     plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
-        reason = STRATEGIES.get(cfg.strategy.name)(**dict(cfg.strategy.get("options") or {})).incompatibility(
+        reason = STRATEGIES.get(cfg.strategy.method)(**dict(cfg.strategy.get("options") or {})).incompatibility(
             spec_from_config(cfg.dataset)
         )
-        if reason is None and cfg.backbone.name not in BACKBONES:
-            reason = f"backbone '{cfg.backbone.name}' is not installed here (optional extra missing)"
+        if reason is None and cfg.backbone.arch not in BACKBONES:
+            reason = f"backbone '{cfg.backbone.arch}' is not installed here (optional extra missing)"
         run = RunFolder(cfg.paths.run_dir)
         cfg_hash = config_hash(cfg)
         if reason is not None:

@@ -51,7 +51,7 @@ def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
 def _backbone_factory(cfg: DictConfig, spec):
     def make():
         return create_backbone(
-            cfg.backbone.name,
+            cfg.backbone.arch,
             in_chans=spec.in_chans,
             spatial_dims=spec.spatial_dims,
             img_size=spec.size,
@@ -108,7 +108,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
 
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     spec = arrays.spec
-    strategy = create_strategy(cfg.strategy.name, **dict(cfg.strategy.get("options") or {}))
+    strategy = create_strategy(cfg.strategy.method, **dict(cfg.strategy.get("options") or {}))
     strategy.check_compatible(spec)
     make_backbone = _backbone_factory(cfg, spec)
     strategy.prepare(
