@@ -52,8 +52,17 @@ class ClassificationModule(pl.LightningModule):
         terms = self.strategy.loss_terms(losses, outputs, batch, stage)
         return batch, outputs, terms
 
+    def on_train_epoch_start(self) -> None:
+        self.strategy.on_train_epoch_start(self.current_epoch, self.trainer.max_epochs)
+
+    def _log_extra(self, outputs: dict, batch: dict, stage: str) -> None:
+        n = batch["image"].shape[0]
+        for name, value in self.strategy.extra_metrics(outputs, batch, stage).items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        batch, _, terms = self._step(batch, "train")
+        batch, outputs, terms = self._step(batch, "train")
+        self._log_extra(outputs, batch, "train")
         loss = torch.stack(list(terms.values())).sum()
         n = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
@@ -65,6 +74,7 @@ class ClassificationModule(pl.LightningModule):
     def _evaluate(self, batch: dict, stage: str) -> tuple[dict, torch.Tensor]:
         batch, outputs, terms = self._step(batch, stage)
         outputs = self.strategy.postprocess(outputs, batch)
+        self._log_extra(outputs, batch, stage)
         probs = outputs.get("probs")
         if probs is None:
             probs = probabilities(outputs["logits"].float(), self.spec.task)

@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from dkbench.config import config_dir
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Works outside Hydra and inside a Hydra job (where Hydra is already initialised on the
+    same config tree), e.g. when a strategy composes its source-dataset run."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))

@@ -49,7 +49,7 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
         reason = STRATEGIES.get(cfg.strategy.method)(**dict(cfg.strategy.get("options") or {})).incompatibility(
-            spec_from_config(cfg.dataset)
+            spec_from_config(cfg.dataset), cfg.backbone.arch
         )
         if reason is None and cfg.backbone.arch not in BACKBONES:
             reason = f"backbone '{cfg.backbone.arch}' is not installed here (optional extra missing)"

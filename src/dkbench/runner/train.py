@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from dkbench.backbones import create_backbone
 from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
+from dkbench.runner.compose import compose_config
 from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
 from dkbench.runner.environment import git_sha, hardware, package_versions
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
@@ -48,17 +49,21 @@ def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def _backbone_factory(cfg: DictConfig, spec):
-    def make():
-        return create_backbone(
-            cfg.backbone.arch,
-            in_chans=spec.in_chans,
-            spatial_dims=spec.spatial_dims,
-            img_size=spec.size,
-            pretrained=bool(cfg.backbone.get("pretrained", False)),
-            weights=cfg.backbone.get("weights"),
+def _backbone_factory(cfg: DictConfig, spec, strategy_kwargs: dict[str, Any]):
+    """Builds the run's backbone: its config, then the strategy's needs, then call overrides."""
+
+    def make(**overrides: Any):
+        kwargs = {
+            "in_chans": spec.in_chans,
+            "spatial_dims": spec.spatial_dims,
+            "img_size": spec.size,
+            "pretrained": bool(cfg.backbone.get("pretrained", False)),
+            "weights": cfg.backbone.get("weights"),
             **dict(cfg.backbone.get("kwargs") or {}),
-        )
+            **strategy_kwargs,
+            **overrides,
+        }
+        return create_backbone(cfg.backbone.arch, **kwargs)
 
     return make
 
@@ -109,8 +114,8 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     spec = arrays.spec
     strategy = create_strategy(cfg.strategy.method, **dict(cfg.strategy.get("options") or {}))
-    strategy.check_compatible(spec)
-    make_backbone = _backbone_factory(cfg, spec)
+    strategy.check_compatible(spec, cfg.backbone.arch)
+    make_backbone = _backbone_factory(cfg, spec, strategy.backbone_kwargs(spec))
     strategy.prepare(
         StrategyContext(
             arrays=arrays,
@@ -118,6 +123,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
             seed=int(cfg.seed),
             make_backbone=make_backbone,
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+            compose=compose_config,
         )
     )
     net = strategy.build_net(make_backbone(), spec)

@@ -4,12 +4,15 @@ The task modules call these hooks and never branch on a strategy's name, so a ne
 one subclass + one YAML. Each hook's default is plain supervised training; a strategy
 overrides only the hooks its knowledge needs:
 
+- `backbone_kwargs`  change how the backbone is built (pretrained weights, 2.5D input channels);
 - `prepare`          cached pre-stage (source pre-training, feature extraction, shape AE);
 - `build_net`        wrap or extend the network (extra heads, fusion branches, decoders);
+- `on_train_epoch_start`  pacing that depends on the epoch (self-paced thresholds);
 - `train_sampler`    change which samples are drawn (curriculum);
 - `transform_batch`  change a batch before the forward pass (ROI crops, extra channels);
 - `loss_terms`       weight samples / add loss terms (self-paced, attention supervision);
 - `postprocess`      change outputs before metrics (decision-level fusion, clean-up);
+- `extra_metrics`    strategy-specific numbers logged as val/… and test/… (auxiliary Dice, …);
 - `metadata`         facts the run folder must record (e.g. which ROI is used at test time).
 """
 
@@ -41,8 +44,10 @@ class StrategyContext:
     arrays: DatasetArrays
     cache_dir: Path
     seed: int
-    make_backbone: Any  # () -> Backbone, with the run's backbone settings
+    make_backbone: Any  # (**overrides) -> Backbone, with the run's settings + backbone_kwargs
     config: dict = field(default_factory=dict)
+    #: (overrides) -> composed run config, e.g. to pre-train on another dataset
+    compose: Any = None
 
 
 class ClassifierNet(nn.Module):
@@ -74,8 +79,9 @@ class Strategy:
         self.options = options
 
     # --- compatibility -------------------------------------------------------------------
-    def incompatibility(self, spec: DatasetSpec) -> str | None:
-        """None if the strategy can run on the dataset, else the reason (recorded by the runner)."""
+    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
+        """None if the strategy can run on the dataset (and backbone registry key, when given),
+        else the reason, which the runner records for the cell."""
         if spec.task not in self.tasks:
             return (
                 f"strategy '{self.name}' supports tasks {sorted(self.tasks)}; dataset "
@@ -90,12 +96,16 @@ class Strategy:
             )
         return None
 
-    def check_compatible(self, spec: DatasetSpec) -> None:
-        reason = self.incompatibility(spec)
+    def check_compatible(self, spec: DatasetSpec, backbone: str | None = None) -> None:
+        reason = self.incompatibility(spec, backbone)
         if reason:
             raise IncompatibleStrategyError(reason)
 
     # --- hooks ---------------------------------------------------------------------------
+    def backbone_kwargs(self, spec: DatasetSpec) -> dict[str, Any]:
+        """Overrides for `create_backbone` (e.g. `pretrained=True`, `in_chans=3, spatial_dims=2`)."""
+        return {}
+
     def prepare(self, context: StrategyContext) -> None:
         """Run (or load from cache) a pre-stage before the network is built."""
 
@@ -103,7 +113,12 @@ class Strategy:
         return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
 
     def train_sampler(self, dataset: Any) -> Sampler | None:
+        """A sampler for the training split. Keep its length constant across epochs (Lightning
+        fixes the number of batches per epoch once); implement `set_epoch(epoch)` to pace it."""
         return None
+
+    def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
+        """Called by the module at the start of every training epoch."""
 
     def transform_batch(self, batch: dict, stage: str) -> dict:
         return batch
@@ -114,6 +129,10 @@ class Strategy:
 
     def postprocess(self, outputs: dict, batch: dict) -> dict:
         return outputs
+
+    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        """Scalars averaged over the epoch's batches and logged as `<stage>/<name>`."""
+        return {}
 
     def metadata(self) -> dict[str, Any]:
         return {"strategy": self.name, "citation": self.citation, "options": dict(self.options)}
