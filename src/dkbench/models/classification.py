@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dkbench.data.spec import DatasetSpec
+from dkbench.metrics.attention import attention_overlap
 from dkbench.metrics.classification import make_metrics, metric_inputs, per_sample_loss, probabilities
 from dkbench.strategies.base import Strategy
 
@@ -57,7 +58,12 @@ class ClassificationModule(pl.LightningModule):
 
     def _log_extra(self, outputs: dict, batch: dict, stage: str) -> None:
         n = batch["image"].shape[0]
-        for name, value in self.strategy.extra_metrics(outputs, batch, stage).items():
+        extra = dict(self.strategy.extra_metrics(outputs, batch, stage))
+        if stage != "train":  # where the network looks vs the lesion mask, for every strategy
+            overlap = attention_overlap(outputs, batch)
+            if overlap is not None:
+                extra.setdefault("attention_overlap", overlap)
+        for name, value in extra.items():
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=n)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
