@@ -15,12 +15,18 @@ class TrainThroughput(pl.Callback):
 
     def __init__(self) -> None:
         self.epochs: list[tuple[int, float]] = []  # (images, seconds)
+        #: wall-clock time when the first training step started (runner overhead ends here)
+        self.first_step_at: float | None = None
         self._start: float | None = None
         self._last_end: float | None = None
         self._images = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start, self._last_end, self._images = time.perf_counter(), None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += int(batch["image"].shape[0])

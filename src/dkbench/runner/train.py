@@ -21,6 +21,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from dkbench import IMPORTED_AT
 from dkbench.backbones import create_backbone
 from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
@@ -164,6 +165,12 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
         "epochs_trained": trainer.current_epoch,
         "wall_time_s": round(time.time() - started, 2),
         "started_at": started,
+        # runner overhead to the first training step: from the first import of dkbench in this
+        # process (imports, composition) and from the start of this run (data, model, Trainer)
+        "overhead_s": {
+            "import_to_first_step": _seconds(IMPORTED_AT, throughput.first_step_at),
+            "run_start_to_first_step": _seconds(started, throughput.first_step_at),
+        },
         "finished_at": time.time(),
         "train_images_per_s": round(throughput.images_per_second, 2),
     }
@@ -186,6 +193,10 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
     run.mark_done(cfg_hash)
     log.info("finished %s: %s", run.path, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     return metrics
+
+
+def _seconds(start: float, end: float | None) -> float | None:
+    return round(end - start, 2) if end is not None else None
 
 
 def _finish_wandb(loggers: list[Any]) -> None:
