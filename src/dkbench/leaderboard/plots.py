@@ -27,7 +27,12 @@ def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbone
     """Mean sign-adjusted Δ vs baseline (``gain``: positive = better), strategies × datasets, one
     panel per backbone (or one panel averaged over backbones). Diverging colormap centred at 0,
     values annotated, ``*`` = significant after Holm (per-backbone panels only)."""
-    metric = str(deltas["metric"].iloc[0]) if len(deltas) else "metric"
+    if deltas.empty or not deltas["gain"].notna().any():  # only the baseline ran: say so
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no Δ vs baseline yet (no other strategy finished)", ha="center", va="center")
+        return _save(fig, out_png)
+    metric = str(deltas["metric"].iloc[0])
     d = deltas.copy()
     if average_backbones:
         d = d.groupby(["dataset", "strategy"], sort=False, as_index=False)["gain"].mean()
