@@ -21,7 +21,9 @@ from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.run_folder import RunFolder, config_hash
 from dkbench.runner.suite import Cell, expand_suite, validate_suite
-from dkbench.strategies import STRATEGIES
+from dkbench.strategies import strategy_from_config
+
+
 
 log = logging.getLogger("dkbench.sweep")
 
@@ -48,7 +50,7 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
     plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
-        reason = STRATEGIES.get(cfg.strategy.method)(**dict(cfg.strategy.get("options") or {})).incompatibility(
+        reason = strategy_from_config(cfg.strategy).incompatibility(
             spec_from_config(cfg.dataset), cfg.backbone.arch
         )
         if reason is None and cfg.backbone.arch not in BACKBONES:

@@ -29,7 +29,9 @@ from dkbench.runner.compose import compose_config
 from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
 from dkbench.runner.environment import git_sha, hardware, package_versions
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
-from dkbench.strategies import StrategyContext, create_strategy
+from dkbench.strategies import StrategyContext, strategy_from_config
+
+
 
 log = logging.getLogger("dkbench")
 
@@ -114,7 +116,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
 
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     spec = arrays.spec
-    strategy = create_strategy(cfg.strategy.method, **dict(cfg.strategy.get("options") or {}))
+    strategy = strategy_from_config(cfg.strategy)
     strategy.check_compatible(spec, cfg.backbone.arch)
     make_backbone = _backbone_factory(cfg, spec, strategy.backbone_kwargs(spec))
     strategy.prepare(

@@ -1,0 +1,171 @@
+"""`multitask_seg`: lesion delineation as an auxiliary task (SURVEY.md family A).
+
+Shared encoder, a classification head on the pooled embedding and a light segmentation
+decoder on the encoder's last feature map, trained with a weighted joint loss
+
+    L = CE(logits, label) + seg_weight * (soft Dice + BCE)(decoder output, lesion mask).
+
+The principle is Caruana's multitask learning (Machine Learning 28:41-75, 1997): a related
+task (where is the lesion?) acts as an inductive bias for the shared features. The
+representative in SURVEY.md is multi-task breast-ultrasound classification + segmentation
+(the "BUSBench MT rows"; e.g. Vakanski et al., "Attention-enriched deep learning model for
+breast tumor segmentation in ultrasound images", Ultrasound Med. Biol. 46(10), 2020, and the
+joint classification/segmentation BUS networks it builds on).
+
+Simplified relative to those networks:
+
+- the decoder is light and has no skip connections (the backbone contract exposes only the
+  last feature map): a 1×1 channel reduction, then ``decoder_stages`` stages of
+  [×2 bilinear upsampling → 3×3 conv → BatchNorm → ReLU] (halving the width, at least 16),
+  a 1×1 conv to one lesion logit and a final bilinear resize to the input size. Each stage
+  upsamples by 2 but never past the input size, so any feature-map size works, 1×1 included
+  (e.g. the standard-stem ResNet-18 at 28 px); the coarse mask is then as coarse as the map;
+- one binary lesion channel (every lesion of an image in one mask), no attention modules;
+- fixed loss weight ``seg_weight`` (no uncertainty weighting or schedules).
+
+Empty masks (images without a lesion, e.g. the probe's normal class): the Dice term is
+computed per image on images *with* a lesion only (averaged over them); BCE covers every
+image, so an empty mask is supervised by BCE alone. A batch without any lesion has Dice 0.
+
+Reported metric ``seg_dice`` (logged as ``val/seg_dice`` / ``test/seg_dice``): the decoder's
+output thresholded at probability 0.5, Dice per image, then averaged over images. Convention
+for an empty ground-truth mask: Dice 1 if the prediction is empty too, else 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Norm
+from torch import nn
+
+from dkbench.backbones.base import Backbone
+from dkbench.data.spec import DatasetSpec
+from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy
+from dkbench.strategies.registry import register_strategy
+
+
+class LightDecoder(nn.Module):
+    """Last feature map (B,C,*s) → one lesion logit map at `out_size` (B,1,*out_size)."""
+
+    def __init__(self, in_channels: int, channels: int = 64, stages: int = 3, spatial_dims: int = 2):
+        super().__init__()
+        conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        self.reduce = nn.Sequential(conv(in_channels, channels, kernel_size=1), nn.ReLU(inplace=True))
+        blocks, c_in = [], channels
+        for _ in range(stages):
+            c_out = max(16, c_in // 2)
+            blocks.append(nn.Sequential(
+                conv(c_in, c_out, kernel_size=3, padding=1, bias=False), norm(c_out), nn.ReLU(inplace=True)))
+            c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.out = conv(c_in, 1, kernel_size=1)
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        if tuple(x.shape[2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode=self.mode, align_corners=False)
+
+    def forward(self, feature_map: torch.Tensor, out_size: tuple[int, ...]) -> torch.Tensor:
+        x = self.reduce(feature_map)
+        for block in self.blocks:  # ×2 per stage, capped at the output size
+            x = block(self._resize(x, tuple(min(2 * s, o) for s, o in zip(x.shape[2:], out_size))))
+        return self._resize(self.out(x), tuple(out_size))
+
+
+class MultiTaskSegNet(nn.Module):
+    """Backbone + classification head + segmentation decoder; adds `seg_logits` to the outputs."""
+
+    def __init__(self, backbone: Backbone, num_out: int, dropout: float = 0.0,
+                 decoder_channels: int = 64, decoder_stages: int = 3):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(backbone.num_features, num_out)
+        self.decoder = LightDecoder(backbone.num_features, decoder_channels, decoder_stages,
+                                    getattr(backbone, "spatial_dims", 2))
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image = batch["image"]
+        feature_map = self.backbone.forward_features(image)
+        embedding = self.backbone.pool(feature_map)
+        return {
+            "logits": self.head(self.dropout(embedding)),
+            "embedding": embedding,
+            "feature_map": feature_map,
+            "seg_logits": self.decoder(feature_map, tuple(image.shape[2:])),
+        }
+
+
+def _target(outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seg logits, float {0,1} mask), both (B,1,*spatial) at the mask's size."""
+    mask = (batch["mask"] > 0).float()
+    seg = outputs["seg_logits"].float()
+    if seg.shape[2:] != mask.shape[2:]:
+        seg = F.interpolate(seg, size=mask.shape[2:], mode="bilinear" if mask.ndim == 4 else "trilinear",
+                            align_corners=False)
+    return seg, mask
+
+
+def soft_dice_loss(seg_logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image, averaged over images whose mask is not empty (0 if none is)."""
+    prob = torch.sigmoid(seg_logits).flatten(1)
+    target = mask.flatten(1)
+    inter = (prob * target).sum(1)
+    dice = (2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)
+    has_lesion = target.sum(1) > 0
+    if not bool(has_lesion.any()):
+        return seg_logits.sum() * 0.0  # keeps the graph; BCE alone supervises this batch
+    return (1 - dice)[has_lesion].mean()
+
+
+def hard_dice(seg_logits: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per-image Dice of the thresholded prediction (B,); empty truth: 1 if prediction empty else 0."""
+    pred = (torch.sigmoid(seg_logits) > threshold).flatten(1).float()
+    target = (mask > 0).flatten(1).float()
+    inter = (pred * target).sum(1)
+    total = pred.sum(1) + target.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
+@register_strategy("multitask_seg")
+class MultiTaskSeg(Strategy):
+    name = "multitask_seg"
+    requires = frozenset({"mask"})
+    tasks = CLASSIFICATION_TASKS
+    citation = ("multi-task breast-ultrasound classification + segmentation (SURVEY.md: BUSBench MT rows; "
+                "e.g. Vakanski et al., Ultrasound Med. Biol. 46(10), 2020); Caruana, Multitask "
+                "learning, Machine Learning 28:41-75 (1997)")
+
+    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+        o = self.options
+        return MultiTaskSegNet(
+            backbone, num_outputs(spec.task, spec.num_classes), float(o.get("dropout", 0.0)),
+            decoder_channels=int(o.get("decoder_channels", 64)), decoder_stages=int(o.get("decoder_stages", 3)),
+        )
+
+    def seg_losses(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(soft Dice loss over lesion images, BCE over all pixels of all images)."""
+        seg, mask = _target(outputs, batch)
+        dice = soft_dice_loss(seg, mask, float(self.options.get("dice_smooth", 1.0)))
+        bce = F.binary_cross_entropy_with_logits(seg, mask)
+        return dice, bce
+
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        dice, bce = self.seg_losses(outputs, batch)
+        return {"task": per_sample_loss.mean(), "seg": float(self.options.get("seg_weight", 1.0)) * (dice + bce)}
+
+    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        seg, mask = _target(outputs, batch)
+        return {"seg_dice": hard_dice(seg.detach(), mask).mean()}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **super().metadata(),
+            "seg_loss": "seg_weight * (soft Dice on images with a lesion + BCE on all images)",
+            "seg_dice": "threshold 0.5, Dice per image then mean; empty truth: 1 if prediction empty else 0",
+        }

@@ -1,0 +1,284 @@
+"""`multiview`: read several views / adjacent slices together (SURVEY.md family C).
+
+Radiologists read a lesion in several views (two mammography projections, several ultrasound
+planes) or scroll through neighbouring CT slices. Representative methods: 3DCE (Yan et al.,
+"3D context enhanced region-based convolutional neural network for end-to-end lesion
+detection", MICCAI 2018: neighbouring slices fed as the channels of a 2D network, feature maps
+of several slice groups concatenated) and CVR-RCNN (Ma et al., "Cross-view relation networks for
+mammogram mass detection", 2019: one branch per view, fused features).
+
+Two sources of views (``options.source``, default ``auto``: views when the dataset provides
+them, else the volume):
+
+* ``views``: the dataset's ``views`` extra, (B, V, C, H, W), view 0 being the image itself;
+  ``options.n_views`` keeps the first n (null: all);
+* ``volume``: a 3D volume (B, C, D, H, W) turned 2.5D: ``options.slices`` adjacent slices around
+  the centre of ``options.axis`` (0 = D, 1 = H, 2 = W), in order; or, with ``options.n_slabs``,
+  the axis split into n equal slabs, each averaged into one slice (evenly spaced thick slices
+  covering the whole volume). The backbone is then 2D.
+
+Fusion (``options.fusion``):
+
+* ``channels`` (3DCE's input): the V views stacked as the V·C input channels of one 2D
+  backbone (built with ``in_chans = V·C``), view 0's channels first;
+* ``late`` (CVR-RCNN-like, without the relation module): each view through a backbone — one
+  shared backbone (``options.shared: true``, a single batched pass) or one per view — and the
+  pooled features concatenated (``options.pool: concat``, head input V·F) or averaged
+  (``mean``, F) before the linear head.
+
+Simplified: classification only (no detection / RPN); no cross-view relation module; in
+volume mode each view is one slice (or slab), not 3DCE's groups of three slices per view.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from dkbench.backbones.base import Backbone
+from dkbench.data.spec import DatasetSpec
+from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.registry import register_strategy
+
+SOURCES = ("auto", "views", "volume")
+FUSIONS = ("late", "channels")
+POOLS = ("concat", "mean")
+
+
+def centre_slices(size: int, k: int) -> list[int]:
+    """Indices of the k adjacent slices around the centre of an axis of `size` slices, in order
+    (for odd k the middle one is size // 2)."""
+    if not 1 <= k <= size:
+        raise ValueError(f"multiview: slices must be in [1, {size}], got {k}")
+    start = size // 2 - k // 2
+    return list(range(start, start + k))
+
+
+def slab_bounds(size: int, n: int) -> list[tuple[int, int]]:
+    """[lo, hi) of n equal, contiguous slabs covering an axis of `size` slices."""
+    if not 1 <= n <= size:
+        raise ValueError(f"multiview: n_slabs must be in [1, {size}], got {n}")
+    edges = [round(i * size / n) for i in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def volume_to_views(volume: torch.Tensor, axis: int = 0, slices: int = 3, n_slabs: int | None = None) -> torch.Tensor:
+    """(B, C, D, H, W) → (B, V, C, h, w): the chosen slices (or slab means) along spatial `axis`."""
+    if volume.ndim != 5:
+        raise ValueError(f"multiview: a volume is (B, C, D, H, W), got shape {tuple(volume.shape)}")
+    dim = 2 + axis
+    size = volume.shape[dim]
+    moved = volume.movedim(dim, 1)  # (B, S, C, h, w)
+    if n_slabs:
+        return torch.stack([moved[:, lo:hi].mean(1) for lo, hi in slab_bounds(size, n_slabs)], 1)
+    idx = torch.tensor(centre_slices(size, slices), device=volume.device)
+    return moved.index_select(1, idx)
+
+
+class MultiViewNet(nn.Module):
+    """Views (B, V, C, H, W) → channels-stacked backbone, or per-view backbones + late fusion."""
+
+    def __init__(
+        self,
+        backbones: list[Backbone],
+        num_out: int,
+        n_views: int,
+        *,
+        fusion: str = "late",
+        pool: str = "concat",
+        source: str = "views",
+        axis: int = 0,
+        slices: int = 3,
+        n_slabs: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.backbones = nn.ModuleList(backbones)
+        self.n_views, self.fusion, self.pool, self.source = n_views, fusion, pool, source
+        self.axis, self.slices, self.n_slabs = axis, slices, n_slabs
+        f = backbones[0].num_features
+        in_features = f * n_views if (fusion == "late" and pool == "concat") else f
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(in_features, num_out)
+
+    def views(self, batch: dict) -> torch.Tensor:
+        """The (B, V, C, H, W) views this network reads."""
+        if self.source == "volume":
+            return volume_to_views(batch["image"], self.axis, self.slices, self.n_slabs)
+        views = batch["views"][:, : self.n_views]
+        if views.shape[1] != self.n_views:
+            raise ValueError(f"multiview: expected {self.n_views} views, the batch has {views.shape[1]}")
+        return views
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        views = self.views(batch)
+        b, v = views.shape[:2]
+        if self.fusion == "channels":
+            backbone = self.backbones[0]
+            fmap = backbone.forward_features(views.flatten(1, 2))  # view 0's channels first
+            emb = backbone.pool(fmap)
+            out = {"embedding": emb, "feature_map": fmap}
+        else:
+            if len(self.backbones) == 1:  # shared: one batched pass over all views
+                backbone = self.backbones[0]
+                fmaps = backbone.forward_features(views.flatten(0, 1))
+                per_view = backbone.pool(fmaps).view(b, v, -1)
+                fmap0 = fmaps.view(b, v, *fmaps.shape[1:])[:, 0]
+            else:
+                fmaps = [bb.forward_features(views[:, i]) for i, bb in enumerate(self.backbones)]
+                per_view = torch.stack([bb.pool(fm) for bb, fm in zip(self.backbones, fmaps)], 1)
+                fmap0 = fmaps[0]
+            emb = per_view.flatten(1) if self.pool == "concat" else per_view.mean(1)
+            out = {"embedding": emb, "feature_map": fmap0, "view_embeddings": per_view}
+        out["logits"] = self.head(self.dropout(out["embedding"]))
+        return out
+
+
+def _fresh_copy(backbone: Backbone) -> Backbone:
+    """Same architecture, re-initialised weights (only when no backbone factory was prepared)."""
+    other = copy.deepcopy(backbone)
+    for module in other.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return other
+
+
+@register_strategy("multiview")
+class MultiView(Strategy):
+    """Several views or adjacent slices read together (3DCE / CVR-RCNN; module docstring)."""
+
+    name = "multiview"
+    requires = frozenset()  # views OR a 3D volume: checked in `incompatibility`
+    tasks = CLASSIFICATION_TASKS
+    citation = (
+        "Yan et al., 3D context enhanced region-based CNN for end-to-end lesion detection (3DCE), "
+        "MICCAI 2018; Ma et al., Cross-view relation networks for mammogram mass detection (CVR-RCNN), 2019"
+    )
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.source = str(options.get("source", "auto"))
+        self.fusion = str(options.get("fusion", "late"))
+        self.pool = str(options.get("pool", "concat"))
+        for value, allowed, key in ((self.source, SOURCES, "source"), (self.fusion, FUSIONS, "fusion"),
+                                    (self.pool, POOLS, "pool")):
+            if value not in allowed:
+                raise ValueError(f"multiview: {key} must be one of {allowed}, got {value!r}")
+        self.shared = bool(options.get("shared", True))
+        self.slices = int(options.get("slices", 3))
+        self.n_slabs = options.get("n_slabs")
+        self.n_slabs = int(self.n_slabs) if self.n_slabs else None
+        self.axis = int(options.get("axis", 0))
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"multiview: axis is a spatial axis of (D, H, W): 0, 1 or 2; got {self.axis}")
+        self.n_views_option = options.get("n_views")
+        self._make_backbone = None
+        self._n_views: int | None = None
+        self._resolved: str | None = None
+
+    # --- which views ----------------------------------------------------------------------
+    def resolve_source(self, spec: DatasetSpec) -> str | None:
+        """'views' or 'volume' for this dataset, None if it has neither."""
+        has_views, is_3d = "views" in spec.provides, spec.spatial_dims == 3
+        if self.source == "views":
+            return "views" if has_views else None
+        if self.source == "volume":
+            return "volume" if is_3d else None
+        return "views" if has_views else ("volume" if is_3d else None)
+
+    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
+        reason = super().incompatibility(spec, backbone)
+        if reason:
+            return reason
+        if self.resolve_source(spec) is None:
+            wanted = {
+                "auto": "several views (the dataset extra 'views') or a 3D volume (spatial_dims 3)",
+                "views": "several views (the dataset extra 'views'; source=views)",
+                "volume": "a 3D volume (spatial_dims 3; source=volume)",
+            }[self.source]
+            return (
+                f"strategy '{self.name}' needs {wanted}; dataset '{spec.name}' is a single "
+                f"{spec.spatial_dims}D view per sample and provides "
+                f"{sorted(spec.provides) or 'nothing beyond images and labels'}"
+            )
+        return None
+
+    def _views_count(self, spec: DatasetSpec) -> int | None:
+        if self.resolve_source(spec) == "volume":
+            return self.n_slabs or self.slices
+        if self._n_views is not None:
+            return self._n_views
+        return int(self.n_views_option) if self.n_views_option else None
+
+    def backbone_kwargs(self, spec: DatasetSpec) -> dict[str, Any]:
+        """2D backbone on volumes; V·C input channels for channel fusion."""
+        source = self.resolve_source(spec)
+        kwargs: dict[str, Any] = {"spatial_dims": 2} if source == "volume" else {}
+        v = self._views_count(spec)
+        if self.fusion == "channels" and v is not None:
+            kwargs["in_chans"] = v * spec.in_chans
+        return kwargs
+
+    def prepare(self, context: StrategyContext) -> None:
+        self._make_backbone = context.make_backbone
+        spec = context.arrays.spec
+        if self.resolve_source(spec) == "views":
+            views = context.arrays.splits["train"].extras.get("views")
+            if views is not None:
+                available = int(views.shape[1])
+                wanted = int(self.n_views_option) if self.n_views_option else available
+                if not 1 <= wanted <= available:
+                    raise ValueError(f"multiview: n_views={wanted}, dataset '{spec.name}' has {available} views")
+                self._n_views = wanted
+
+    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+        source = self.resolve_source(spec)
+        if source is None:
+            raise ValueError(self.incompatibility(spec))
+        v = self._views_count(spec)
+        if v is None:
+            raise ValueError("multiview: the number of views is unknown; call prepare() or set options.n_views")
+        factory, self._make_backbone = self._make_backbone, None
+        overrides: dict[str, Any] = {"spatial_dims": 2} if source == "volume" else {}
+        if self.fusion == "channels":
+            need = v * spec.in_chans
+            have = getattr(backbone, "in_chans", None)  # None: the backbone does not say
+            if have != need and factory is not None:
+                backbone = factory(**overrides, in_chans=need)
+            elif have is not None and have != need:
+                raise ValueError(f"multiview: channel fusion needs a backbone with in_chans={need}, got {have}")
+            backbones = [backbone]
+        elif self.shared:
+            backbones = [backbone]
+        else:
+            extra = [factory(**overrides) if factory else _fresh_copy(backbone) for _ in range(v - 1)]
+            backbones = [backbone, *extra]
+        self._resolved = source
+        self._layout = self._describe(spec, source, v)
+        return MultiViewNet(
+            backbones, num_outputs(spec.task, spec.num_classes), v, fusion=self.fusion, pool=self.pool,
+            source=source, axis=self.axis, slices=self.slices, n_slabs=self.n_slabs,
+            dropout=self.options.get("dropout", 0.0),
+        )
+
+    def _describe(self, spec: DatasetSpec, source: str, v: int) -> dict[str, Any]:
+        layout: dict[str, Any] = {"source": source, "n_views": v, "fusion": self.fusion}
+        if self.fusion == "late":
+            layout.update(shared=self.shared, pool=self.pool)
+        if source == "volume":
+            layout["axis"] = ["D", "H", "W"][self.axis]
+            if self.n_slabs:
+                layout["slabs"] = [list(b) for b in slab_bounds(spec.size, self.n_slabs)]
+            else:
+                layout["slices"] = centre_slices(spec.size, self.slices)
+        return layout
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        if self._resolved:
+            meta["views"] = self._layout
+        return meta

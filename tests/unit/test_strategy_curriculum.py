@@ -1,0 +1,202 @@
+"""`curriculum`: early epochs draw only easy samples, the pool grows to the full set on schedule,
+and a dataset without difficulty gets a teacher-loss ranking that is trained once and cached."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dkbench.data.loading import load_dataset
+from dkbench.data.spec import DatasetSpec
+from dkbench.runner.compose import compose_config
+from dkbench.strategies import StrategyContext, create_strategy
+from dkbench.strategies.catalogue.curriculum import curriculum_order, pacing_fraction
+
+
+class _Sized:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def _strategy(difficulty, max_epochs=10, seed=0, labels=None, **options):
+    s = create_strategy("curriculum", **options)
+    s.set_difficulty(difficulty, "test", labels)
+    s.max_epochs, s.seed = max_epochs, seed
+    return s, s.train_sampler(_Sized(len(difficulty)))
+
+
+def test_pacing_function_shapes():
+    kw = dict(max_epochs=10, start_fraction=0.3, full_at=0.7)  # full pool from epoch 7 on
+    lin = [pacing_fraction(e, pacing="linear", **kw) for e in range(10)]
+    assert lin[0] == pytest.approx(0.3) and lin[7:] == [1.0, 1.0, 1.0]
+    assert lin[2] == pytest.approx(0.3 + 0.7 * 2 / 7) and lin[5] == pytest.approx(0.3 + 0.7 * 5 / 7)
+    root = [pacing_fraction(e, pacing="root", **kw) for e in range(10)]
+    assert root[0] == pytest.approx(0.3) and root[7] == 1.0
+    assert root[2] == pytest.approx(math.sqrt(0.09 + 0.91 * 2 / 7))
+    assert all(r >= li for r, li in zip(root, lin, strict=True))  # root front-loads the growth
+    step = [pacing_fraction(e, pacing="step", steps=3, **kw) for e in range(10)]
+    # staircase: t = e/7 crosses 1/3 at e=2.33 and 2/3 at e=4.67
+    assert step == pytest.approx([0.3, 0.3, 0.3, 0.3 + 0.7 / 3, 0.3 + 0.7 / 3, 0.3 + 1.4 / 3,
+                                  0.3 + 1.4 / 3, 1.0, 1.0, 1.0])
+    for seq in (lin, root, step):
+        assert all(b >= a for a, b in zip(seq, seq[1:]))
+
+
+@pytest.mark.parametrize("pacing", ["linear", "root", "step"])
+def test_sampler_draws_easy_first_and_reaches_full_set(pacing):
+    rng = np.random.default_rng(1)
+    difficulty = rng.permutation(200).astype(float) / 200 + rng.normal(0, 1e-3, 200)
+    strategy, sampler = _strategy(difficulty, pacing=pacing, start_fraction=0.25, full_at=0.6)
+    sizes = []
+    for epoch in range(10):
+        sampler.set_epoch(epoch)  # what Lightning does at every epoch start
+        drawn = np.array(list(sampler))
+        assert len(drawn) == len(sampler) == 200  # constant length: constant batches per epoch
+        p = strategy.pool_fraction(epoch)
+        # every drawn sample is within the easiest p (the p-quantile of the difficulty)
+        assert difficulty[drawn].max() <= np.quantile(difficulty, p, method="inverted_cdf")
+        pool = set(drawn.tolist())
+        assert len(pool) == math.ceil(p * 200 - 1e-9)  # the whole pool is visited
+        sizes.append(len(pool))
+        # cycling without replacement: every pool member is drawn floor or ceil(200/|pool|) times
+        counts = np.bincount(drawn, minlength=200)[list(pool)]
+        assert counts.max() - counts.min() <= 1
+    assert sizes[0] == 50 and all(b >= a for a, b in zip(sizes, sizes[1:]))
+    assert sizes[6:] == [200] * 4  # full_at 0.6 of 10 epochs
+    assert difficulty[np.array(list(_iter_at(sampler, 0)))].mean() < 0.2  # vs 0.5 for the full set
+    assert sampler.history[0] == 50 and sampler.history[9] == 200
+
+
+def _iter_at(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return iter(sampler)
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch():
+    d = np.linspace(0, 1, 64)
+    _, a = _strategy(d, seed=3)
+    _, b = _strategy(d, seed=3)
+    _, c = _strategy(d, seed=4)
+    assert list(_iter_at(a, 2)) == list(_iter_at(b, 2))
+    assert list(_iter_at(a, 2)) != list(_iter_at(a, 3))
+    assert list(_iter_at(a, 2)) != list(_iter_at(c, 2))
+    # the pool is chosen when iteration starts, not when the iterator object is created
+    it = iter(a)
+    a.set_epoch(9)
+    assert len(set(it)) == 64
+
+
+def test_pools_are_class_stratified_easiest_first():
+    """A teacher's loss is often lowest for the majority class; the pool keeps every class in
+    its train proportion and takes each class's easiest members (Hacohen & Weinshall's balance)."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 60 + [1] * 140)
+    difficulty = rng.uniform(0, 1, 200) + 2.0 * (labels == 0)  # class 0 is uniformly harder
+    order = curriculum_order(difficulty, labels)
+    assert sorted(order.tolist()) == list(range(200))
+    for k in (10, 37, 60, 150):
+        prefix = order[:k]
+        for cls, n_cls in ((0, 60), (1, 140)):
+            members = prefix[labels[prefix] == cls]
+            assert abs(len(members) - k * n_cls / 200) <= 1  # class proportion kept
+            ranked = np.flatnonzero(labels == cls)[np.argsort(difficulty[labels == cls])]
+            assert set(members.tolist()) == set(ranked[: len(members)].tolist())  # its easiest
+    # unstratified (balance_classes=false): the first 60 are all of the easy class
+    _, sampler = _strategy(difficulty, labels=labels, balance_classes=False, start_fraction=0.3)
+    assert set(labels[list(_iter_at(sampler, 0))]) == {1}
+    _, sampler = _strategy(difficulty, labels=labels, start_fraction=0.3)
+    drawn = np.array(list(_iter_at(sampler, 0)))
+    assert set(labels[drawn]) == {0, 1} and len(set(drawn.tolist())) == 60
+
+
+def test_difficulty_dataset_option_is_refused_without_difficulty():
+    spec = DatasetSpec(name="plain", task="binary", num_classes=2, in_chans=1, spatial_dims=2, size=28)
+    assert create_strategy("curriculum").incompatibility(spec) is None  # auto: teacher path
+    reason = create_strategy("curriculum", difficulty="dataset").incompatibility(spec)
+    assert "difficulty" in reason and "plain" in reason
+
+
+def _fake_breastmnist(root: Path, sizes=(96, 32, 48)):
+    """A small BreastMNIST-format file (no difficulty), as tests/integration/test_train.py does."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), sizes, strict=True):
+        labels = rng.integers(0, 2, size=(n, 1))
+        images = rng.integers(0, 60, size=(n, 28, 28)) + labels[:, :, None] * 20
+        arrays[f"{split}_images"] = images.astype(np.uint8)
+        arrays[f"{split}_labels"] = labels.astype(np.uint8)
+    (root / "medmnist").mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(root / "medmnist" / "breastmnist.npz", **arrays)
+
+
+def test_teacher_difficulty_is_trained_once_and_cached(tmp_path, monkeypatch):
+    from dkbench.runner import train as train_module
+    from dkbench.runner.train import _backbone_factory
+
+    _fake_breastmnist(tmp_path / "data")
+    cfg = compose_config([
+        "dataset=breastmnist", "backbone=tinycnn", "strategy=curriculum", "trainer.max_epochs=4",
+        "strategy.options.teacher_epochs=1", "data.batch_size=32", "ui.progress_bar=false",
+        f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}", f"paths.data_dir={tmp_path / 'data'}",
+    ])
+    arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    assert "difficulty" not in arrays.splits["train"].extras
+    calls = []
+    real_train = train_module.train
+    monkeypatch.setattr(train_module, "train", lambda c: calls.append(c) or real_train(c))
+
+    def prepare():
+        s = create_strategy(cfg.strategy.method, **cfg.strategy.options)
+        s.prepare(StrategyContext(
+            arrays=arrays, cache_dir=Path(cfg.paths.cache_dir), seed=0,
+            make_backbone=_backbone_factory(cfg, arrays.spec, {}),
+            config=OmegaConf.to_container(cfg, resolve=True), compose=compose_config))
+        return s
+
+    rng_state = torch.random.get_rng_state()
+    first = prepare()
+    # the nested teacher run leaves the main run's random streams as they were
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    assert first.difficulty_source == "teacher" and len(calls) == 1
+    teacher_cfg = calls[0]
+    assert teacher_cfg.strategy.method == "baseline" and teacher_cfg.trainer.max_epochs == 1
+    teacher_dir = tmp_path / "runs/.cache/curriculum/breastmnist/tinycnn/seed_0"
+    assert (teacher_dir / "DONE").exists() and Path(first.teacher["run_dir"]) == teacher_dir
+    cached = list(teacher_dir.glob("difficulty_*.npy"))
+    assert [p.name for p in cached] == [f"difficulty_{first.teacher['config_hash']}.npy"]
+    d = first.difficulty
+    assert d.shape == (96,) and np.all(d >= 0) and d.std() > 0  # per-sample cross-entropy
+    assert first.max_epochs == 4 and first.metadata()["class_balanced"] is True
+
+    stamp = (teacher_dir / "metrics.json").stat().st_mtime_ns
+    second = prepare()  # another run of the same cell (or a resume): no teacher, no scoring
+    assert len(calls) == 1 and (teacher_dir / "metrics.json").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(second.difficulty, d)
+    assert second.teacher["cached"] is True and second.metadata()["difficulty_source"] == "teacher"
+    assert second.teacher["val/auroc"] == first.teacher["val/auroc"] is not None
+
+
+def test_probe_run_paces_the_pool_and_records_it(tiny_run):
+    """2 epochs, full_at 0.5: epoch 0 trains on the easiest 30 %, epoch 1 on everything."""
+    metrics, run = tiny_run("strategy=curriculum", "trainer.max_epochs=2", "strategy.options.full_at=0.5")
+    for name in ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE"):
+        assert (run / name).exists(), name
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    meta = json.loads((run / "metadata.json").read_text())["strategy"]
+    assert meta["difficulty_source"] == "dataset"
+    assert meta["pool_sizes"] == {"0": math.ceil(0.3 * 128), "1": 128}  # Lightning called set_epoch
+    log = pd.read_csv(run / "csv" / "metrics.csv")
+    rows = log.dropna(subset=["train/curriculum_pool_fraction"]).sort_values("epoch")
+    assert rows["train/curriculum_pool_fraction"].tolist() == pytest.approx([39 / 128, 1.0])
+    diff0, diff1 = rows["train/curriculum_difficulty"].tolist()
+    assert diff0 < diff1  # the easy epoch really drew easier samples
