@@ -6,7 +6,13 @@ embedding (B, num_features). Heads live in the task module.
 """
 
 from dkbench.backbones.base import Backbone, IncompatibleInputError
-from dkbench.backbones.registry import BACKBONES, create_backbone, list_backbones, register_backbone
+from dkbench.backbones.registry import (
+    BACKBONES,
+    create_backbone,
+    list_backbones,
+    pretrained_weights_file,
+    register_backbone,
+)
 from dkbench.backbones.weights import (
     WeightsMismatchError,
     WeightsUnavailableError,
@@ -24,5 +30,6 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "load_local_weights",
+    "pretrained_weights_file",
     "register_backbone",
 ]

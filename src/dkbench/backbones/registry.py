@@ -9,7 +9,9 @@ A factory has the signature
 and builds the network (library-provided weights when `pretrained`, offline, or a clear
 `WeightsUnavailableError`). Local files (`backbone.weights`) are loaded by `create_backbone`
 through `load_local_weights`, unless the factory sets `accepts_weights = True` and takes a
-`weights=` path itself (timm: `pretrained_cfg_overlay=dict(file=...)`).
+`weights=` path itself (timm: `pretrained_cfg_overlay=dict(file=...)`). A factory whose
+`pretrained=True` loads a local file offline says which through a `pretrained_file(spatial_dims)`
+attribute (`pretrained_weights_file` asks it; strategies use it to refuse cells cheaply).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ register_backbone = BACKBONES.register
 def list_backbones(pattern: str = "*") -> list[str]:
     """Registered backbone names matching a glob pattern (timm's `list_models`)."""
     return BACKBONES.names(pattern)
+
+
+def pretrained_weights_file(name: str, spatial_dims: int = 2) -> str | None:
+    """The local file `create_backbone(name, pretrained=True)` loads offline, or None when
+    backbone `name` has none here (nothing is built). A factory answers through an optional
+    `pretrained_file(spatial_dims) -> str | None` attribute; factories without one have none."""
+    locate = getattr(BACKBONES.get(name), "pretrained_file", None)
+    return locate(spatial_dims) if callable(locate) else None
 
 
 def create_backbone(

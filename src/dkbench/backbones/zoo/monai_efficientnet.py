@@ -84,8 +84,13 @@ class MonaiEfficientNet(Backbone):
         width_coefficient: float = 1.0,
         depth_coefficient: float = 1.0,
         drop_connect_rate: float = 0.2,
-        norm: str | tuple = ("batch", {"eps": 1e-3, "momentum": 0.01}),
+        bn_momentum: float = 0.1,
     ):
+        # The TF/lukemelas convention (momentum 0.01) barely moves BatchNorm running statistics
+        # in the few hundred steps of a small medical dataset: a from-scratch model then predicts
+        # a constant in eval mode (seen on BreastMNIST). dkbench uses PyTorch's default 0.1 for
+        # every EfficientNet, pretrained or not, so baseline and transfer rows compare fairly.
+        norm = ("batch", {"eps": 1e-3, "momentum": float(bn_momentum)})
         super().__init__()
         net = EfficientNet(
             blocks_args_str=list(blocks),
@@ -183,3 +188,22 @@ def efficientnet_lite0(
         path = lite0_weights_path()
         load_state_dict_into(model, read_checkpoint(path), source=path)
     return model
+
+
+def _b0_pretrained_file(spatial_dims: int) -> str | None:
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", B0_HUB_FILE)
+    return cached if spatial_dims == 2 and os.path.isfile(cached) else None
+
+
+def _lite0_pretrained_file(spatial_dims: int) -> str | None:
+    if spatial_dims != 2:
+        return None
+    try:
+        return lite0_weights_path()
+    except WeightsUnavailableError:
+        return None
+
+
+# what `pretrained_weights_file` (registry) answers, without building the network
+efficientnet_b0.pretrained_file = _b0_pretrained_file
+efficientnet_lite0.pretrained_file = _lite0_pretrained_file
