@@ -90,8 +90,11 @@ class SweepProgress:
             f"{len(p.done)} already done (skipped), {len(p.incompatible)} incompatible",
             flush=True,
         )
-        for cell, reason in p.incompatible:
-            print(f"  incompatible {cell.label}: {reason}", flush=True)
+        grouped: dict[tuple[str, str], list[int]] = {}
+        for cell, reason in p.incompatible:  # one line per dataset × backbone × strategy
+            grouped.setdefault((cell.label.rsplit("/seed_", 1)[0], reason), []).append(cell.seed)
+        for (label, reason), seeds in grouped.items():
+            print(f"  incompatible {label} (seeds {seeds}): {reason}", flush=True)
 
     def record(self, batch: list[Cell], returns: list[Any], seconds: float, parallel: int) -> None:
         for cell, ret in zip(batch, returns, strict=True):
