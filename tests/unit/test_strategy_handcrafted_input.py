@@ -1,0 +1,95 @@
+"""handcrafted_input: radiomics feature maps enter as extra input channels (SURVEY.md family E).
+The channel count and content match the extractor, the maps are standardised with train
+statistics and follow the augmentation of the batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dkbench.backbones import create_backbone
+from dkbench.data.datamodule import InMemoryDataset
+from dkbench.data.loading import load_dataset, spec_from_config
+from dkbench.data.transforms import AugmentConfig, augment_batch
+from dkbench.features import MAP_NAMES, feature_maps
+from dkbench.runner.compose import compose_config
+from dkbench.strategies import StrategyContext, create_strategy
+
+
+@pytest.fixture(scope="module")
+def probe():
+    cfg = compose_config(["dataset=probe", "dataset.options.n_train=32", "dataset.options.n_val=16",
+                          "dataset.options.n_test=16"])
+    return load_dataset(cfg.dataset, cfg.paths.data_dir)
+
+
+def _prepared(arrays, tmp_path, **options):
+    strategy = create_strategy("handcrafted_input", **options)
+    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=tmp_path, seed=0, make_backbone=None,
+                                     config={"data": {"mean": 0.5, "std": 0.5}}))
+    return strategy
+
+
+def _batch(arrays, split="val", n=6):
+    return InMemoryDataset(arrays.splits[split], "binary", 0.5, 0.5).__getitems__(list(range(n)))
+
+
+def test_channels_are_the_image_then_the_extractors_maps_standardised_on_train(probe, tmp_path):
+    strategy = _prepared(probe, tmp_path)
+    assert strategy.backbone_kwargs(probe.spec) == {"in_chans": 1 + len(MAP_NAMES)}
+    batch = _batch(probe)
+    out = strategy.transform_batch(batch, "val")
+    assert out["image"].shape == (6, 1 + len(MAP_NAMES), 64, 64)
+    torch.testing.assert_close(out["image"][:, :1], batch["image"])  # the image is untouched, first
+    raw_val = feature_maps(torch.from_numpy(probe.splits["val"].image[:6]).float())  # the extractor on raw uint8
+    # train statistics, computed here independently from the train split's maps
+    train_maps = feature_maps(torch.from_numpy(probe.splits["train"].image).float()).double()
+    mean, std = train_maps.mean((0, 2, 3)), train_maps.std((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(strategy.map_mean.flatten().double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(strategy.map_std.flatten().double(), std, rtol=1e-4, atol=1e-6)
+    expected = (raw_val.double() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    torch.testing.assert_close(out["image"][:, 1:].double(), expected, rtol=1e-4, atol=1e-4)
+    # the network sees all channels: a backbone built with these kwargs takes the batch
+    net = create_backbone("tinycnn", spatial_dims=2, img_size=64, **strategy.backbone_kwargs(probe.spec))
+    assert net(out["image"]).shape == (6, net.num_features)
+    assert json.dumps(strategy.metadata())  # serialisable, lists channel order
+    assert strategy.metadata()["channels"] == ["image", *MAP_NAMES]
+
+
+def test_a_subset_of_maps_gives_those_channels_in_order(probe, tmp_path):
+    strategy = _prepared(probe, tmp_path, maps=["local_entropy", "sobel"])
+    assert strategy.backbone_kwargs(probe.spec) == {"in_chans": 3}
+    full = _prepared(probe, tmp_path)
+    batch = _batch(probe)
+    sub, all_maps = strategy.transform_batch(batch, "test")["image"], full.transform_batch(batch, "test")["image"]
+    torch.testing.assert_close(sub[:, 1:], all_maps[:, [3, 1]])
+    assert create_strategy("handcrafted_input", maps=["nope"]).incompatibility(probe.spec) is not None
+    vol = spec_from_config(compose_config(["dataset=adrenalmnist3d"]).dataset)
+    assert "2D" in create_strategy("handcrafted_input").incompatibility(vol)
+
+
+def test_maps_follow_the_augmentation(probe, tmp_path):
+    """Computed from the batch after augmentation: the maps of a flipped image are the flipped maps."""
+    strategy = _prepared(probe, tmp_path, maps=["sobel", "local_std", "local_entropy"])
+    batch = _batch(probe, "train", 8)
+    flipped = augment_batch(batch, AugmentConfig(hflip=True), "binary", torch.Generator().manual_seed(0))
+    which = [not torch.equal(flipped["image"][i], batch["image"][i]) for i in range(8)]
+    assert any(which) and not all(which)
+    a = strategy.transform_batch(flipped, "train")["image"]
+    b = strategy.transform_batch(batch, "train")["image"]
+    for i in range(8):  # a map looked up by sample index would not be flipped
+        torch.testing.assert_close(a[i], b[i].flip(-1) if which[i] else b[i], atol=1e-5, rtol=1e-5)
+
+
+def test_end_to_end_probe_run(tiny_run):
+    metrics, run = tiny_run("strategy=handcrafted_input")
+    for name in ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE"):
+        assert (run / name).exists(), name
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    meta = json.loads((run / "metadata.json").read_text())["strategy"]
+    assert meta["channels"] == ["image", *MAP_NAMES] and len(meta["map_standardisation"]["mean"]) == 4
+    stem = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert stem["net.backbone.blocks.0.0.weight"].shape[1] == 1 + len(MAP_NAMES)  # the CNN was fed 5 channels
