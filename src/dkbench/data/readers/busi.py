@@ -4,6 +4,9 @@ Three variants share one loader: `busi` (normal / benign / malignant), `busi_bin
 (benign vs malignant, normal images dropped) and `busi_seg` (lesion segmentation). All use
 the committed, duplicate-aware split `dkbench/data/splits/busi.json`, so the same image is in
 the same split in every variant. The captions are label-derived templates: never an input.
+
+`busi` and `busi_binary` also provide `attributes`: BI-RADS-like lesion descriptors DERIVED
+from the lesion masks (BUSI has no radiologist attribute labels), see `derive_attributes`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,102 @@ DUPLICATE_WARNING = (
     "'benign (433)' and 'malignant (145)' are the same image with different labels (and a few "
     "other near-identical pairs cross classes); they are grouped into one split, not removed."
 )
+
+
+# --- mask-derived attributes -----------------------------------------------------------
+ATTRIBUTE_NAMES = ["shape", "orientation", "margin", "size"]
+ATTRIBUTE_VALUES = {
+    "shape": ["regular", "irregular"],
+    "orientation": ["parallel (wider-than-tall)", "not parallel (taller-than-wide)"],
+    "margin": ["smooth convex outline", "lobulated / angular outline"],
+    "size": ["small", "large"],
+}
+#: Attribute value of images without a lesion (normal images): the loss's ignore_index.
+MISSING_ATTRIBUTE = -1
+ATTRIBUTE_DEFINITIONS = {
+    "shape": "1 (irregular) iff solidity = mask area / convex-hull area (skimage "
+             "convex_hull_image) < threshold = median solidity of the TRAIN split's lesion masks",
+    "orientation": "1 (taller-than-wide) iff bbox height > bbox width, i.e. depth/width ratio > 1 "
+                   "(fixed, from the literature: Stavros et al., Radiology 196:123-134, 1995; "
+                   "ACR BI-RADS ultrasound 'not parallel')",
+    "margin": "1 (lobulated / angular) iff convexity = convex-hull perimeter / mask perimeter "
+              "(skimage.measure.perimeter) < threshold = median convexity of the TRAIN split's "
+              "lesion masks (BUSI: 1.0, so 1 means 'outline not convex')",
+    "size": "1 (large) iff mask area in pixels (at the file's 128 px) > threshold = median area "
+            "of the TRAIN split's lesion masks",
+}
+ATTRIBUTE_WARNING = (
+    "extras['attributes'] are DERIVED from the lesion masks (shape descriptors with thresholds "
+    "from the train split or the literature), not radiologist BI-RADS labels. Several lesions in "
+    "one mask are described as their union. BUSI's benign masks are mostly traced smoothly and its "
+    "malignant masks irregularly, so the derived shape and margin are strongly label-correlated "
+    "(on all 647 lesion images, 1 - solidity has AUROC ~0.94 and 1 - convexity ~0.98 for "
+    "malignancy): use them as auxiliary training targets only. rot90 augmentation would swap "
+    "orientation."
+)
+_descriptor_cache: dict[str, dict[str, np.ndarray]] = {}
+
+
+def mask_descriptors(masks: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, H, W) binary masks → per-mask float64 descriptors (NaN where the mask is empty):
+    solidity, convexity (hull perimeter / perimeter, capped at 1), aspect (bbox h / w), area."""
+    from skimage.measure import perimeter
+    from skimage.morphology import convex_hull_image
+
+    m = np.asarray(masks) > 0
+    out = {k: np.full(len(m), np.nan) for k in ("solidity", "convexity", "aspect", "area")}
+    for i, mk in enumerate(m):
+        area = int(mk.sum())
+        if area == 0:
+            continue
+        hull = convex_hull_image(mk)
+        out["solidity"][i] = area / max(int(hull.sum()), area)
+        p = perimeter(mk)
+        out["convexity"][i] = min(1.0, perimeter(hull) / p) if p > 0 else 1.0
+        ys, xs = np.nonzero(mk)
+        out["aspect"][i] = (ys.max() - ys.min() + 1) / (xs.max() - xs.min() + 1)
+        out["area"][i] = area
+    return out
+
+
+def derive_attributes(desc: dict[str, np.ndarray], train: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Descriptors → (N, 4) int64 attributes in ATTRIBUTE_NAMES order (-1 where no lesion) and
+    the thresholds used; `train` selects the rows whose lesions set the median thresholds."""
+    has = ~np.isnan(desc["area"])
+    ref = np.asarray(train) & has
+    if not ref.any():
+        raise ValueError("BUSI attributes: no lesion mask in the train split to set the thresholds from")
+    thr = {
+        "shape_solidity": float(np.median(desc["solidity"][ref])),
+        "orientation_aspect": 1.0,
+        "margin_convexity": float(np.median(desc["convexity"][ref])),
+        "size_area": float(np.median(desc["area"][ref])),
+    }
+    with np.errstate(invalid="ignore"):
+        attrs = np.stack([
+            desc["solidity"] < thr["shape_solidity"],
+            desc["aspect"] > thr["orientation_aspect"],
+            desc["convexity"] < thr["margin_convexity"],
+            desc["area"] > thr["size_area"],
+        ], axis=1).astype(np.int64)
+    attrs[~has] = MISSING_ATTRIBUTE
+    return attrs, thr
+
+
+def _attributes(masks: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, checksum: str):
+    """Attributes of every image of the file (normal images: -1) and the thresholds."""
+    key = f"{checksum}:{masks.shape}"
+    if key not in _descriptor_cache:
+        lesion = labels != NORMAL
+        desc = {k: np.full(len(masks), np.nan) for k in ("solidity", "convexity", "aspect", "area")}
+        for k, v in mask_descriptors(masks[lesion]).items():
+            desc[k][lesion] = v
+        _descriptor_cache[key] = desc
+    desc = _descriptor_cache[key]
+    train = np.zeros(len(masks), bool)
+    train[train_idx] = True
+    train &= labels != NORMAL
+    return derive_attributes(desc, train)
 
 
 def _check_options(name: str, options: dict, allowed: set[str]) -> None:
@@ -89,11 +188,16 @@ def _read(data_dir: Path, spec: DatasetSpec, *, mode: str, include_normal: bool)
     keep = None if include_normal else labels != NORMAL
     index = split_indices(a["ids"], doc, data_path=path, keep=keep)
     checksum = sha256_file(path)
+    attributes = thresholds = None
+    if "attributes" in spec.provides:
+        attributes, thresholds = _attributes(masks, labels, index["train"], checksum)
 
     splits = {}
     for split, idx in index.items():
         mask = np.ascontiguousarray(masks[idx][:, None])  # (N, 1, H, W) uint8
         extras = {"mask": mask, "bbox": masks_to_bbox(mask), "text": a["captions"][idx]}
+        if attributes is not None:
+            extras["attributes"] = attributes[idx]
         if mode == "segmentation":
             label = mask
         else:
@@ -113,6 +217,14 @@ def _read(data_dir: Path, spec: DatasetSpec, *, mode: str, include_normal: bool)
     if "text" in spec.provides:
         notes["label_derived"] = ["text"]
         notes["warnings"].append(CAPTION_WARNING)  # type: ignore[union-attr]
+    if attributes is not None:
+        notes["attribute_names"] = list(ATTRIBUTE_NAMES)
+        notes["attribute_values"] = {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}
+        notes["attribute_missing_value"] = MISSING_ATTRIBUTE
+        notes["attribute_source"] = "derived from the lesion masks (not radiologist labels)"
+        notes["attribute_definitions"] = dict(ATTRIBUTE_DEFINITIONS)
+        notes["attribute_thresholds"] = thresholds
+        notes["warnings"].append(ATTRIBUTE_WARNING)  # type: ignore[union-attr]
     if mode == "multiclass" and not include_normal:
         notes["warnings"].append(  # type: ignore[union-attr]
             "include_normal=false: no normal images, but labels keep 0 normal / 1 benign / 2 malignant."

@@ -1,0 +1,147 @@
+"""`attribute_multitask`: doctors' semantic attributes as auxiliary labels (SURVEY.md family E).
+
+Representative: HSCNN (Shen et al., "An interpretable deep hierarchical semantic
+convolutional neural network for lung nodule malignancy classification", Expert Systems with
+Applications 128:84-95, 2019). HSCNN predicts radiologists' semantic nodule attributes
+(calcification, margin, subtlety, …) from a shared CNN and feeds those low-level semantic
+predictions into the malignancy classifier; the attributes supervise the shared features and
+make the diagnosis interpretable.
+
+Here: one linear head per attribute on the shared pooled embedding (the number of values of
+each attribute is read from the data: max value + 1 over the splits, at least 2), and the
+diagnosis head on the embedding, optionally concatenated with the attribute heads' softmax
+probabilities (``feed_attributes: true``, HSCNN's hierarchy; the probabilities are not
+detached, so the diagnosis loss also trains the attribute heads). Loss
+
+    L = CE(diagnosis) + weight * mean_a CE_a(attribute a),
+
+where each CE_a averages over the samples whose attribute a is known (value -1 = "not
+applicable", e.g. images without a lesion, is ignored) and the mean runs over the attributes
+known for at least one sample of the batch.
+
+Simplified relative to HSCNN: no separate per-attribute convolutional branches (one linear
+head each on the shared embedding), no class-balanced loss weights, no pre-training stage;
+HSCNN's attribute labels are radiologists' LIDC ratings, whereas the probe's are thresholded
+generator parameters and BUSI's are derived from the lesion masks (readers/busi.py).
+
+Metrics (val/… and test/…): ``attr_acc_<name>`` per attribute (accuracy over the batch's
+samples with a known value, averaged over batches weighted by batch size) and
+``attr_acc_mean`` (their mean).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dkbench.backbones.base import Backbone
+from dkbench.data.spec import DatasetSpec
+from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.registry import register_strategy
+
+MISSING = -1
+
+
+class AttributeNet(nn.Module):
+    """Backbone + one head per attribute + diagnosis head (fed the attribute probabilities
+    when `feed_attributes`); adds `attr_logits` (list of (B, k_a)) to the outputs."""
+
+    def __init__(self, backbone: Backbone, num_out: int, attribute_classes: list[int],
+                 feed_attributes: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.feed_attributes = feed_attributes
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        d = backbone.num_features
+        self.attr_heads = nn.ModuleList(nn.Linear(d, k) for k in attribute_classes)
+        self.head = nn.Linear(d + (sum(attribute_classes) if feed_attributes else 0), num_out)
+
+    def forward(self, batch: dict) -> dict[str, Any]:
+        feature_map = self.backbone.forward_features(batch["image"])
+        embedding = self.backbone.pool(feature_map)
+        z = self.dropout(embedding)
+        attr_logits = [h(z) for h in self.attr_heads]
+        head_in = torch.cat([z, *(a.softmax(1) for a in attr_logits)], 1) if self.feed_attributes else z
+        return {"logits": self.head(head_in), "embedding": embedding, "feature_map": feature_map,
+                "attr_logits": attr_logits}
+
+
+def attribute_losses(attr_logits: list[torch.Tensor], attributes: torch.Tensor) -> list[torch.Tensor]:
+    """CE per attribute over the samples with a known value (-1 ignored); attributes that no
+    sample of the batch knows are left out."""
+    out = []
+    for a, logits in enumerate(attr_logits):
+        target = attributes[:, a].long()
+        if bool((target != MISSING).any()):
+            out.append(F.cross_entropy(logits.float(), target, ignore_index=MISSING))
+    return out
+
+
+@register_strategy("attribute_multitask")
+class AttributeMultitask(Strategy):
+    name = "attribute_multitask"
+    requires = frozenset({"attributes"})
+    tasks = CLASSIFICATION_TASKS
+    citation = ("Shen et al., An interpretable deep hierarchical semantic convolutional neural network "
+                "for lung nodule malignancy classification (HSCNN), Expert Systems with Applications "
+                "128:84-95 (2019)")
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.attribute_names: list[str] = []
+        self.attribute_classes: list[int] = []
+        self.majority_rate: dict[str, float] = {}
+
+    def prepare(self, context: StrategyContext) -> None:
+        splits = context.arrays.splits
+        train = np.asarray(splits["train"].extras["attributes"])
+        if train.ndim != 2:
+            raise ValueError(f"attribute_multitask: attributes must be (N, A), got shape {train.shape}")
+        every = np.concatenate([np.asarray(s.extras["attributes"]).reshape(-1, train.shape[1])
+                                for s in splits.values()])
+        # the number of values is the attribute's schema (not a statistic): max over all splits
+        self.attribute_classes = [max(2, int(every[:, a].max()) + 1) for a in range(train.shape[1])]
+        names = list(context.arrays.notes.get("attribute_names") or [])
+        self.attribute_names = names if len(names) == train.shape[1] else [f"a{a}" for a in range(train.shape[1])]
+        for a, name in enumerate(self.attribute_names):  # for reading attr_acc against chance
+            known = train[:, a][train[:, a] != MISSING]
+            self.majority_rate[name] = float(np.bincount(known).max() / len(known)) if len(known) else float("nan")
+
+    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+        if not self.attribute_classes:
+            raise RuntimeError("attribute_multitask: prepare() must run before build_net()")
+        return AttributeNet(backbone, num_outputs(spec.task, spec.num_classes), self.attribute_classes,
+                            feed_attributes=bool(self.options.get("feed_attributes", True)),
+                            dropout=float(self.options.get("dropout", 0.0)))
+
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        terms = {"task": per_sample_loss.mean()}
+        losses = attribute_losses(outputs["attr_logits"], batch["attributes"])
+        attr = torch.stack(losses).mean() if losses else per_sample_loss.sum() * 0.0
+        terms["attributes"] = float(self.options.get("weight", 1.0)) * attr
+        return terms
+
+    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for a, logits in enumerate(outputs["attr_logits"]):
+            target = batch["attributes"][:, a].long()
+            known = target != MISSING
+            if bool(known.any()):  # a batch without a known value logs nothing for it
+                out[f"attr_acc_{self.attribute_names[a]}"] = (logits.argmax(1)[known] == target[known]).float().mean()
+        if out:
+            out["attr_acc_mean"] = torch.stack(list(out.values())).mean()
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **super().metadata(),
+            "attribute_names": list(self.attribute_names),
+            "attribute_classes": list(self.attribute_classes),
+            "attribute_majority_rate_train": dict(self.majority_rate),
+            "loss": "CE(diagnosis) + weight * mean over attributes of CE (value -1 ignored)",
+        }

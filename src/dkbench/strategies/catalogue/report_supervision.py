@@ -1,0 +1,207 @@
+"""`report_supervision`: radiology reports as auxiliary supervision (SURVEY.md family F).
+
+Representative: TieNet (Wang et al., "TieNet: Text-Image Embedding Network for Common Thorax
+Disease Classification and Reporting in Chest X-rays", CVPR 2018), which trains a CNN jointly
+with a report model so that the image embedding carries what radiologists write; at test time
+it classifies (and reports) from the image alone.
+
+Here the report side is a bag of words: a scikit-learn ``TfidfVectorizer`` fitted in
+`prepare` on the TRAIN split's texts only (rows L2-normalised). A projection head maps the
+pooled image embedding into the TF-IDF space, and an auxiliary loss aligns it with the
+sample's report vector:
+
+- ``loss: cosine``       1 - cos(projection, TF-IDF vector);
+- ``loss: mse``          mean squared error to the TF-IDF vector;
+- ``loss: contrastive``  CLIP-style symmetric InfoNCE within the batch between the normalised
+  projections and the normalised report vectors (temperature ``temperature``); samples whose
+  report vectors are identical count as positives of each other (templated reports repeat),
+  the target is spread evenly over them.
+
+L = CE(diagnosis) + weight * alignment. The text is used ONLY in training: the alignment term
+is computed for training batches (stage "train"), from the TF-IDF table of the train split
+looked up by sample id; validation and test run on the image alone (their loss is the task
+loss), so predictions never depend on a text. The table lookup also works on datasets whose
+text the data module withholds from batches as label-derived.
+
+Label-derived text (a dataset's `label_derived` lists "text", e.g. BUSI, whose captions are
+class templates): aligning with it is label supervision in disguise, so the strategy is
+refused unless ``allow_label_derived_text: true``; then a warning is logged and recorded in
+the run's metadata.json.
+
+Simplified relative to TieNet: no LSTM report generator and no attention-encoded text
+embedding (a fixed TF-IDF target instead of a learned text encoder), no joint image-text
+classifier, no report output at test time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dkbench.backbones.base import Backbone
+from dkbench.data.spec import DatasetSpec
+from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.registry import register_strategy
+
+log = logging.getLogger("dkbench")
+
+LOSSES = ("cosine", "mse", "contrastive")
+LABEL_DERIVED_WARNING = (
+    "report_supervision on dataset '{name}': its text is marked label-derived (label_derived: [text]); "
+    "options.allow_label_derived_text=true aligns the image embedding with texts that encode the "
+    "label, i.e. extra label supervision, not report knowledge. Do not read this run as evidence "
+    "for report supervision."
+)
+
+
+class ReportNet(nn.Module):
+    """Backbone + diagnosis head + projection of the embedding into the report-vector space;
+    adds `text_proj` (B, V) to the outputs (training-only target; the logits never use it)."""
+
+    def __init__(self, backbone: Backbone, num_out: int, text_dim: int, proj_hidden: int = 0,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        d = backbone.num_features
+        self.head = nn.Linear(d, num_out)
+        if proj_hidden > 0:
+            self.text_proj = nn.Sequential(nn.Linear(d, proj_hidden), nn.ReLU(inplace=True),
+                                           nn.Linear(proj_hidden, text_dim))
+        else:
+            self.text_proj = nn.Linear(d, text_dim)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        feature_map = self.backbone.forward_features(batch["image"])
+        embedding = self.backbone.pool(feature_map)
+        return {"logits": self.head(self.dropout(embedding)), "embedding": embedding,
+                "feature_map": feature_map, "text_proj": self.text_proj(embedding)}
+
+
+def alignment_loss(proj: torch.Tensor, target: torch.Tensor, kind: str = "cosine",
+                   temperature: float = 0.1) -> torch.Tensor:
+    """Alignment of image projections (B, V) with report vectors (B, V); rows whose report
+    vector is all zero (no word of the vocabulary) are left out."""
+    proj, target = proj.float(), target.float()
+    keep = target.abs().sum(1) > 0
+    if not bool(keep.any()):
+        return proj.sum() * 0.0
+    proj, target = proj[keep], target[keep]
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(proj, target, dim=1)).mean()
+    if kind == "mse":
+        return F.mse_loss(proj, target)
+    if kind == "contrastive":
+        p, t = F.normalize(proj, dim=1), F.normalize(target, dim=1)
+        logits = p @ t.T / temperature
+        same = (t @ t.T > 1 - 1e-6).float()  # identical reports are positives of each other
+        soft = same / same.sum(1, keepdim=True)
+        i2t = -(soft * logits.log_softmax(1)).sum(1).mean()
+        t2i = -(soft * logits.T.log_softmax(1)).sum(1).mean()  # `same` is symmetric
+        return (i2t + t2i) / 2
+    raise ValueError(f"report_supervision: loss must be one of {LOSSES}, got {kind!r}")
+
+
+@register_strategy("report_supervision")
+class ReportSupervision(Strategy):
+    name = "report_supervision"
+    requires = frozenset({"text"})
+    tasks = CLASSIFICATION_TASKS
+    citation = ("Wang et al., TieNet: Text-Image Embedding Network for Common Thorax Disease "
+                "Classification and Reporting in Chest X-rays, CVPR 2018")
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.vectorizer: Any = None
+        self.train_vectors: torch.Tensor | None = None  # (N_train, V) TF-IDF of the train texts
+        self.row_of: dict[str, int] = {}
+        self.warnings: list[str] = []
+
+    # --- compatibility ---------------------------------------------------------------------
+    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
+        reason = super().incompatibility(spec, backbone)
+        if reason:
+            return reason
+        if self.options.get("loss", "cosine") not in LOSSES:
+            return f"strategy '{self.name}': options.loss must be one of {list(LOSSES)}, got {self.options['loss']!r}"
+        if "text" in spec.label_derived and not bool(self.options.get("allow_label_derived_text", False)):
+            return (
+                f"strategy '{self.name}': dataset '{spec.name}' marks its text as label-derived "
+                f"(label_derived: {sorted(spec.label_derived)}; e.g. captions that name the class), so "
+                f"aligning images with it would be label supervision, not report knowledge; set "
+                f"strategy.options.allow_label_derived_text=true to run anyway (recorded as a warning)"
+            )
+        return None
+
+    # --- pre-stage ----------------------------------------------------------------------------
+    def prepare(self, context: StrategyContext) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        spec = context.arrays.spec
+        train = context.arrays.splits["train"]
+        texts = [str(t) for t in np.asarray(train.extras["text"]).tolist()]
+        self.vectorizer = TfidfVectorizer(
+            max_features=int(self.options.get("max_features", 2000)),
+            ngram_range=(1, int(self.options.get("ngram_max", 1))),
+            sublinear_tf=True,
+        )
+        matrix = self.vectorizer.fit_transform(texts)  # TRAIN texts only
+        self.train_vectors = torch.from_numpy(np.asarray(matrix.todense(), dtype=np.float32))
+        self.row_of = {str(i): r for r, i in enumerate(np.asarray(train.ids).tolist())}
+        if len(self.row_of) != len(texts):
+            raise ValueError(f"report_supervision: dataset '{spec.name}' has duplicate ids in its train split")
+        self.warnings = []
+        if "text" in spec.label_derived:
+            msg = LABEL_DERIVED_WARNING.format(name=spec.name)
+            self.warnings.append(msg)
+            log.warning(msg)
+
+    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+        if self.train_vectors is None:
+            raise RuntimeError("report_supervision: prepare() must run before build_net()")
+        return ReportNet(backbone, num_outputs(spec.task, spec.num_classes), self.train_vectors.shape[1],
+                         proj_hidden=int(self.options.get("proj_hidden", 0)),
+                         dropout=float(self.options.get("dropout", 0.0)))
+
+    # --- training -----------------------------------------------------------------------------
+    def report_vectors(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The TF-IDF vectors of a TRAINING batch's reports, looked up by sample id."""
+        assert self.train_vectors is not None
+        try:
+            rows = [self.row_of[str(i)] for i in batch["id"]]
+        except KeyError as err:
+            raise KeyError(f"report_supervision: sample {err} is not in the train split; the report "
+                           f"target exists for training samples only") from None
+        return self.train_vectors[torch.as_tensor(rows)].to(device)
+
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        terms = {"task": per_sample_loss.mean()}
+        if stage == "train":  # the text is a training-only target: never read at val / test
+            target = self.report_vectors(batch, outputs["text_proj"].device)
+            terms["report"] = float(self.options.get("weight", 1.0)) * alignment_loss(
+                outputs["text_proj"], target, str(self.options.get("loss", "cosine")),
+                float(self.options.get("temperature", 0.1)))
+        return terms
+
+    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        if stage != "train":
+            return {}
+        target = self.report_vectors(batch, outputs["text_proj"].device)
+        return {"report_cos": F.cosine_similarity(outputs["text_proj"].detach().float(), target, dim=1).mean()}
+
+    def metadata(self) -> dict[str, Any]:
+        vocab = sorted(self.vectorizer.vocabulary_) if self.vectorizer is not None else []
+        return {
+            **super().metadata(),
+            "text_embedding": "TF-IDF (scikit-learn TfidfVectorizer, sublinear tf, l2 rows) fitted on the train split's texts only",
+            "text_use": "training-only alignment target; val/test use the image alone",
+            "vocabulary_size": len(vocab),
+            "vocabulary_head": vocab[:50],
+            "warnings": list(self.warnings),
+        }

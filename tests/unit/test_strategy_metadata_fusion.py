@@ -1,0 +1,143 @@
+"""metadata_fusion: the prediction depends on the patient data through the metadata branch
+(and learns to use it), standardisation uses train statistics only, and datasets without
+metadata are refused with the reason (SURVEY.md family F)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from dkbench.backbones import create_backbone
+from dkbench.data.datamodule import InMemoryDataset
+from dkbench.data.loading import load_dataset, spec_from_config
+from dkbench.data.readers.probe import METADATA_NAMES, generate_split, resolve_options
+from dkbench.data.spec import DatasetArrays, SplitArrays
+from dkbench.metrics.classification import per_sample_loss
+from dkbench.runner.compose import compose_config
+from dkbench.strategies import IncompatibleStrategyError, StrategyContext, create_strategy
+from dkbench.strategies.base import ClassifierNet
+from dkbench.strategies.catalogue.metadata_fusion import train_statistics
+
+SIZE = 32
+
+
+def _spec(name: str, *overrides: str):
+    return spec_from_config(compose_config([f"dataset={name}", *overrides]).dataset)
+
+
+def _backbone(size=SIZE):
+    return create_backbone("tinycnn", in_chans=1, spatial_dims=2, img_size=size, widths=(8, 16, 32, 32))
+
+
+def _prepared(arrays, **options):
+    strategy = create_strategy("metadata_fusion", **options)
+    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=None, seed=0, make_backbone=None))
+    return strategy
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """Probe at 32 px whose lesions say nothing about the label (signal 0, no marker) while
+    age does (gap 30 years, sd 12): only a model that reads the metadata can beat chance."""
+    spec = _spec("probe", f"dataset.size={SIZE}")
+    opts = resolve_options({"signal": 0.0, "age_gap": 30.0})
+    splits = {s: generate_split(n, size=SIZE, split=s, options=opts) for s, n in
+              (("train", 128), ("val", 128), ("test", 8))}
+    arrays = DatasetArrays(spec=spec, splits=splits, notes={"metadata_names": list(METADATA_NAMES)})
+    batches = {s: InMemoryDataset(a, "binary", 0.5, 0.5).__getitems__(list(range(len(a)))) for s, a in splits.items()}
+    return spec, arrays, batches
+
+
+@pytest.mark.parametrize("fusion", ["concat", "late"])
+def test_prediction_depends_on_metadata_through_the_branch(probe, fusion):
+    spec, arrays, batches = probe
+    torch.manual_seed(0)
+    net = _prepared(arrays, fusion=fusion).build_net(_backbone(), spec).eval()
+    batch = batches["test"]
+    older = {**batch, "metadata": batch["metadata"] + torch.tensor([20.0, 0.0])}
+    palpable = {**batch, "metadata": batch["metadata"] * torch.tensor([1.0, 0.0]) + torch.tensor([0.0, 1.0])}
+    with torch.no_grad():
+        base = net(batch)["logits"]
+        assert not torch.allclose(base, net(older)["logits"])
+        assert not torch.allclose(base, net(palpable)["logits"])
+        # remove the branch's path to the logits: the metadata no longer matter
+        if fusion == "concat":
+            d = net.backbone.num_features
+            assert net.head.in_features == d + 32
+            net.head.weight[:, d:] = 0
+        else:
+            net.meta_head.weight.zero_()
+            net.meta_head.bias.zero_()
+        assert torch.allclose(net(batch)["logits"], net(older)["logits"])
+
+
+def test_fusion_learns_what_the_image_cannot_say(probe):
+    """Held-out AUROC after a short full-batch training: metadata_fusion reads the age, the
+    image-only network cannot (the lesions carry no label information here)."""
+    spec, arrays, batches = probe
+
+    def fit(net) -> float:
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for _ in range(25):
+            loss = per_sample_loss(net(batches["train"])["logits"], batches["train"]["label"], "binary").mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            prob = net(batches["val"])["logits"].softmax(1)[:, 1]
+        return binary_auroc(prob, batches["val"]["label"]).item()
+
+    torch.manual_seed(0)
+    fused = fit(_prepared(arrays).build_net(_backbone(), spec))
+    torch.manual_seed(0)
+    image_only = fit(ClassifierNet(_backbone(), 2))
+    assert fused > 0.8 and image_only < 0.7, (fused, image_only)
+
+
+def test_standardisation_uses_train_statistics_only(probe):
+    spec, arrays, _ = probe
+    shifted = {}
+    for s, a in arrays.splits.items():  # val / test metadata far off: must not move the statistics
+        meta = a.extras["metadata"] if s == "train" else a.extras["metadata"] + 1000.0
+        shifted[s] = SplitArrays(a.image, a.label, a.ids, {**a.extras, "metadata": meta})
+    strategy = _prepared(DatasetArrays(spec=spec, splits=shifted, notes=arrays.notes))
+    train = arrays.splits["train"].extras["metadata"].astype(np.float64)
+    np.testing.assert_allclose(strategy.mean, train.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(strategy.std, train.std(0), rtol=1e-5)
+    net = strategy.build_net(_backbone(), spec)
+    z = net.standardise(torch.from_numpy(arrays.splits["train"].extras["metadata"]))
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+    meta = strategy.metadata()["standardisation"]
+    assert meta["source"] == "train split only" and meta["mean"] == pytest.approx(train.mean(0).tolist(), rel=1e-5)
+
+
+def test_constant_and_missing_columns():
+    mean, std = train_statistics(np.array([[1.0, 5.0], [3.0, 5.0], [np.nan, 5.0]]))
+    assert mean.tolist() == [2.0, 5.0] and std.tolist() == [1.0, 1.0]  # constant column: std 1
+
+
+def test_refused_without_metadata():
+    strategy = create_strategy("metadata_fusion")
+    with pytest.raises(IncompatibleStrategyError) as err:
+        strategy.check_compatible(_spec("breastmnist"))
+    msg = str(err.value)
+    assert "breastmnist" in msg and "missing: ['metadata']" in msg and "patient data" in msg
+    assert strategy.incompatibility(_spec("probe")) is None
+    assert "fusion" in create_strategy("metadata_fusion", fusion="sum").incompatibility(_spec("probe"))
+
+
+def test_tiny_run_records_train_statistics(tiny_run):
+    metrics, run_dir = tiny_run("strategy=metadata_fusion")
+    assert 0.0 <= metrics["test/auroc"] <= 1.0 and (run_dir / "predictions.csv").is_file()
+    meta = json.loads((run_dir / "metadata.json").read_text())["strategy"]
+    cfg = compose_config(["dataset=probe", "dataset.options.n_train=128", "dataset.options.n_val=64",
+                          "dataset.options.n_test=64"])
+    train = load_dataset(cfg.dataset, "unused").splits["train"].extras["metadata"].astype(np.float64)
+    assert meta["metadata_names"] == METADATA_NAMES
+    assert meta["standardisation"]["mean"] == pytest.approx(train.mean(0).tolist(), rel=1e-5)
