@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install dkbench with dev extras (re-runs when pyproject.toml changes)
 
-demo: $(STAMP) ## main job: runs on the embedded probe dataset (+ BreastMNIST when present), offline
-	$(VENV)/bin/dkbench demo
+DEMO_JOBS ?= 2
+demo: $(STAMP) ## main job: sweep + leaderboard of the `demo` suite (probe + BreastMNIST when present), offline
+	OMP_NUM_THREADS=1 $(VENV)/bin/dkbench demo hydra/launcher=joblib hydra.launcher.n_jobs=$(DEMO_JOBS)
 
 # Tests train tiny models and start parallel workers: one thread each avoids oversubscription.
 test: $(STAMP) ## fast test suite (offline; slow tests deselected)
