@@ -41,3 +41,15 @@ class Backbone(nn.Module):
                 f"the dataset gives {size}px. Use a larger dataset size (e.g. dataset.size=64) "
                 f"or a backbone made for small images (e.g. backbone=resnet18_28)."
             )
+
+
+def reinitialised_copy(backbone: Backbone) -> Backbone:
+    """A second backbone of the same architecture with fresh weights (for two-branch networks
+    when no backbone factory is at hand, e.g. in unit tests)."""
+    import copy
+
+    other = copy.deepcopy(backbone)
+    for module in other.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return other

@@ -45,11 +45,9 @@ import json
 import logging
 import math
 import os
-import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +57,7 @@ from torch.utils.data import Sampler
 
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import per_sample_loss
+from dkbench.strategies.prestage import preserved_rng
 from dkbench.strategies.base import Strategy, StrategyContext
 from dkbench.strategies.registry import register_strategy
 
@@ -166,20 +165,6 @@ class CurriculumSampler(Sampler[int]):
         yield from drawn.tolist()
 
 
-@contextmanager
-def _preserved_rng() -> Iterator[None]:
-    """A nested training run (the teacher) must not change the main run's random streams:
-    a run whose teacher was cached must start exactly like one that trained it."""
-    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.random.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -365,7 +350,7 @@ class Curriculum(Strategy):
             if len(scores) == n_train:
                 self._record_teacher_score(run_dir, cfg)
                 return scores
-        with _preserved_rng():
+        with preserved_rng():
             while True:
                 try:
                     train_module.train(cfg)

@@ -39,7 +39,6 @@ Works for 2D images and (attention mode) 3D volumes alike.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -49,6 +48,7 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs, per_sample_loss
+from dkbench.backbones.base import reinitialised_copy
 from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
 from dkbench.strategies.registry import register_strategy
 
@@ -239,15 +239,6 @@ class GlobalLocalNet(nn.Module):
         }
 
 
-def _fresh_copy(backbone: Backbone) -> Backbone:
-    """A second backbone of the same architecture with re-initialised weights (used only when
-    `prepare` did not provide the run's backbone factory, e.g. in unit tests)."""
-    other = copy.deepcopy(backbone)
-    for module in other.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return other
-
 
 @register_strategy("global_local")
 class GlobalLocal(Strategy):
@@ -299,7 +290,7 @@ class GlobalLocal(Strategy):
 
     def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
         self._task = spec.task
-        local = self._make_backbone() if self._make_backbone is not None else _fresh_copy(backbone)
+        local = self._make_backbone() if self._make_backbone is not None else reinitialised_copy(backbone)
         self._make_backbone = None  # the factory holds the run config; not needed any more
         return GlobalLocalNet(
             backbone, local, num_outputs(spec.task, spec.num_classes), tau=self.tau,

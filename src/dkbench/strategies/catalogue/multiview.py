@@ -32,7 +32,6 @@ volume mode each view is one slice (or slab), not 3DCE's groups of three slices 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -41,6 +40,7 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
+from dkbench.backbones.base import reinitialised_copy
 from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
 from dkbench.strategies.registry import register_strategy
 
@@ -137,14 +137,6 @@ class MultiViewNet(nn.Module):
         out["logits"] = self.head(self.dropout(out["embedding"]))
         return out
 
-
-def _fresh_copy(backbone: Backbone) -> Backbone:
-    """Same architecture, re-initialised weights (only when no backbone factory was prepared)."""
-    other = copy.deepcopy(backbone)
-    for module in other.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return other
 
 
 @register_strategy("multiview")
@@ -255,7 +247,7 @@ class MultiView(Strategy):
         elif self.shared:
             backbones = [backbone]
         else:
-            extra = [factory(**overrides) if factory else _fresh_copy(backbone) for _ in range(v - 1)]
+            extra = [factory(**overrides) if factory else reinitialised_copy(backbone) for _ in range(v - 1)]
             backbones = [backbone, *extra]
         self._resolved = source
         self._layout = self._describe(spec, source, v)

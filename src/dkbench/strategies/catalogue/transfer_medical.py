@@ -25,14 +25,10 @@ images (BreastMNIST and BUSI: both `source: busi`) are refused, as their test se
 from __future__ import annotations
 
 import logging
-import random
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -42,6 +38,7 @@ from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.prestage import preserved_rng
 from dkbench.strategies.base import CLASSIFICATION_TASKS, ClassifierNet, Strategy, StrategyContext
 from dkbench.strategies.registry import register_strategy
 
@@ -56,20 +53,6 @@ def _quote(value: Any) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
-@contextmanager
-def _preserved_rng():
-    """The source run re-seeds every generator; restore them so that the target run builds the
-    same network whether its source was trained just now or read from the cache."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 @register_strategy("transfer_medical")
@@ -145,7 +128,7 @@ class TransferMedical(Strategy):
             compose = context.compose
         cfg = compose(self.source_overrides(context))
         run = RunFolder(cfg.paths.run_dir)
-        with _preserved_rng():
+        with preserved_rng():
             while True:
                 try:
                     metrics = train(cfg)
