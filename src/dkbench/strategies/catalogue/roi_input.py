@@ -1,0 +1,406 @@
+"""`roi_input`: only the expert region reaches the network (SURVEY.md family D, survey §3.5).
+
+Doctors read the lesion, not the rest of the frame; the survey (Xie et al., MedIA 69:101985,
+2021, §3.5 "areas doctors focus on") lists methods that feed the classifier the region a
+doctor (or a detector) marks instead of the whole image. Here every batch is reduced to that
+region before the forward pass (`transform_batch`):
+
+- ``mode: mask`` — pixels outside the (dilated) lesion mask, or outside the box when
+  ``region: bbox``, are replaced by a fill value: ``zero`` (0 after normalisation, i.e. the
+  dataset's mean grey level) or ``roi_mean`` (the mean of the image *inside* the region, so
+  nothing outside the region leaks through the fill);
+- ``mode: crop`` — the lesion's box, enlarged by ``margin`` (fraction of its longer side), is
+  cut out (pixels outside it set to the fill value) and a window with the input's aspect
+  ratio centred on it (side at least ``min_crop`` of the image) is resampled to the input size
+  with one batched `affine_grid` / `grid_sample` (bilinear). The aspect ratio is kept, so
+  shape descriptors such as "taller-than-wide" survive; absolute lesion size does not (every
+  lesion is zoomed to fill the window).
+
+Either way a pixel outside the region cannot change the network's input, hence its output
+(the mechanism test perturbs such pixels). In crop mode the batch's ``mask`` (and ``bbox``)
+are resampled with the same window (nearest), so `attention_overlap` is measured in the
+coordinates the network sees.
+
+Which ROI at val/test time (``test_roi``) is a different claim, recorded by `metadata()`:
+
+- ``given``: the ground-truth mask / box of each test image (an upper bound: a doctor's
+  outline is assumed at test time);
+- ``predicted``: a small fully convolutional lesion segmenter (`ROIPredictor`, ≈ 0.1 M
+  parameters) trained in `prepare` on the *training* split's masks (BCE + soft Dice, Adam), cached
+  under ``<paths.cache_dir>/roi_input/<key>.pt`` keyed by the dataset checksum, seed, input
+  normalisation and predictor options. Its probability map is thresholded at 0.5 and the
+  largest connected component kept (if nothing passes, the pixels above half the image's
+  maximum probability); that component is the region (mask mode) or gives the box (crop
+  mode). Its validation Dice is recorded in the metadata and `roi_coverage` (the fraction of the
+  true lesion inside the region the network saw) is logged as ``val/`` and ``test/roi_coverage``.
+
+Training always uses the ground-truth region (``given``), whatever ``test_roi`` says.
+
+Simplified relative to the two-stage systems the survey cites (detector → classifier of the
+crop): one binary lesion mask per image (every lesion in one region, one box around all of it);
+the ROI predictor is a tiny FCN, not a detector, and is not fine-tuned with the classifier;
+images whose mask is empty (no lesion) keep their whole image as the region, which, with a
+given ROI, tells the network the image has no lesion (on datasets with a normal class
+that is label information: use ``test_roi: predicted`` there). 2-D images only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from dkbench.data.datamodule import bbox_from_mask
+from dkbench.data.spec import DatasetSpec
+from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.registry import register_strategy
+
+log = logging.getLogger("dkbench")
+
+PREDICTOR_VERSION = 1
+
+
+# --- regions ---------------------------------------------------------------------------
+def box_region(bbox: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(B,4) boxes (x0, y0, x1, y1; pixel-edge coordinates, max exclusive) → (B,1,H,W) float
+    {0,1}: pixels whose centre lies in the box. A NaN box gives an empty region."""
+    h, w = shape
+    b = bbox.float()
+    xs = torch.arange(w, device=b.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(h, device=b.device, dtype=torch.float32) + 0.5
+    inx = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])  # (B,W), False where NaN
+    iny = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])  # (B,H)
+    return (iny[:, :, None] & inx[:, None, :]).float()[:, None]
+
+
+def dilate(region: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation by a (2r+1)-wide square (max-pooling); works for 2-D and 3-D maps."""
+    if radius <= 0:
+        return region
+    pool = F.max_pool2d if region.ndim == 4 else F.max_pool3d
+    return pool(region, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+
+def dilation_px(fraction: float, shape: tuple[int, ...]) -> int:
+    """Dilation radius in pixels: a fraction of the mean image side."""
+    return int(round(float(fraction) * float(np.mean(shape))))
+
+
+def expert_region(batch: dict, region: str = "mask", dilate_fraction: float = 0.0) -> torch.Tensor:
+    """The expert's region of each image, (B,1,*spatial) float {0,1}, dilated by
+    `dilate_fraction` of the image side: the lesion mask, or its box (``region="bbox"``:
+    the dataset's box, filled). Empty for images without a lesion."""
+    shape = tuple(batch["image"].shape[2:])
+    if region == "mask":
+        r = (batch["mask"] > 0).float()
+    elif region == "bbox":
+        r = box_region(batch["bbox"], shape)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"region must be 'mask' or 'bbox', got {region!r}")
+    return dilate(r, dilation_px(dilate_fraction, shape))
+
+
+# --- input reduction -------------------------------------------------------------------
+def fill_values(image: torch.Tensor, region: torch.Tensor, fill: str) -> torch.Tensor:
+    """(B,C,1,1) fill: 0 (dataset mean grey after normalisation) or the mean inside the region."""
+    zeros = image.new_zeros(image.shape[:2] + (1,) * (image.ndim - 2))
+    if fill == "zero":
+        return zeros
+    if fill == "roi_mean":
+        dims = tuple(range(2, image.ndim))
+        area = region.sum(dims, keepdim=True)
+        mean = (image * region).sum(dims, keepdim=True) / area.clamp_min(1)
+        return torch.where(area > 0, mean, zeros)
+    raise ValueError(f"fill must be 'zero' or 'roi_mean', got {fill!r}")
+
+
+def mask_input(image: torch.Tensor, region: torch.Tensor, fill: str = "zero") -> torch.Tensor:
+    """Pixels outside `region` → fill; an empty region keeps the whole image."""
+    dims = tuple(range(1, region.ndim))
+    region = torch.where(region.sum(dims, keepdim=True) > 0, region, torch.ones_like(region))
+    value = fill_values(image, region, fill)
+    return value + (image - value) * region
+
+
+def crop_boxes(bbox: torch.Tensor, shape: tuple[int, int], margin: float) -> torch.Tensor:
+    """Boxes enlarged by `margin` x their longer side on every side; NaN boxes → whole image."""
+    h, w = shape
+    b = bbox.float()
+    side = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    pad = (margin * side)[:, None]
+    out = torch.cat([b[:, :2] - pad, b[:, 2:] + pad], 1)
+    whole = torch.tensor([0.0, 0.0, float(w), float(h)], device=b.device).expand_as(out)
+    return torch.where(torch.isnan(out).any(1, keepdim=True), whole, out)
+
+
+def crop_theta(boxes: torch.Tensor, shape: tuple[int, int], min_crop: float) -> torch.Tensor:
+    """(B,2,3) affine maps from the output grid to a window with the input's aspect ratio,
+    centred on each box, at least `min_crop` of the image wide (align_corners=False)."""
+    h, w = shape
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    win_w = torch.maximum(torch.maximum(bw, bh * w / h), torch.full_like(bw, min_crop * w))
+    win_h = win_w * h / w
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    theta = boxes.new_zeros(len(boxes), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = win_w / w, 2 * cx / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = win_h / h, 2 * cy / h - 1
+    return theta
+
+
+def crop_input(image: torch.Tensor, boxes: torch.Tensor, fill: str = "zero", min_crop: float = 0.25,
+               extra: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Fill outside `boxes` (already enlarged), then resample a window around each box to the
+    input size. `extra` maps (B,1,H,W) maps (masks) resampled with the same window (nearest)."""
+    shape = (image.shape[-2], image.shape[-1])
+    visible = box_region(boxes, shape)
+    value = fill_values(image, visible, fill)
+    theta = crop_theta(boxes, shape, min_crop)
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    out = F.grid_sample((image - value) * visible, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False) + value
+    moved = {}
+    for key, t in (extra or {}).items():
+        g = F.grid_sample(t.float() * visible, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        moved[key] = g.to(t.dtype)
+    return out, moved
+
+
+# --- ROI predictor (test_roi: predicted) ----------------------------------------------
+def _block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ROIPredictor(nn.Module):
+    """A tiny FCN lesion segmenter: strides 1-2-2-2, two dilated blocks, 1x1 logit, bilinear
+    back to the input size. Output (B,1,H,W) logits."""
+
+    def __init__(self, in_chans: int = 1, width: int = 16):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            _block(in_chans, w), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 2),
+            _block(4 * w, 4 * w, dilation=2), _block(4 * w, 4 * w, dilation=4))
+        self.out = nn.Conv2d(4 * w, 1, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.out(self.body(image)), size=image.shape[2:], mode="bilinear", align_corners=False)
+
+
+def _seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    prob = torch.sigmoid(logits).flatten(1)
+    target = mask.flatten(1)
+    dice = (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+    return F.binary_cross_entropy_with_logits(logits, mask) + (1 - dice).mean()
+
+
+def predicted_region(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(B,1,H,W) probabilities → (B,1,H,W) float {0,1}: the largest connected component above
+    `threshold` (8-connectivity); if nothing passes, the pixels above half the maximum."""
+    p = prob.detach().float().cpu().numpy()[:, 0]
+    out = np.zeros_like(p, dtype=np.float32)
+    for i, pi in enumerate(p):
+        fg = pi > threshold
+        if not fg.any():
+            fg = pi >= 0.5 * pi.max()
+        lab, n = ndimage.label(fg, structure=np.ones((3, 3)))
+        if n > 1:
+            sizes = ndimage.sum_labels(fg, lab, index=np.arange(1, n + 1))
+            fg = lab == (1 + int(np.argmax(sizes)))
+        out[i] = fg
+    return torch.from_numpy(out)[:, None].to(prob.device)
+
+
+def _dice(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    inter = (pred * mask).flatten(1).sum(1)
+    total = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
+def train_roi_predictor(images: np.ndarray, masks: np.ndarray, *, mean: float, std: float, seed: int,
+                        epochs: int = 15, batch_size: int = 32, lr: float = 2e-3, width: int = 16) -> ROIPredictor:
+    """Fits `ROIPredictor` on uint8 images (N,C,H,W) and {0,1} masks (N,1,H,W), CPU or the
+    current default device; deterministic for a seed."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = ROIPredictor(images.shape[1], width)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    x_all = torch.from_numpy(np.ascontiguousarray(images))
+    m_all = torch.from_numpy(np.ascontiguousarray(masks)).float().clamp_(0, 1)
+    n = len(x_all)
+    net.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=gen).split(batch_size):
+            x = (x_all[idx].float() / 255.0 - mean) / std
+            loss = _seg_loss(net(x), m_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def evaluate_predictor(net: ROIPredictor, images: np.ndarray, masks: np.ndarray, *, mean: float, std: float) -> dict:
+    """Mean Dice and mean lesion coverage of the predicted region on a split."""
+    dices, cover = [], []
+    for s in range(0, len(images), 128):
+        x = (torch.from_numpy(images[s:s + 128]).float() / 255.0 - mean) / std
+        m = torch.from_numpy(masks[s:s + 128]).float().clamp(0, 1)
+        r = predicted_region(torch.sigmoid(net(x)))
+        dices.append(_dice(r, m))
+        cover.append(((r * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)))
+    return {"dice": float(torch.cat(dices).mean()), "coverage": float(torch.cat(cover).mean())}
+
+
+# --- the strategy ----------------------------------------------------------------------
+@register_strategy("roi_input")
+class ROIInput(Strategy):
+    name = "roi_input"
+    requires = frozenset({"mask"})
+    tasks = CLASSIFICATION_TASKS
+    citation = ("Xie et al., A survey on incorporating domain knowledge into deep learning for medical "
+                "image analysis, Medical Image Analysis 69:101985 (2021), section 3.5 (ROI input)")
+
+    MODES = ("mask", "crop")
+    TEST_ROIS = ("given", "predicted")
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.options
+        self.mode = str(o.get("mode", "mask"))
+        self.test_roi = str(o.get("test_roi", "given"))
+        self.region = str(o.get("region", "mask"))
+        self.fill = str(o.get("fill", "zero"))
+        self.dilate = float(o.get("dilate", 0.04))
+        self.margin = float(o.get("margin", 0.1))
+        self.min_crop = float(o.get("min_crop", 0.25))
+        if self.mode not in self.MODES:
+            raise ValueError(f"roi_input: mode must be one of {self.MODES}, got {self.mode!r}")
+        if self.test_roi not in self.TEST_ROIS:
+            raise ValueError(f"roi_input: test_roi must be one of {self.TEST_ROIS}, got {self.test_roi!r}")
+        if self.region not in ("mask", "bbox"):
+            raise ValueError(f"roi_input: region must be 'mask' or 'bbox', got {self.region!r}")
+        if self.fill not in ("zero", "roi_mean"):
+            raise ValueError(f"roi_input: fill must be 'zero' or 'roi_mean', got {self.fill!r}")
+        self.predictor: ROIPredictor | None = None
+        self.predictor_stats: dict[str, Any] = {}
+
+    # --- compatibility
+    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
+        reason = super().incompatibility(spec, backbone)
+        if reason:
+            return reason
+        if spec.spatial_dims != 2:
+            return f"strategy 'roi_input' handles 2-D images only; dataset '{spec.name}' is {spec.spatial_dims}-D"
+        if self.region == "bbox" and "bbox" not in spec.provides:
+            return (f"strategy 'roi_input' with region=bbox needs boxes; dataset '{spec.name}' provides "
+                    f"{sorted(spec.provides)}")
+        return None
+
+    # --- pre-stage: the ROI predictor
+    def _cache_path(self, ctx: StrategyContext, mean: float, std: float) -> Path:
+        o = self.options
+        payload = {
+            "version": PREDICTOR_VERSION, "dataset": ctx.arrays.spec.name, "checksum": ctx.arrays.checksum,
+            "seed": int(ctx.seed), "mean": mean, "std": std,
+            "epochs": int(o.get("predictor_epochs", 15)), "width": int(o.get("predictor_width", 16)),
+            "lr": float(o.get("predictor_lr", 2e-3)), "batch_size": int(o.get("predictor_batch_size", 32)),
+        }
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return Path(ctx.cache_dir) / "roi_input" / f"{ctx.arrays.spec.name}-{key}.pt"
+
+    def prepare(self, context: StrategyContext) -> None:
+        if self.test_roi != "predicted":
+            return
+        data = (context.config or {}).get("data") or {}
+        mean, std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
+        o = self.options
+        path = self._cache_path(context, mean, std)
+        width = int(o.get("predictor_width", 16))
+        train, val = context.arrays.splits["train"], context.arrays.splits["val"]
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            net = ROIPredictor(train.image.shape[1], width)
+            net.load_state_dict(saved["state_dict"])
+            self.predictor, self.predictor_stats = net.eval(), saved["stats"]
+            log.info("roi_input: ROI predictor loaded from %s (val Dice %.3f)", path, self.predictor_stats["val_dice"])
+            return
+        net = train_roi_predictor(
+            train.image, train.extras["mask"], mean=mean, std=std, seed=int(context.seed),
+            epochs=int(o.get("predictor_epochs", 15)), batch_size=int(o.get("predictor_batch_size", 32)),
+            lr=float(o.get("predictor_lr", 2e-3)), width=width)
+        ev = evaluate_predictor(net, val.image, val.extras["mask"], mean=mean, std=std)
+        self.predictor = net
+        self.predictor_stats = {"val_dice": ev["dice"], "val_coverage": ev["coverage"], "cache": str(path),
+                                "trained_on": "train split masks"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"state_dict": net.state_dict(), "stats": self.predictor_stats}, tmp)
+        tmp.replace(path)
+        log.info("roi_input: ROI predictor trained (val Dice %.3f), cached at %s", ev["dice"], path)
+
+    # --- the ROI of a batch
+    def roi(self, batch: dict, stage: str) -> torch.Tensor:
+        """(B,1,H,W) float {0,1} region the network may see (before dilation for crop mode)."""
+        if stage != "train" and self.test_roi == "predicted":
+            if self.predictor is None:
+                raise RuntimeError("roi_input: test_roi=predicted but no ROI predictor (prepare() was not run)")
+            image = batch["image"]
+            net = self.predictor.to(image.device)
+            with torch.no_grad():
+                region = predicted_region(torch.sigmoid(net(image.float())))
+            if self.region == "bbox":  # the box of the predicted region, filled
+                region = box_region(bbox_from_mask(region), tuple(image.shape[2:]))
+            return region
+        return expert_region(batch, self.region, 0.0)
+
+    def transform_batch(self, batch: dict, stage: str) -> dict:
+        image = batch["image"]
+        region = self.roi(batch, stage)
+        out = dict(batch)
+        if "mask" in batch:  # how much of the true lesion the network gets to see
+            truth = (batch["mask"] > 0).float()
+            seen = dilate(region, dilation_px(self.dilate, tuple(image.shape[2:]))) if self.mode == "mask" else \
+                box_region(crop_boxes(bbox_from_mask(region), tuple(image.shape[2:]), self.margin), tuple(image.shape[2:]))
+            area = truth.flatten(1).sum(1)
+            out["roi_coverage"] = torch.where(area > 0, (seen * truth).flatten(1).sum(1) / area.clamp_min(1),
+                                              torch.full_like(area, float("nan")))
+        if self.mode == "mask":
+            out["image"] = mask_input(image, dilate(region, dilation_px(self.dilate, tuple(image.shape[2:]))), self.fill)
+            return out
+        boxes = crop_boxes(bbox_from_mask(region), (image.shape[-2], image.shape[-1]), self.margin)
+        extra = {"mask": batch["mask"]} if "mask" in batch else {}
+        out["image"], moved = crop_input(image, boxes, self.fill, self.min_crop, extra)
+        out.update(moved)
+        if "bbox" in batch and "mask" in moved:
+            out["bbox"] = bbox_from_mask(moved["mask"])
+        return out
+
+    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        cov = batch.get("roi_coverage")
+        if stage == "train" or cov is None:
+            return {}
+        valid = ~torch.isnan(cov)
+        return {"roi_coverage": cov[valid].mean()} if valid.any() else {}
+
+    def metadata(self) -> dict[str, Any]:
+        claim = ("ground-truth ROI (the dataset's lesion mask/box) at val/test time: assumes an expert "
+                 "outline of every test image" if self.test_roi == "given" else
+                 "predicted ROI at val/test time: a tiny FCN trained on the training split's masks")
+        return {
+            **super().metadata(),
+            "test_roi": self.test_roi,
+            "train_roi": "given",
+            "roi_claim": claim,
+            "mode": self.mode,
+            "roi_predictor": dict(self.predictor_stats) if self.test_roi == "predicted" else None,
+        }

@@ -1,0 +1,174 @@
+"""`roi_input`: pixels outside the expert region cannot reach the network.
+
+Mechanism: (1) perturbing pixels outside the ROI leaves the network's output identical, in
+mask mode and (outside the crop box) in crop mode, while perturbing a pixel inside changes
+it; (2) on probe images the shortcut marker is removed by the ROI; (3) the predicted-ROI
+predictor finds the lesion and the test-time ROI is stated in the run's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dkbench.backbones import create_backbone
+from dkbench.data.datamodule import bbox_from_mask
+from dkbench.data.loading import spec_from_config
+from dkbench.data.readers.probe import generate_split, marker_present
+from dkbench.data.transforms import normalize
+from dkbench.runner.compose import compose_config
+from dkbench.strategies import create_strategy
+from dkbench.strategies.catalogue.roi_input import (
+    ROIPredictor, crop_boxes, evaluate_predictor, predicted_region, train_roi_predictor)
+
+PROBE_OPTS = {"shortcut": {"enabled": True}}
+
+
+def _probe_batch(n: int = 16, split: str = "train") -> dict:
+    arr = generate_split(n, size=64, split=split, options=PROBE_OPTS)
+    mask = torch.from_numpy(arr.extras["mask"])
+    return {
+        "image": normalize(torch.from_numpy(arr.image), 0.5, 0.5),
+        "label": torch.from_numpy(arr.label),
+        "mask": mask,
+        "bbox": bbox_from_mask(mask),
+        "raw": arr.image,
+    }
+
+
+def _net(strategy):
+    spec = spec_from_config(compose_config(["dataset=probe"]).dataset)
+    torch.manual_seed(0)
+    net = strategy.build_net(create_backbone("tinycnn", in_chans=1, spatial_dims=2, img_size=64), spec)
+    return net.eval()
+
+
+def _outside(batch: dict, strategy) -> torch.Tensor:
+    """(B,1,H,W) bool: pixels the strategy's ROI must hide (outside the dilated region / crop box)."""
+    shape = tuple(batch["image"].shape[2:])
+    if strategy.mode == "mask":
+        from dkbench.strategies.catalogue.roi_input import dilate, dilation_px
+        seen = dilate((batch["mask"] > 0).float(), dilation_px(strategy.dilate, shape))
+    else:
+        from dkbench.strategies.catalogue.roi_input import box_region
+        seen = box_region(crop_boxes(batch["bbox"], shape, strategy.margin), shape)
+    return seen == 0
+
+
+@pytest.mark.parametrize("mode,fill", [("mask", "zero"), ("mask", "roi_mean"), ("crop", "zero"), ("crop", "roi_mean")])
+def test_pixels_outside_the_roi_cannot_change_the_prediction(mode, fill):
+    strategy = create_strategy("roi_input", mode=mode, fill=fill)
+    net = _net(strategy)
+    batch = _probe_batch()
+    outside = _outside(batch, strategy)
+    assert outside.float().mean() > 0.5  # most of the frame is outside the lesion's ROI
+
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(batch["image"].shape, generator=gen) * 3
+    perturbed = dict(batch, image=torch.where(outside, batch["image"] + noise, batch["image"]))
+    with torch.no_grad():
+        ref = net(strategy.transform_batch(batch, "test"))["logits"]
+        out = net(strategy.transform_batch(perturbed, "test"))["logits"]
+        # the raw network, without the ROI, does react to the same perturbation
+        raw_ref, raw_out = net(batch)["logits"], net(perturbed)["logits"]
+    assert torch.equal(ref, out)
+    assert (raw_ref - raw_out).abs().max() > 1e-3
+
+    inside = dict(batch, image=torch.where(~outside, batch["image"] + noise, batch["image"]))
+    with torch.no_grad():
+        moved = net(strategy.transform_batch(inside, "test"))["logits"]
+    assert (moved - ref).abs().max() > 1e-3  # what is inside still matters
+
+
+@pytest.mark.parametrize("mode", ["mask", "crop"])
+def test_the_shortcut_marker_is_removed_by_the_roi(mode):
+    strategy = create_strategy("roi_input", mode=mode)
+    batch = _probe_batch(32)
+    present = torch.from_numpy(marker_present(batch["raw"], PROBE_OPTS))
+    assert present.any() and (~present).any()
+    erased = batch["image"].clone()
+    erased[:, :, :4, :4] = -1.0  # the marker square painted black on every image
+    assert not torch.equal(erased, batch["image"])
+    a = strategy.transform_batch(batch, "train")["image"]
+    b = strategy.transform_batch(dict(batch, image=erased), "train")["image"]
+    assert torch.equal(a, b)  # the network cannot tell whether the marker was there
+    if mode == "mask":
+        assert torch.equal(a[:, :, :4, :4], torch.zeros_like(a[:, :, :4, :4]))
+
+
+def test_crop_mode_zooms_on_the_lesion_and_moves_the_mask_with_it():
+    strategy = create_strategy("roi_input", mode="crop", margin=0.0, min_crop=0.0)
+    batch = _probe_batch(8)
+    out = strategy.transform_batch(batch, "test")
+    frac_before = batch["mask"].float().flatten(1).mean(1)
+    frac_after = out["mask"].float().flatten(1).mean(1)
+    assert (frac_after > 2 * frac_before).all()  # the lesion fills much more of the frame
+    box = out["bbox"]
+    # the lesion's longer side now spans (nearly) the whole window
+    side = torch.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+    assert (side >= 60).all()
+    # aspect ratio is kept: taller-than-wide stays taller-than-wide
+    b0 = batch["bbox"]
+    tall_before = (b0[:, 3] - b0[:, 1]) > (b0[:, 2] - b0[:, 0]) + 2
+    tall_after = (box[:, 3] - box[:, 1]) > (box[:, 2] - box[:, 0])
+    assert torch.equal(tall_before & tall_after, tall_before)
+
+
+def test_images_without_a_lesion_keep_the_whole_image():
+    strategy = create_strategy("roi_input", mode="mask")
+    batch = _probe_batch(4)
+    batch["mask"] = torch.zeros_like(batch["mask"])
+    batch["bbox"] = bbox_from_mask(batch["mask"])
+    assert torch.equal(strategy.transform_batch(batch, "test")["image"], batch["image"])
+    crop = create_strategy("roi_input", mode="crop")
+    assert torch.allclose(crop.transform_batch(batch, "test")["image"], batch["image"], atol=1e-5)
+
+
+def test_roi_predictor_learns_the_lesion_and_is_used_at_test_time_only():
+    # 32 px probe images keep the pre-stage fast; the predictor is fully convolutional
+    train = generate_split(256, size=32, split="train", options=PROBE_OPTS)
+    val = generate_split(64, size=32, split="val", options=PROBE_OPTS)
+    net = train_roi_predictor(train.image, train.extras["mask"], mean=0.5, std=0.5, seed=0, epochs=6)
+    ev = evaluate_predictor(net, val.image, val.extras["mask"], mean=0.5, std=0.5)
+    untrained = evaluate_predictor(ROIPredictor(1), val.image, val.extras["mask"], mean=0.5, std=0.5)
+    assert ev["dice"] > 0.4 and ev["dice"] > untrained["dice"] + 0.25
+
+    strategy = create_strategy("roi_input", mode="mask", test_roi="predicted")
+    strategy.predictor = net
+    mask = torch.from_numpy(val.extras["mask"][:16])
+    batch = {"image": normalize(torch.from_numpy(val.image[:16]), 0.5, 0.5), "mask": mask, "bbox": bbox_from_mask(mask)}
+    no_truth = {"image": batch["image"]}
+    test_img = strategy.transform_batch(no_truth, "test")["image"]  # needs no ground truth
+    assert torch.equal(strategy.transform_batch(batch, "val")["image"], test_img)
+    given = create_strategy("roi_input", mode="mask").transform_batch(batch, "test")["image"]
+    assert not torch.equal(test_img, given)
+    # training always uses the ground-truth region
+    assert torch.equal(strategy.transform_batch(batch, "train")["image"], given)
+    # the marker corner lies outside the predicted region as well
+    assert (test_img[:, :, :4, :4] == 0).all()
+    cov = strategy.transform_batch(batch, "test")["roi_coverage"]
+    assert cov.mean() > 0.5  # most of each true lesion is inside the predicted region
+
+
+def test_predicted_region_keeps_the_largest_component():
+    prob = torch.zeros(2, 1, 16, 16)
+    prob[0, 0, 2:8, 2:8] = 0.9
+    prob[0, 0, 12, 12] = 0.9  # a speck
+    prob[1, 0, 5, 5] = 0.3  # nothing above 0.5: the pixels above half the maximum
+    region = predicted_region(prob)
+    assert region[0].sum() == 36 and region[0, 0, 12, 12] == 0
+    assert region[1].sum() == 1 and region[1, 0, 5, 5] == 1
+
+
+def test_tiny_run_states_the_test_roi_and_logs_coverage(tiny_run):
+    metrics, run_dir = tiny_run("strategy=roi_input", "strategy.options.mode=crop")
+    for f in ("config.yaml", "metrics.json", "metadata.json", "predictions.csv"):
+        assert (run_dir / f).exists(), f
+    meta = json.loads((run_dir / "metadata.json").read_text())["strategy"]
+    assert meta["test_roi"] == "given" and meta["train_roi"] == "given" and "ground-truth" in meta["roi_claim"]
+    assert metrics["test/roi_coverage"] == pytest.approx(1.0)
+    assert 0.0 <= metrics["test/attention_overlap"] <= 1.0
+    assert np.isfinite(metrics["test/auroc"])
