@@ -22,7 +22,12 @@ from dkbench.data.transforms import normalize
 from dkbench.runner.compose import compose_config
 from dkbench.strategies import create_strategy
 from dkbench.strategies.catalogue.roi_input import (
-    ROIPredictor, crop_boxes, evaluate_predictor, predicted_region, train_roi_predictor)
+    ROIPredictor,
+    crop_boxes,
+    evaluate_predictor,
+    predicted_region,
+    train_roi_predictor,
+)
 
 PROBE_OPTS = {"shortcut": {"enabled": True}}
 

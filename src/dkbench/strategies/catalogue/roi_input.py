@@ -91,7 +91,7 @@ def dilate(region: torch.Tensor, radius: int) -> torch.Tensor:
 
 def dilation_px(fraction: float, shape: tuple[int, ...]) -> int:
     """Dilation radius in pixels: a fraction of the mean image side."""
-    return int(round(float(fraction) * float(np.mean(shape))))
+    return round(float(fraction) * float(np.mean(shape)))
 
 
 def expert_region(batch: dict, region: str = "mask", dilate_fraction: float = 0.0) -> torch.Tensor:
@@ -257,7 +257,7 @@ def evaluate_predictor(net: ROIPredictor, images: np.ndarray, masks: np.ndarray,
         m = torch.from_numpy(masks[s:s + 128]).float().clamp(0, 1)
         r = predicted_region(torch.sigmoid(net(x)))
         dices.append(_dice(r, m))
-        cover.append(((r * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)))
+        cover.append((r * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1))
     return {"dice": float(torch.cat(dices).mean()), "coverage": float(torch.cat(cover).mean())}
 
 
