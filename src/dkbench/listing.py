@@ -20,14 +20,23 @@ def _first_comment(path: Path) -> str:
     return ""
 
 
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    """A Markdown table (what `dkbench list` prints)."""
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    lines += [" | ".join(str(cell) for cell in row) for row in rows]
+    return "\n".join(lines)
+
+
+def _joined(values) -> str:
+    return ", ".join(str(v) for v in values or []) or "-"
+
+
 def list_datasets() -> str:
-    rows = ["config | task | classes | chans | dims | size | provides", "--- | --- | --- | --- | --- | --- | ---"]
-    for name, cfg in _yaml_entries("dataset").items():
-        rows.append(
-            f"{name} | {cfg.get('task')} | {cfg.get('num_classes')} | {cfg.get('in_chans')} | "
-            f"{cfg.get('spatial_dims')}D | {cfg.get('size')} | {', '.join(cfg.get('provides') or []) or '-'}"
-        )
-    return "\n".join(rows)
+    return _table(
+        ["config", "task", "classes", "chans", "dims", "size", "provides"],
+        [[name, cfg.get("task"), cfg.get("num_classes"), cfg.get("in_chans"), f"{cfg.get('spatial_dims')}D",
+          cfg.get("size"), _joined(cfg.get("provides"))] for name, cfg in _yaml_entries("dataset").items()],
+    )
 
 
 def list_backbones() -> str:
@@ -36,20 +45,20 @@ def list_backbones() -> str:
     configs: dict[str, list[str]] = {}
     for stem, cfg in _yaml_entries("backbone").items():
         configs.setdefault(cfg.get("arch", stem), []).append(stem)
-    rows = ["registry name | configs (backbone=…)", "--- | ---"]
-    rows += [f"{name} | {', '.join(configs.get(name, [])) or '(no yaml)'}" for name in BACKBONES.names()]
-    return "\n".join(rows)
+    return _table(
+        ["registry name", "configs (backbone=…)"],
+        [[name, ", ".join(configs.get(name, [])) or "(no yaml)"] for name in BACKBONES.names()],
+    )
 
 
 def list_strategies() -> str:
     from dkbench.strategies import STRATEGIES
 
-    rows = ["strategy | requires | tasks | follows", "--- | --- | --- | ---"]
-    for name, cls in STRATEGIES.items():
-        rows.append(
-            f"{name} | {', '.join(sorted(cls.requires)) or 'labels'} | {', '.join(sorted(cls.tasks))} | {cls.citation}"
-        )
-    return "\n".join(rows)
+    return _table(
+        ["strategy", "requires", "tasks", "follows"],
+        [[name, ", ".join(sorted(cls.requires)) or "labels", _joined(sorted(cls.tasks)), cls.citation]
+         for name, cls in STRATEGIES.items()],
+    )
 
 
 def list_experiments() -> str:
@@ -58,13 +67,11 @@ def list_experiments() -> str:
 
 
 def list_suites() -> str:
-    rows = ["suite | datasets | backbones | strategies | seeds", "--- | --- | --- | --- | ---"]
-    for name, cfg in _yaml_entries("suite").items():
-        rows.append(
-            f"{name} | {', '.join(cfg.get('datasets', []))} | {', '.join(cfg.get('backbones', []))} | "
-            f"{', '.join(cfg.get('strategies', []))} | {cfg.get('seeds')}"
-        )
-    return "\n".join(rows)
+    return _table(
+        ["suite", "datasets", "backbones", "strategies", "seeds"],
+        [[name, _joined(cfg.get("datasets")), _joined(cfg.get("backbones")), _joined(cfg.get("strategies")),
+          cfg.get("seeds")] for name, cfg in _yaml_entries("suite").items()],
+    )
 
 
 LISTERS = {
