@@ -43,6 +43,26 @@ def pretrained_weights_file(name: str, spatial_dims: int = 2) -> str | None:
     return locate(spatial_dims) if callable(locate) else None
 
 
+def is_dense(name: str) -> bool:
+    """Whether backbone `name` returns full-resolution features (a segmentation backbone).
+    Factories say so with a `dense = True` attribute."""
+    return bool(getattr(BACKBONES.get(name), "dense", False))
+
+
+def dense_backbones() -> list[str]:
+    return [name for name in BACKBONES.names() if is_dense(name)]
+
+
+def task_incompatibility(name: str, task: str) -> str | None:
+    """Why backbone `name` cannot serve `task` (None if it can): segmentation needs a dense one."""
+    if name not in BACKBONES:
+        return f"backbone '{name}' is not installed here (optional extra missing)"
+    if task == "segmentation" and not is_dense(name):
+        return (f"backbone '{name}' is an encoder without a decoder; segmentation needs a dense backbone: "
+                f"{', '.join(dense_backbones())}")
+    return None
+
+
 def create_backbone(
     name: str,
     *,

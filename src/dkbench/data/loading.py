@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dkbench.data.registry import DATASETS
-from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec
+from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec, SplitArrays
 
 SPEC_FIELDS = ("name", "task", "num_classes", "in_chans", "spatial_dims", "size")
 
@@ -33,12 +33,70 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DatasetSpec:
 
 
 def load_dataset(cfg: Mapping[str, Any], data_dir: str | Path) -> DatasetArrays:
-    """Read a dataset as its config describes and check the arrays keep the spec's promises."""
+    """Read a dataset as its config describes and check the arrays keep the spec's promises.
+
+    `resize` (optional, px) resamples what the reader returned to a smaller square grid
+    (`resize_arrays`); the spec's `size` is the reader's native size, the run sees `resize`."""
     spec = spec_from_config(cfg)
     reader = DATASETS.get(str(cfg["reader"]))
     arrays = reader(Path(data_dir), spec, **dict(cfg.get("options") or {}))
     validate(arrays)
+    if cfg.get("resize") and int(cfg["resize"]) != spec.size:
+        arrays = resize_arrays(arrays, int(cfg["resize"]))
+        validate(arrays)
     return arrays
+
+
+def resize_arrays(arrays: DatasetArrays, size: int) -> DatasetArrays:
+    """Down-sample every split to `size` px: images (and views) by area averaging, masks (and
+    segmentation labels) by area averaging then ≥ 0.5, boxes scaled; the spec follows.
+
+    Area averaging is the anti-aliased choice for integer factors; the 0.5 threshold keeps a
+    mask's area unbiased. Up-sampling is refused: it adds no information and costs compute."""
+    from dataclasses import replace
+
+    import torch
+    import torch.nn.functional as F
+
+    spec = arrays.spec
+    if size > spec.size or size < 8:
+        raise ValueError(
+            f"dataset '{spec.name}': resize={size} must be between 8 and the native size {spec.size} px"
+        )
+    dims = spec.spatial_dims
+
+    def area(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x)).float()
+        lead = t.shape[: t.ndim - dims - 1]
+        t = t.reshape(-1, *t.shape[-dims - 1:])
+        out = F.adaptive_avg_pool2d(t, size) if dims == 2 else F.adaptive_avg_pool3d(t, size)
+        return out.reshape(*lead, *out.shape[1:]).numpy()
+
+    def image(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(area(x)), 0, 255).astype(x.dtype)
+
+    def mask(x: np.ndarray) -> np.ndarray:
+        binary = x.max() <= 1
+        if not binary:  # multi-class label map: majority by nearest neighbour
+            t = torch.from_numpy(np.ascontiguousarray(x)).float()
+            return F.interpolate(t, size=(size,) * dims, mode="nearest").numpy().astype(x.dtype)
+        return (area(x) >= 0.5).astype(x.dtype)
+
+    factor = size / spec.size
+    splits = {}
+    for name, split in arrays.splits.items():
+        extras = dict(split.extras)
+        if "mask" in extras:
+            extras["mask"] = mask(extras["mask"])
+        if "views" in extras:
+            extras["views"] = image(extras["views"])
+        if "bbox" in extras:
+            extras["bbox"] = (extras["bbox"] * factor).astype(extras["bbox"].dtype)
+        label = mask(split.label) if spec.task == "segmentation" else split.label
+        splits[name] = SplitArrays(image=image(split.image), label=label, ids=split.ids, extras=extras)
+    notes = {**arrays.notes, "resized": {"from": spec.size, "to": size, "images": "area average",
+                                         "masks": "area average >= 0.5"}}
+    return DatasetArrays(spec=replace(spec, size=size), splits=splits, checksum=arrays.checksum, notes=notes)
 
 
 def validate(arrays: DatasetArrays) -> None:
@@ -63,6 +121,11 @@ def validate(arrays: DatasetArrays) -> None:
                 f"{split.image.shape[2:]} differ in size"
             )
         _check_labels(where, name, spec, split.label)
+        if spec.task == "segmentation" and split.label.shape[2:] != split.image.shape[2:]:
+            raise ValueError(
+                f"{where}, split {name}: masks {split.label.shape[2:]} and images {split.image.shape[2:]} differ "
+                f"in size; resample the masks to the image grid (nearest neighbour) when building the file"
+            )
 
 
 def _check_labels(where: str, split: str, spec: DatasetSpec, label: np.ndarray) -> None:
@@ -76,6 +139,11 @@ def _check_labels(where: str, split: str, spec: DatasetSpec, label: np.ndarray) 
         if label.ndim != 2 or label.shape[1] != spec.num_classes:
             raise ValueError(f"{where}, split {split}: multilabel targets must be (N, {spec.num_classes})")
     elif spec.task == "segmentation":
+        if label.ndim != spec.spatial_dims + 2 or label.shape[1] != 1:
+            raise ValueError(
+                f"{where}, split {split}: segmentation labels must be masks of shape (N, 1, *spatial); got "
+                f"{label.shape}. A dataset without masks cannot be a segmentation task: pick one of the *_seg datasets"
+            )
         if label.max() >= max(spec.num_classes, 2):
             raise ValueError(
                 f"{where}, split {split}: mask values up to {label.max()} exceed num_classes="

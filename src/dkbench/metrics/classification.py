@@ -36,7 +36,12 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """Unreduced task loss, so strategies can weight samples (self-paced learning)."""
+    """Unreduced task loss, so strategies can weight samples (self-paced learning); (B,) for
+    every task (segmentation: the per-image DiceCE of `dkbench.metrics.segmentation`)."""
+    if task == "segmentation":
+        from dkbench.metrics.segmentation import dice_ce_loss
+
+        return dice_ce_loss(logits, target)
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").mean(1)
     return F.cross_entropy(logits, target.long(), reduction="none")

@@ -1,5 +1,6 @@
 """Lightning modules per task; they call strategy hooks and never branch on strategy names."""
 
 from dkbench.models.classification import ClassificationModule
+from dkbench.models.segmentation import SegmentationModule
 
-__all__ = ["ClassificationModule"]
+__all__ = ["ClassificationModule", "SegmentationModule"]

@@ -92,6 +92,20 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> None:
         atomic_write_text(self.file(name), text)
 
+    def write_npz(self, name: str, arrays: dict[str, Any]) -> None:
+        """Compressed numpy arrays (e.g. predicted masks), written atomically like the rest."""
+        import numpy as np
+
+        path = self.file(name)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text())
 

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 import dkbench.config  # noqa: F401  (registers the resolvers the configs use)
-from dkbench.backbones import BACKBONES
+from dkbench.backbones.registry import task_incompatibility
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.run_folder import RunFolder, config_hash
@@ -50,11 +50,10 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
     plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
-        reason = strategy_from_config(cfg.strategy).incompatibility(
-            spec_from_config(cfg.dataset), cfg.backbone.arch
-        )
-        if reason is None and cfg.backbone.arch not in BACKBONES:
-            reason = f"backbone '{cfg.backbone.arch}' is not installed here (optional extra missing)"
+        spec = spec_from_config(cfg.dataset)
+        reason = strategy_from_config(cfg.strategy).incompatibility(spec, cfg.backbone.arch)
+        if reason is None:
+            reason = task_incompatibility(cfg.backbone.arch, spec.task)
         run = RunFolder(cfg.paths.run_dir)
         cfg_hash = config_hash(cfg)
         if reason is not None:

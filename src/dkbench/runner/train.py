@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dkbench import IMPORTED_AT
 from dkbench.backbones import create_backbone
+from dkbench.backbones.registry import task_incompatibility
 from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
 from dkbench.runner.compose import compose_config
@@ -30,6 +31,7 @@ from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
 from dkbench.runner.environment import git_sha, hardware, package_versions
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
 from dkbench.strategies import StrategyContext, strategy_from_config
+from dkbench.strategies.base import IncompatibleStrategyError
 
 
 
@@ -73,7 +75,7 @@ def _backbone_factory(cfg: DictConfig, spec, strategy_kwargs: dict[str, Any]):
 
 def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
     """The task module from `configs/model/*.yaml`: its class, optimizer and scheduler partials."""
-    options = {k: v for k, v in model_cfg.items() if k not in ("_target_", "optimizer", "scheduler")}
+    options = {k: v for k, v in model_cfg.items() if k not in ("_target_", "optimizer", "scheduler", "monitor")}
     return get_class(model_cfg._target_)(
         **parts,
         optimizer=instantiate(model_cfg.optimizer),
@@ -118,6 +120,9 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
     spec = arrays.spec
     strategy = strategy_from_config(cfg.strategy)
     strategy.check_compatible(spec, cfg.backbone.arch)
+    backbone_reason = task_incompatibility(cfg.backbone.arch, spec.task)
+    if backbone_reason:
+        raise IncompatibleStrategyError(backbone_reason)
     make_backbone = _backbone_factory(cfg, spec, strategy.backbone_kwargs(spec))
     strategy.prepare(
         StrategyContext(
@@ -179,6 +184,8 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
     run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     assert module.test_predictions is not None
     run.write_text("predictions.csv", module.test_predictions.to_csv(index=False))
+    for name, arrays_out in module.test_arrays.items():  # e.g. predicted masks, compressed
+        run.write_npz(f"{name}.npz", arrays_out)
     run.write_json("metadata.json", {
         "config_hash": cfg_hash,
         "suite": cfg.suite_name, "dataset": spec.name, "backbone": cfg.backbone.name,

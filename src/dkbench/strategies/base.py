@@ -26,11 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
-from dkbench.backbones.base import Backbone
+from dkbench.backbones.base import Backbone, IncompatibleInputError
+from dkbench.backbones.registry import dense_backbones
 from dkbench.data.spec import DatasetArrays, DatasetSpec
 from dkbench.metrics.classification import num_outputs
 
 CLASSIFICATION_TASKS = frozenset({"binary", "multiclass", "multilabel"})
+SEGMENTATION_TASKS = frozenset({"segmentation"})
+ALL_TASKS = CLASSIFICATION_TASKS | SEGMENTATION_TASKS
 
 
 class IncompatibleStrategyError(ValueError):
@@ -63,6 +66,33 @@ class ClassifierNet(nn.Module):
         feature_map = self.backbone.forward_features(batch["image"])
         embedding = self.backbone.pool(feature_map)
         return {"logits": self.head(self.dropout(embedding)), "embedding": embedding, "feature_map": feature_map}
+
+
+class SegmenterNet(nn.Module):
+    """Dense backbone (full-resolution decoder features) + 1×1 convolution to class logits."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        if getattr(backbone, "output_stride", None) != 1:
+            raise IncompatibleInputError(
+                f"backbone {type(backbone).__name__} returns downsampled features; segmentation needs a dense "
+                f"backbone (decoder at full resolution): {', '.join(dense_backbones())}"
+            )
+        self.backbone = backbone
+        conv = nn.Conv3d if backbone.spatial_dims == 3 else nn.Conv2d
+        self.head = conv(backbone.num_features, max(int(num_classes), 2), kernel_size=1)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        feature_map = self.backbone.forward_features(batch["image"])
+        return {"logits": self.head(feature_map), "feature_map": feature_map,
+                "embedding": self.backbone.pool(feature_map)}
+
+
+def task_net(backbone: Backbone, spec: DatasetSpec, dropout: float = 0.0) -> nn.Module:
+    """The plain network of a task: classifier head or segmentation head on the backbone."""
+    if spec.task in SEGMENTATION_TASKS:
+        return SegmenterNet(backbone, spec.num_classes)
+    return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), dropout)
 
 
 class Strategy:
@@ -110,7 +140,7 @@ class Strategy:
         """Run (or load from cache) a pre-stage before the network is built."""
 
     def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
+        return task_net(backbone, spec, self.options.get("dropout", 0.0))
 
     def train_sampler(self, dataset: Any) -> Sampler | None:
         """A sampler for the training split. Keep its length constant across epochs (Lightning

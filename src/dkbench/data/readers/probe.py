@@ -619,3 +619,40 @@ def read_probe(data_dir: Path, spec: DatasetSpec, **options: Any) -> DatasetArra
     }
     return DatasetArrays(spec=spec, splits=splits, checksum=options_checksum(opts, spec.size),
                          notes=notes)
+
+
+#: Extras of the probe that are pixel-aligned with its mask or per-image (views are not:
+#: the second view re-renders the lesion elsewhere, so it cannot share the mask).
+SEGMENTATION_EXTRAS = ("mask", "bbox", "difficulty")
+
+
+@register_dataset("probe_seg")
+def read_probe_seg(data_dir: Path, spec: DatasetSpec, **options: Any) -> DatasetArrays:
+    """The probe as lesion segmentation: label = the lesion mask (N, 1, H, W) uint8.
+
+    Same generator and options as `probe`; the benign/malignant class only shapes the lesions
+    (oval vs irregular outlines), the distractor blobs are not in the mask, and the corner
+    marker (if enabled) is just another distractor."""
+    opts = resolve_options(options)
+    if opts["normal_class"]:
+        raise ValueError(f"dataset '{spec.name}': probe_seg has lesion images only; set options.normal_class: false")
+    if spec.task != "segmentation" or spec.num_classes != 2:
+        raise ValueError(
+            f"dataset '{spec.name}': probe_seg is a segmentation task with 2 classes (background, lesion); "
+            f"the spec says task={spec.task}, num_classes={spec.num_classes}"
+        )
+    if spec.in_chans != 1 or spec.spatial_dims != 2 or spec.size < 32:
+        raise ValueError(f"dataset '{spec.name}': the probe is 2-D grey-level (in_chans 1, spatial_dims 2, size >= 32)")
+    unknown = set(spec.provides) - set(SEGMENTATION_EXTRAS)
+    if unknown:
+        raise ValueError(f"dataset '{spec.name}': probe_seg can provide {list(SEGMENTATION_EXTRAS)}, not {sorted(unknown)}")
+    splits = {}
+    for split in SPLITS:
+        arr = generate_split(opts[f"n_{split}"], size=spec.size, split=split, options=opts)
+        splits[split] = SplitArrays(
+            image=arr.image, label=arr.extras["mask"], ids=arr.ids,
+            extras={k: arr.extras[k] for k in spec.provides},
+        )
+    notes: dict[str, object] = {"generator": f"dkbench probe v{GENERATOR_VERSION}", "options": opts,
+                                "difficulty_formula": DIFFICULTY_FORMULA}
+    return DatasetArrays(spec=spec, splits=splits, checksum=options_checksum(opts, spec.size), notes=notes)

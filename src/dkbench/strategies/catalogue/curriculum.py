@@ -58,7 +58,7 @@ from torch.utils.data import Sampler
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import per_sample_loss
 from dkbench.strategies.prestage import preserved_rng
-from dkbench.strategies.base import Strategy, StrategyContext
+from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, Strategy, StrategyContext
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench")
@@ -183,6 +183,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 class Curriculum(Strategy):
     name = "curriculum"
     requires = frozenset()  # labels only: the dataset's difficulty is used when it has one
+    #: segmentation too: the teacher's per-image DiceCE ranks the images; pools are not
+    #: class-stratified there (a label is a mask)
+    tasks = ALL_TASKS
     citation = (
         "Jiménez-Sánchez et al., Medical-based Deep Curriculum Learning for Improved Fracture "
         "Classification, MICCAI 2019; pacing: Hacohen & Weinshall, ICML 2019"
@@ -248,9 +251,14 @@ class Curriculum(Strategy):
         if self.source_option == "dataset" or (self.source_option == "auto" and has_own):
             if not has_own:
                 raise ValueError(f"curriculum: dataset '{spec.name}' provides no difficulty")
-            self.set_difficulty(train.extras["difficulty"], "dataset", train.label)
+            self.set_difficulty(train.extras["difficulty"], "dataset", self._class_labels(spec, train.label))
         else:
-            self.set_difficulty(self._teacher_difficulty(context), "teacher", train.label)
+            self.set_difficulty(self._teacher_difficulty(context), "teacher", self._class_labels(spec, train.label))
+
+    @staticmethod
+    def _class_labels(spec: DatasetSpec, label: np.ndarray) -> np.ndarray | None:
+        """Labels to stratify pools by; none for segmentation (a label is a mask, not a class)."""
+        return None if spec.task in SEGMENTATION_TASKS else label
 
     def train_sampler(self, dataset: Any) -> Sampler | None:
         if self.difficulty is None:

@@ -34,7 +34,7 @@ import torch
 from dkbench.data.spec import DatasetSpec
 from dkbench.data.transforms import normalize
 from dkbench.features.radiomics import MAP_NAMES, feature_maps
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import ALL_TASKS, Strategy, StrategyContext
 from dkbench.strategies.catalogue.handcrafted_feature import plain_options
 from dkbench.strategies.registry import register_strategy
 
@@ -43,7 +43,7 @@ from dkbench.strategies.registry import register_strategy
 class HandcraftedInput(Strategy):
     name = "handcrafted_input"
     requires = frozenset()
-    tasks = CLASSIFICATION_TASKS
+    tasks = ALL_TASKS  # the maps are per pixel, so they serve segmentation networks as well
     citation = ("MV-KBC: Xie Y., Xia Y., Zhang J., Song Y., Feng D., Fulham M., Cai W., Knowledge-based "
                 "collaborative deep learning for benign-malignant lung nodule classification on chest CT, "
                 "IEEE TMI 38(4):991-1004 (2019); survey §3.6 input-level fusion")

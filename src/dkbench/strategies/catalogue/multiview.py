@@ -145,6 +145,8 @@ class MultiView(Strategy):
 
     name = "multiview"
     requires = frozenset()  # views OR a 3D volume: checked in `incompatibility`
+    #: classification only: the probe's second view re-renders the lesion elsewhere (no pixel
+    #: correspondence with the mask), and no 3D segmentation set ships for 2.5D slices
     tasks = CLASSIFICATION_TASKS
     citation = (
         "Yan et al., 3D context enhanced region-based CNN for end-to-end lesion detection (3DCE), "

@@ -59,6 +59,8 @@ def _quote(value: Any) -> str:
 class TransferMedical(Strategy):
     name = "transfer_medical"
     requires = frozenset()
+    #: classification only for now: the source stage trains a classifier; a segmentation target
+    #: would need a segmentation source with the same channels (not built yet)
     tasks = CLASSIFICATION_TASKS
     citation = "Xie et al., Medical Image Analysis 69:101985 (2021), §3.2 (transfer from other medical datasets)"
 

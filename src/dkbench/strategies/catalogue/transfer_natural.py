@@ -12,6 +12,8 @@ with real ImageNet weights offline is `efficientnet_lite0` (weights shipped by t
 names a local file (or, with the timm extra and network access, `allow_download: true`).
 Images are not upsampled to 224 px as in MedMNIST+'s main setting: the network sees the
 dataset's own size. The paper's kNN head and its zero-padding variant are not reproduced.
+Segmentation (fine-tune only): the encoder of `unet_efficientnet_lite0` starts from the
+ImageNet weights, the U-Net decoder from scratch, as with ImageNet-encoder U-Nets in general.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.backbones.registry import pretrained_weights_file
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, ClassifierNet, Strategy
+from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, ClassifierNet, Strategy, task_net
 from dkbench.strategies.registry import register_strategy
 
 
@@ -67,7 +69,9 @@ class FrozenBackboneNet(ClassifierNet):
 class TransferNatural(Strategy):
     name = "transfer_natural"
     requires = frozenset()
-    tasks = CLASSIFICATION_TASKS
+    #: segmentation too (fine-tune): a dense backbone with an ImageNet encoder
+    #: (`unet_efficientnet_lite0`) starts from the weights, its decoder from scratch
+    tasks = ALL_TASKS
     citation = (
         "Doerrich et al., Rethinking model prototyping through the MedMNIST+ dataset collection, "
         "Scientific Reports 15 (2025); arXiv:2404.15786 (2024)"
@@ -84,6 +88,9 @@ class TransferNatural(Strategy):
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
+        if reason is None and self.freeze and spec.task in SEGMENTATION_TASKS:
+            reason = (f"strategy '{self.name}' with freeze=true (linear probe) is for classification: a frozen "
+                      f"dense backbone leaves only the 1×1 head to learn; use strategy=transfer_natural (fine-tune)")
         if reason or backbone is None or self.local_weights or self.options.get("allow_download", False):
             return reason
         if pretrained_weights_file(backbone, spec.spatial_dims) is None:
@@ -102,8 +109,9 @@ class TransferNatural(Strategy):
 
     def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
         self._record_weights(backbone, spec)
-        cls = FrozenBackboneNet if self.freeze else ClassifierNet
-        return cls(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
+        if not self.freeze:
+            return task_net(backbone, spec, self.options.get("dropout", 0.0))
+        return FrozenBackboneNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
 
     def _record_weights(self, backbone: Backbone, spec: DatasetSpec) -> None:
         name = getattr(backbone, "backbone_name", None)

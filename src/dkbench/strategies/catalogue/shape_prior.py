@@ -1,0 +1,356 @@
+"""`shape_prior`: a shape autoencoder learned on the training masks regularises the segmentation
+network in its latent space (SURVEY.md family G).
+
+After ACNN, Oktay O. et al., "Anatomically Constrained Neural Networks (ACNNs): application to
+cardiac image enhancement and segmentation", IEEE TMI 37(2):384-395, 2018. ACNN first trains a
+convolutional autoencoder on ground-truth label maps alone (its "T-L network"), then trains the
+segmentation network with an extra term λ‖f(φ(x)) − f(y)‖² between the codes f(·) that the
+frozen encoder gives the prediction φ(x) and the ground truth y: predictions whose global shape
+the prior cannot tell from real anatomy cost nothing, implausible ones are pushed back.
+
+How it is done here:
+
+- `prepare` trains the autoencoder on the TRAIN split's masks only (one channel per foreground
+  class, resized to ``ae_size``; Adam, BCE + soft Dice reconstruction, ``ae_steps`` steps of
+  ``ae_batch_size`` masks whatever the split's size), on the CPU, seeded by the
+  run's seed inside `preserved_rng`, so the main run starts identically whether the prior was
+  trained now or loaded. The weights are cached in ``<cache_dir>/shape_prior/<key>.pt``; the key
+  is a SHA-256 over the dataset name, the reader's checksum, a digest of the train masks, the AE
+  config and the seed, so every later run with the same data, AE config and seed (any backbone,
+  any number of epochs) loads the file; an exclusive `flock` on ``<key>.lock`` makes
+  parallel sweep cells wait for the first, and the file is written to a temporary name and
+  renamed (never half-read). `pretrain_count()` counts this process's cache misses for tests.
+- `loss_terms` adds ``weight`` × mean over latent dimensions of ((E(p) − E(y)) / σ)², with p the
+  softmax foreground probabilities, y the one-hot target, E the frozen encoder (no gradient
+  reaches its weights; the prediction receives the gradient through it) and σ the spread of
+  the training masks' codes (below).
+
+Simplified relative to ACNN: a small 2D/3D conv autoencoder (three stride-2 convolutions and a
+linear bottleneck) trained on resized masks instead of ACNN's full-resolution 3D T-L network,
+and no weight decay term (the run's optimizer decides). The latent difference is divided by σ,
+the root-mean-square over dimensions of the per-dimension standard deviation of the training
+masks' codes (our choice): the encoder's code scale is arbitrary, and this makes ``weight`` mean
+the same on every dataset — the term is ≈ 2 for two unrelated training shapes, 0 for the right
+shape, and of order 10 for an untrained network's near-uniform probability maps (hence the
+default ``weight`` 0.1, which keeps it comparable with the DiceCE task loss from the start).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dkbench.data.spec import DatasetArrays, DatasetSpec
+from dkbench.losses import foreground_probabilities, foreground_targets
+from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.prestage import preserved_rng
+from dkbench.strategies.registry import register_strategy
+
+log = logging.getLogger("dkbench.shape_prior")
+
+#: Bump when the autoencoder's code changes, so old cache files miss.
+AE_VERSION = 1
+
+_PRETRAINS = 0
+
+
+def pretrain_count() -> int:
+    """Autoencoder trainings (cache misses) performed by this process so far."""
+    return _PRETRAINS
+
+
+@dataclass(frozen=True)
+class ShapeAEConfig:
+    """Everything that changes the trained autoencoder (part of the cache key)."""
+
+    in_channels: int = 1  # foreground classes (K - 1)
+    spatial_dims: int = 2
+    size: int = 64  # masks are resized to size^N (a multiple of 8)
+    channels: tuple[int, ...] = (8, 16, 32)
+    latent_dim: int = 64
+    steps: int = 600  # optimiser steps, not epochs: a small train split must not mean an untrained prior
+    batch_size: int = 32
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        down = 2 ** len(self.channels)
+        if self.size % down or self.size < down:
+            raise ValueError(f"shape_prior: ae_size {self.size} must be a positive multiple of {down} "
+                             f"(one halving per entry of ae_channels {list(self.channels)})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "channels": list(self.channels), "version": AE_VERSION}
+
+
+class ShapeAutoencoder(nn.Module):
+    """Strided conv encoder → linear latent code → transposed-conv decoder (2D or 3D)."""
+
+    def __init__(self, cfg: ShapeAEConfig):
+        super().__init__()
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[cfg.spatial_dims]
+        deconv = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[cfg.spatial_dims]
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        c_in = cfg.in_channels
+        for c in cfg.channels:
+            layers += [conv(c_in, c, 3, stride=2, padding=1), nn.LeakyReLU(0.1)]
+            c_in = c
+        self.bottom = (cfg.channels[-1],) + (cfg.size // 2 ** len(cfg.channels),) * cfg.spatial_dims
+        self.features = nn.Sequential(*layers)
+        self.to_code = nn.Linear(math.prod(self.bottom), cfg.latent_dim)
+        self.from_code = nn.Linear(cfg.latent_dim, math.prod(self.bottom))
+        up: list[nn.Module] = []
+        widths = [*cfg.channels[::-1], cfg.in_channels]
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            up.append(deconv(a, b, 4, stride=2, padding=1))
+            if i < len(widths) - 2:
+                up.append(nn.LeakyReLU(0.1))
+        self.decoder = nn.Sequential(*up)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.features(x).flatten(1))
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """Reconstruction logits."""
+        h = F.leaky_relu(self.from_code(code), 0.1).view(-1, *self.bottom)
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def resize_maps(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, *spatial) maps → (B, C, size^N): area averaging when shrinking (keeps partial
+    coverage as a fraction), (bi/tri)linear when enlarging; differentiable either way."""
+    dims = x.ndim - 2
+    target = (size,) * dims
+    if tuple(x.shape[2:]) == target:
+        return x
+    if all(s >= size for s in x.shape[2:]):
+        return F.interpolate(x, size=target, mode="area")
+    return F.interpolate(x, size=target, mode={2: "bilinear", 3: "trilinear"}[dims], align_corners=False)
+
+
+def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """(B,) mean over channels of the soft Dice coefficient."""
+    dims = tuple(range(2, prob.ndim))
+    inter = (prob * target).sum(dims)
+    return ((2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean(1)
+
+
+def masks_to_input(masks: np.ndarray | torch.Tensor, num_classes: int, size: int) -> torch.Tensor:
+    """(N, 1, *spatial) integer masks → (N, K-1, size^N) float foreground maps."""
+    labels = torch.as_tensor(np.asarray(masks)).long()
+    return resize_maps(foreground_targets(labels, num_classes), size)
+
+
+def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int) -> tuple[ShapeAutoencoder, dict]:
+    """Train on (N, C, size^N) maps; deterministic given ``seed`` (own generator for shuffling)."""
+    torch.manual_seed(seed)
+    model = ShapeAutoencoder(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(inputs)
+    model.train()
+    step = 0
+    while step < cfg.steps:  # reshuffled passes over the masks until the step budget is spent
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            if step >= cfg.steps:
+                break
+            x = inputs[order[start:start + cfg.batch_size]]
+            logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits, x) + (1 - soft_dice(torch.sigmoid(logits), x)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    opt.zero_grad(set_to_none=True)  # the trained-now model must equal the cached one: no stale grads
+    model.eval()
+    with torch.no_grad():
+        codes = torch.cat([model.encode(inputs[i:i + 256]) for i in range(0, n, 256)])
+        recon = torch.cat([(torch.sigmoid(model(inputs[i:i + 256])) > 0.5).float() for i in range(0, n, 256)])
+        train_dice = float(soft_dice(recon, (inputs > 0.5).float()).mean())
+    # one scale for all dimensions, the RMS of the per-dimension standard deviations: a per-dimension
+    # scale would blow up a dimension the training shapes barely use, where soft predictions can go
+    code_std = codes.var(0, unbiased=False).mean().sqrt() if n > 1 else torch.tensor(1.0)
+    if float(code_std) < 1e-6:  # identical training masks: no spread to measure, keep raw units
+        code_std = torch.tensor(1.0)
+    return model, {"code_std": code_std, "train_dice": train_dice}
+
+
+def train_masks_digest(arrays: DatasetArrays) -> str:
+    train = arrays.splits["train"]
+    h = hashlib.sha256()
+    h.update(f"{train.label.shape}|{train.label.dtype}|".encode())
+    h.update(np.ascontiguousarray(train.label).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int) -> str:
+    payload = json.dumps({"dataset": arrays.spec.name, "checksum": arrays.checksum,
+                          "train_masks": train_masks_digest(arrays), "ae": cfg.as_dict(), "seed": int(seed)},
+                         sort_keys=True)
+    return f"{arrays.spec.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass
+class ShapePrior:
+    model: ShapeAutoencoder
+    code_std: torch.Tensor
+    key: str
+    path: Path
+    computed: bool  # True: trained by this call; False: loaded from the cache
+    seconds: float  # training time (stored in the file)
+    train_dice: float  # reconstruction Dice on the training masks (stored in the file)
+
+
+def _load(path: Path, cfg: ShapeAEConfig, key: str) -> ShapePrior | None:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["config"] != cfg.as_dict():
+            raise ValueError("stored config differs")
+        model = ShapeAutoencoder(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        log.warning("shape prior cache %s unreadable (%s): retraining", path, err)
+        return None
+    return ShapePrior(model.eval(), blob["code_std"].float(), key, path, computed=False,
+                      seconds=float(blob["seconds"]), train_dice=float(blob["train_dice"]))
+
+
+def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_dir: str | Path) -> ShapePrior:
+    """The shape autoencoder of the dataset's train masks, from the cache or trained (and cached)."""
+    global _PRETRAINS
+    key = cache_key(arrays, cfg, seed)
+    folder = Path(cache_dir) / "shape_prior"
+    path = folder / f"{key}.pt"
+    with _file_lock(folder / f"{key}.lock"):
+        if path.exists():
+            cached = _load(path, cfg, key)
+            if cached is not None:
+                log.info("shape prior loaded from %s", path)
+                return cached
+        started = time.perf_counter()
+        inputs = masks_to_input(arrays.splits["train"].label, arrays.spec.num_classes, cfg.size)
+        with preserved_rng():
+            model, stats = train_autoencoder(inputs, cfg, seed)
+        seconds = time.perf_counter() - started
+        _PRETRAINS += 1
+        tmp = folder / f".{key}.{os.getpid()}.tmp.pt"
+        torch.save({"state_dict": model.state_dict(), "config": cfg.as_dict(), "code_std": stats["code_std"],
+                    "seconds": seconds, "train_dice": stats["train_dice"]}, tmp)
+        os.replace(tmp, path)
+        log.info("shape prior: AE on %d train masks in %.1f s (train Dice %.3f) -> %s",
+                 len(inputs), seconds, stats["train_dice"], path)
+        if stats["train_dice"] < 0.7:
+            log.warning("shape prior: the autoencoder reconstructs its own training masks with Dice %.3f only; "
+                        "raise strategy.options.ae_steps", stats["train_dice"])
+        return ShapePrior(model, stats["code_std"], key, path, computed=True, seconds=seconds,
+                          train_dice=stats["train_dice"])
+
+
+@register_strategy("shape_prior")
+class ShapePriorStrategy(Strategy):
+    name = "shape_prior"
+    requires = frozenset()  # the segmentation label is the mask
+    tasks = SEGMENTATION_TASKS
+    citation = ("ACNN: Oktay O., Ferrante E., Kamnitsas K., Heinrich M., Bai W., Caballero J., Cook S.A., "
+                "de Marvao A., Dawes T., O'Regan D.P., Kainz B., Glocker B., Rueckert D., Anatomically "
+                "Constrained Neural Networks (ACNNs): application to cardiac image enhancement and "
+                "segmentation, IEEE TMI 37(2):384-395 (2018)")
+
+    def ae_config(self, spec: DatasetSpec) -> ShapeAEConfig:
+        o = self.options
+        return ShapeAEConfig(
+            in_channels=max(int(spec.num_classes), 2) - 1, spatial_dims=int(spec.spatial_dims),
+            size=int(o.get("ae_size", 64)), channels=tuple(int(c) for c in o.get("ae_channels", (8, 16, 32))),
+            latent_dim=int(o.get("latent_dim", 64)), steps=int(o.get("ae_steps", 600)),
+            batch_size=int(o.get("ae_batch_size", 32)), lr=float(o.get("ae_lr", 1e-3)),
+        )
+
+    @property
+    def weight(self) -> float:
+        return float(self.options.get("weight", 0.1))
+
+    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
+        reason = super().incompatibility(spec, backbone)
+        if reason:
+            return reason
+        if spec.spatial_dims not in (2, 3):
+            return f"strategy '{self.name}' supports 2D and 3D masks; dataset '{spec.name}' is {spec.spatial_dims}D"
+        try:
+            self.ae_config(spec)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def prepare(self, context: StrategyContext) -> None:
+        self.num_classes = int(context.arrays.spec.num_classes)
+        self.cfg = self.ae_config(context.arrays.spec)
+        self.prior = load_or_train(context.arrays, self.cfg, int(context.seed), context.cache_dir)
+        self.encoder = self.prior.model
+        for p in self.encoder.parameters():  # frozen: the prior is fixed while the network trains
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def _prior_on(self, device: torch.device) -> tuple[ShapeAutoencoder, torch.Tensor]:
+        """The encoder lives outside the LightningModule (not trained, not checkpointed), so it
+        follows the batch to its device here."""
+        if not hasattr(self, "encoder"):
+            raise RuntimeError("shape_prior: prepare() must run before the shape loss is computed")
+        if next(self.encoder.parameters()).device != device:
+            self.encoder.to(device)
+        return self.encoder, self.prior.code_std.to(device)
+
+    def shape_distance(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(B,) mean over latent dimensions of the squared code difference, in units of σ."""
+        encoder, std = self._prior_on(logits.device)
+        pred = resize_maps(foreground_probabilities(logits), self.cfg.size)
+        with torch.no_grad():
+            code_true = encoder.encode(resize_maps(foreground_targets(label, self.num_classes), self.cfg.size))
+        code_pred = encoder.encode(pred)
+        return (((code_pred - code_true) / std) ** 2).mean(1)
+
+    def loss_terms(
+        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str
+    ) -> dict[str, torch.Tensor]:
+        shape = self.shape_distance(outputs["logits"], batch["label"]).mean()
+        return {"task": per_sample_loss.mean(), "shape": self.weight * shape.to(per_sample_loss.dtype)}
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        if hasattr(self, "prior"):
+            meta["shape_prior"] = {
+                "cache_file": str(self.prior.path), "key": self.prior.key, "trained_now": self.prior.computed,
+                "train_seconds": round(self.prior.seconds, 2), "ae_train_dice": round(self.prior.train_dice, 4),
+                "ae_config": self.cfg.as_dict(), "masks": "train split only",
+            }
+        return meta

@@ -1,0 +1,86 @@
+"""`star_shape`: lesions are star-shaped around their centre; a loss term penalises predictions
+that are not (SURVEY.md family G).
+
+After Mirikharaji Z. & Hamarneh G., "Star shape prior in fully convolutional networks for skin
+lesion segmentation", MICCAI 2018, LNCS 11073, pp. 737-745. A star-shaped region contains the
+whole segment from its centre c to each of its points: walking from any foreground pixel
+toward c never leaves the foreground. The paper encodes this as a differentiable loss over
+pairs (p, q), q being p's neighbour one step along the discrete line toward c, with c the
+centroid of the ground-truth mask; the rays and the penalty are in `dkbench.losses.star_shape`.
+
+The term is ``weight`` × the per-image mean over pixels of the penalty (images with an empty
+ground truth add 0), added to the DiceCE task loss at every stage (val/loss includes it).
+
+Options and what differs from the paper:
+
+- ``form: monotone`` (default) penalises ReLU(ŷ_p − ŷ_q): the foreground probability must not
+  rise when stepping inward. This is the star-shape constraint itself, so it is exactly 0 for
+  every star-shaped prediction (even one that disagrees with the ground truth) and positive for
+  holes, crescents and detached islands; ``error_weighted: true`` multiplies it by |y_p − ŷ_p|
+  as the paper does (default false: our choice, to keep the term a pure shape prior that does
+  not also act as a second, error-driven data term).
+- ``form: paper`` is the paper's eq. 4 verbatim: β_pq·|ŷ_p − ŷ_q|·|y_p − ŷ_p| with β_pq = 1 iff
+  the ground truth agrees at p and q (``error_weighted`` is then implied).
+- The paper's network (an FCN on ISIC 2017 with BCE, β = 40 on the star term) is replaced by the
+  run's backbone and DiceCE; the default ``weight`` 1.0 is ours, chosen because the monotone
+  form is not scaled down by an error factor.
+- Multi-class masks: the term acts on the union of the foreground classes (1 − P(background)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dkbench.data.spec import DatasetSpec
+from dkbench.losses import foreground_probability
+from dkbench.losses.star_shape import FORMS, star_shape_loss
+from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy
+from dkbench.strategies.registry import register_strategy
+
+
+@register_strategy("star_shape")
+class StarShape(Strategy):
+    name = "star_shape"
+    requires = frozenset()  # the segmentation label is the mask
+    tasks = SEGMENTATION_TASKS
+    citation = ("Mirikharaji Z., Hamarneh G., Star shape prior in fully convolutional networks for skin "
+                "lesion segmentation, MICCAI 2018, LNCS 11073, pp. 737-745")
+
+    @property
+    def weight(self) -> float:
+        return float(self.options.get("weight", 1.0))
+
+    @property
+    def form(self) -> str:
+        return str(self.options.get("form", "monotone"))
+
+    @property
+    def error_weighted(self) -> bool:
+        return bool(self.options.get("error_weighted", False))
+
+    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
+        reason = super().incompatibility(spec, backbone)
+        if reason:
+            return reason
+        if self.form not in FORMS:
+            return f"strategy '{self.name}': option form '{self.form}' is not one of {list(FORMS)}"
+        return None
+
+    def star_penalty(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(B,) star-shape penalty of the prediction, rays toward the ground truth's centroid."""
+        target = (label > 0).float()
+        if target.ndim == logits.ndim - 1:
+            target = target.unsqueeze(1)
+        return star_shape_loss(foreground_probability(logits), target, self.form, self.error_weighted)
+
+    def loss_terms(
+        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str
+    ) -> dict[str, torch.Tensor]:
+        star = self.star_penalty(outputs["logits"], batch["label"]).mean()
+        return {"task": per_sample_loss.mean(), "star": self.weight * star.to(per_sample_loss.dtype)}
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "centre": "centroid of the ground-truth foreground, per image",
+                "neighbour": "one step toward the centre, direction rounded to the nearest of 8 (26 in 3D)"}

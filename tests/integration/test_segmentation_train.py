@@ -1,0 +1,70 @@
+"""End-to-end segmentation runs: run folder with Dice / IoU / HD95, per-image values, masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dkbench.runner.compose import compose_config
+from dkbench.runner.train import train
+from dkbench.strategies.base import IncompatibleStrategyError
+from tests.conftest import require_file
+
+FAST = ["trainer.max_epochs=1", "data.batch_size=16", "ui.progress_bar=false", "backbone=unet"]
+TINY_PROBE_SEG = ["dataset=probe_seg", "dataset.options.n_train=32", "dataset.options.n_val=16",
+                  "dataset.options.n_test=16"]
+
+
+def _cfg(tmp_path, *overrides, data_dir=None):
+    extra = [f"paths.runs_dir={tmp_path / 'runs'}", f"paths.root_dir={tmp_path}"]
+    if data_dir is not None:
+        extra.append(f"paths.data_dir={data_dir}")
+    return compose_config([*FAST, *extra, *overrides])
+
+
+def _check_folder(cfg, n_test: int, size: int) -> dict:
+    from pathlib import Path
+
+    run = Path(cfg.paths.run_dir)
+    for name in ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "test_masks.npz", "DONE"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selection"]["monitor"] == "val/dice"
+    assert 0 <= metrics["test/dice"] <= 1 and 0 <= metrics["test/iou"] <= metrics["test/dice"] + 1e-6
+    assert np.isfinite(metrics["test/hd95"])
+    preds = pd.read_csv(run / "predictions.csv")
+    assert list(preds.columns) == ["id", "dice", "iou", "hd95", "pred_area", "true_area"] and len(preds) == n_test
+    assert preds["dice"].mean() == pytest.approx(metrics["test/dice"], abs=1e-5)  # per image → the headline
+    masks = np.load(run / "test_masks.npz")
+    assert masks["pred"].shape == (n_test, size, size)
+    np.testing.assert_array_equal(masks["id"], preds["id"].astype(str))
+    np.testing.assert_array_equal((masks["pred"] > 0).sum((1, 2)), preds["pred_area"])
+    return metrics
+
+
+def test_probe_seg_run_writes_dice_iou_hd95(tmp_path):
+    cfg = _cfg(tmp_path, *TINY_PROBE_SEG)
+    assert cfg.model._target_.endswith("SegmentationModule")
+    train(cfg)
+    _check_folder(cfg, 16, 64)
+    meta = json.loads((tmp_path / "runs/adhoc/probe_seg/unet__baseline/seed_0/metadata.json").read_text())
+    assert meta["task"] == "segmentation"
+
+
+def test_classification_only_strategy_is_refused_on_segmentation(tmp_path):
+    with pytest.raises(IncompatibleStrategyError, match="segmentation"):
+        train(_cfg(tmp_path, *TINY_PROBE_SEG, "strategy=attention_supervision"))
+    with pytest.raises(IncompatibleStrategyError, match="dense backbone"):
+        train(_cfg(tmp_path, *TINY_PROBE_SEG, "backbone=tinycnn"))
+
+
+@pytest.mark.data
+def test_kvasir_seg_trains_offline_at_a_resized_grid(tmp_path, data_dir):
+    require_file(data_dir, "kvasir_seg/kvasir_seg_128.npz")
+    cfg = _cfg(tmp_path, "dataset=kvasir_seg", "dataset.resize=32", "trainer.limit_train_batches=3",
+               data_dir=data_dir)
+    train(cfg)
+    _check_folder(cfg, 100, 32)

@@ -1,0 +1,138 @@
+"""anatomical_postprocess (SURVEY.md family G): spurious islands are removed and holes filled, a clean
+mask passes unchanged, an empty one stays empty, and the raw (pre-clean-up) scores are reported
+next to the cleaned ones; crf=true without MONAI's extension is refused naming the option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.metrics.segmentation import one_hot, per_image_scores
+from dkbench.strategies import STRATEGIES, IncompatibleStrategyError, StrategyContext, create_strategy
+from dkbench.strategies.catalogue import anatomical_postprocess as module
+from dkbench.strategies.catalogue.anatomical_postprocess import clean_label_map
+
+SIZE = 32
+SPEC = DatasetSpec(name="toy_seg", task="segmentation", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE,
+                   provides=frozenset({"mask", "bbox"}))
+CLS_SPEC = DatasetSpec(name="toy_cls", task="binary", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE)
+
+
+def square(y0: int, x0: int, side: int) -> np.ndarray:
+    m = np.zeros((SIZE, SIZE), np.int64)
+    m[y0:y0 + side, x0:x0 + side] = 1
+    return m
+
+
+def outputs_for(*masks: np.ndarray, num_classes: int = 2) -> dict:
+    labels = torch.from_numpy(np.stack(masks))[:, None]
+    return {"logits": (one_hot(labels, num_classes) * 2 - 1) * 5.0, "feature_map": torch.zeros(len(masks), 4, 2, 2)}
+
+
+def batch_for(*masks: np.ndarray) -> dict:
+    n = len(masks)
+    return {"image": torch.randn(n, 1, SIZE, SIZE), "label": torch.from_numpy(np.stack(masks))[:, None],
+            "index": torch.arange(n), "id": [str(i) for i in range(n)]}
+
+
+def test_registered_and_refuses_classification():
+    assert "anatomical_postprocess" in STRATEGIES.names()
+    reason = create_strategy("anatomical_postprocess").incompatibility(CLS_SPEC)
+    assert reason and "segmentation" in reason
+    assert create_strategy("anatomical_postprocess").incompatibility(SPEC) is None
+    assert "connectivity" in create_strategy("anatomical_postprocess", connectivity="x").incompatibility(SPEC)
+
+
+def test_island_removed_hole_filled_clean_and_empty_unchanged():
+    lesion = square(8, 8, 12)
+    noisy = lesion.copy()
+    noisy[12:15, 12:15] = 0  # a hole
+    noisy[26:29, 26:29] = 1  # a spurious island
+    small = square(2, 2, 4)  # a second, clean image: one small component
+    empty = np.zeros((SIZE, SIZE), np.int64)
+    strategy = create_strategy("anatomical_postprocess")
+    out = strategy.postprocess(outputs_for(noisy, small, empty), batch_for(lesion, small, empty))
+    pred = out["pred"]
+    assert pred.shape == (3, SIZE, SIZE) and pred.dtype == torch.long
+    np.testing.assert_array_equal(pred[0].numpy(), lesion)  # island gone, hole filled
+    np.testing.assert_array_equal(pred[1].numpy(), small)  # clean: unchanged
+    assert int(pred[2].sum()) == 0  # empty stays empty
+    assert torch.equal(out["logits"], outputs_for(noisy, small, empty)["logits"])  # logits untouched
+    # each step alone
+    only_lcc = clean_label_map(noisy, 2, largest_component=True, fill_holes=False)
+    assert only_lcc[27, 27] == 0 and only_lcc[13, 13] == 0
+    only_fill = clean_label_map(noisy, 2, largest_component=False, fill_holes=True)
+    assert only_fill[27, 27] == 1 and only_fill[13, 13] == 1
+
+
+def test_connectivity_and_multiclass_rules():
+    diagonal = np.zeros((SIZE, SIZE), np.int64)
+    diagonal[5:10, 5:10] = 1
+    diagonal[10:12, 10:12] = 1  # touches the big square only at a corner
+    assert clean_label_map(diagonal, 2, fill_holes=False)[11, 11] == 1  # full (8-) connectivity: one object
+    assert clean_label_map(diagonal, 2, fill_holes=False, connectivity="face")[11, 11] == 0
+    # class 2 enclosed by a class-1 ring is anatomy, not a hole: kept; background inside is filled
+    nested = square(4, 4, 14)
+    nested[7:15, 7:15] = 0
+    nested[9:13, 9:13] = 2
+    cleaned = clean_label_map(nested, 3)
+    assert (cleaned[9:13, 9:13] == 2).all() and (cleaned[7:9, 7:15] == 1).all()
+    out = create_strategy("anatomical_postprocess").postprocess(outputs_for(nested, num_classes=3), batch_for(nested))
+    assert set(np.unique(out["pred"].numpy())) == {0, 1, 2}
+
+
+def test_raw_metrics_differ_from_post_processed_scores():
+    lesion = square(8, 8, 12)
+    noisy = lesion.copy()
+    noisy[26:30, 26:30] = 1  # island: hurts Dice and, above all, HD95
+    outputs, batch = outputs_for(noisy, lesion), batch_for(lesion, lesion)
+    strategy = create_strategy("anatomical_postprocess")
+    cleaned = strategy.postprocess(outputs, batch)
+    extra = strategy.extra_metrics(cleaned, batch, "val")
+    assert {"dice_raw", "iou_raw", "hd95_raw", "changed_fraction"} <= set(extra)
+    post = per_image_scores(cleaned["pred"], batch["label"], 2)
+    raw = per_image_scores(outputs["logits"].argmax(1), batch["label"], 2)
+    torch.testing.assert_close(extra["dice_raw"], raw["dice"].mean())
+    torch.testing.assert_close(extra["hd95_raw"], raw["hd95"].mean())
+    assert float(post["dice"].mean()) == 1.0 > float(extra["dice_raw"])
+    assert float(post["hd95"].mean()) == 0.0 < float(extra["hd95_raw"])
+    torch.testing.assert_close(extra["changed_fraction"], torch.tensor(16 / (2 * SIZE * SIZE)))
+    assert strategy.extra_metrics(outputs, batch, "train") == {}  # training: no post-processing
+    # training is the plain task loss
+    assert set(strategy.loss_terms(torch.ones(2), outputs, batch, "train")) == {"task"}
+
+
+def test_crf_refused_clearly_without_monai_extension(monkeypatch):
+    monkeypatch.setattr(module, "crf_unavailable", lambda: "monai._C missing (test)")
+    strategy = create_strategy("anatomical_postprocess", crf=True)
+    reason = strategy.incompatibility(SPEC)
+    assert reason and "crf" in reason and "crf=false" in reason
+    arrays = DatasetArrays(SPEC, {s: SplitArrays(np.zeros((1, 1, SIZE, SIZE), np.uint8),
+                                                np.zeros((1, 1, SIZE, SIZE), np.uint8), np.asarray(["a"]))
+                                  for s in ("train", "val", "test")})
+    with pytest.raises(IncompatibleStrategyError, match="crf"):
+        strategy.prepare(StrategyContext(arrays=arrays, cache_dir=None, seed=0, make_backbone=None))
+    with pytest.raises(RuntimeError, match="crf"):
+        strategy.postprocess(outputs_for(square(4, 4, 6)), batch_for(square(4, 4, 6)))
+
+
+def test_crf_path_refines_then_cleans(monkeypatch):
+    """Where MONAI's CRF can run, its refined probabilities replace the logits' argmax before the
+    clean-up (a stand-in CRF here: the real one needs the compiled extension)."""
+    calls = []
+
+    class FakeCRF(torch.nn.Module):
+        def forward(self, logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+            calls.append((logits.shape, reference.shape))
+            return torch.softmax(logits, 1).flip(-1)  # a visible change: mirror the prediction
+
+    monkeypatch.setattr(module, "crf_unavailable", lambda: None)
+    monkeypatch.setattr(module, "make_crf", lambda iterations: FakeCRF())
+    strategy = create_strategy("anatomical_postprocess", crf=True)
+    assert strategy.incompatibility(SPEC) is None
+    lesion = square(8, 2, 6)
+    out = strategy.postprocess(outputs_for(lesion), batch_for(lesion))
+    assert calls == [((1, 2, SIZE, SIZE), (1, 1, SIZE, SIZE))]
+    np.testing.assert_array_equal(out["pred"][0].numpy(), lesion[:, ::-1])

@@ -1,0 +1,97 @@
+"""location_prior (SURVEY.md family G): the extra channel is the mean TRAIN mask (val/test masks never
+enter it), appended after the untouched image channels, and the backbone gets one more channel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.strategies import STRATEGIES, StrategyContext, create_strategy
+
+SIZE = 16
+SPEC = DatasetSpec(name="toy_seg", task="segmentation", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE,
+                   provides=frozenset({"mask", "bbox"}))
+CLS_SPEC = DatasetSpec(name="toy_cls", task="binary", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE)
+
+
+def toy_arrays(seed: int = 0, in_chans: int = 1) -> DatasetArrays:
+    rng = np.random.default_rng(seed)
+
+    def split(n: int, tag: str) -> SplitArrays:
+        masks = np.zeros((n, 1, SIZE, SIZE), np.uint8)
+        for i in range(n):  # lesions mostly in the upper-left quadrant
+            y, x = rng.integers(0, 8, 2)
+            masks[i, 0, y:y + 5, x:x + 5] = 1
+        images = rng.integers(0, 255, (n, in_chans, SIZE, SIZE), dtype=np.uint8)
+        return SplitArrays(images, masks, np.asarray([f"{tag}{i}" for i in range(n)]))
+
+    spec = DatasetSpec(**{**SPEC.__dict__, "in_chans": in_chans})
+    return DatasetArrays(spec, {"train": split(20, "tr"), "val": split(6, "va"), "test": split(6, "te")})
+
+
+def prepared(arrays: DatasetArrays, tmp_path, **options):
+    strategy = create_strategy("location_prior", **options)
+    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=tmp_path, seed=0, make_backbone=None))
+    return strategy
+
+
+def batch_of(n: int = 4, chans: int = 1, dtype: torch.dtype = torch.float32) -> dict:
+    return {"image": torch.randn(n, chans, SIZE, SIZE, dtype=dtype), "label": torch.zeros(n, 1, SIZE, SIZE).long(),
+            "index": torch.arange(n), "id": [str(i) for i in range(n)]}
+
+
+def test_registered_refuses_classification_and_adds_one_input_channel():
+    assert "location_prior" in STRATEGIES.names()
+    strategy = create_strategy("location_prior")
+    reason = strategy.incompatibility(CLS_SPEC)
+    assert reason and "segmentation" in reason
+    assert strategy.incompatibility(SPEC) is None
+    assert strategy.backbone_kwargs(SPEC) == {"in_chans": 2}
+    assert strategy.backbone_kwargs(DatasetSpec(**{**SPEC.__dict__, "in_chans": 3})) == {"in_chans": 4}
+    assert "scaling" in create_strategy("location_prior", scaling="nope").incompatibility(SPEC)
+
+
+def test_channel_is_the_mean_train_mask_and_the_image_is_untouched(tmp_path):
+    arrays = toy_arrays()
+    strategy = prepared(arrays, tmp_path)
+    mean_train = arrays.splits["train"].label.astype(np.float64).mean(0)[0]
+    batch = batch_of(4)
+    out = strategy.transform_batch(batch, "train")
+    assert out["image"].shape == (4, 2, SIZE, SIZE)
+    assert torch.equal(out["image"][:, :1], batch["image"])  # image channels first, unchanged
+    assert batch["image"].shape[1] == 1  # the caller's batch is not modified in place
+    for i in range(4):  # the same atlas for every sample, scaled 2f - 1 (range scaling)
+        np.testing.assert_allclose(out["image"][i, 1].numpy(), 2 * mean_train - 1, atol=1e-6)
+    assert float(out["image"][:, 1].max()) <= 1.0 and float(out["image"][:, 1].min()) >= -1.0
+    assert json.dumps(strategy.metadata())
+
+
+def test_only_train_masks_shape_the_prior(tmp_path):
+    arrays = toy_arrays()
+    base = prepared(arrays, tmp_path).prior.clone()
+    for split in ("val", "test"):  # other splits' masks: no effect
+        arrays.splits[split].label[:] = 1
+    assert torch.equal(prepared(arrays, tmp_path).prior, base)
+    arrays.splits["train"].label[0, 0, -1, -1] = 1  # one train pixel: the prior moves there only
+    moved = prepared(arrays, tmp_path).prior
+    diff = (moved - base).abs() > 0
+    assert int(diff.sum()) == 1 and bool(diff[0, 0, -1, -1])
+    torch.testing.assert_close(moved[0, 0, -1, -1] - base[0, 0, -1, -1], torch.tensor(2.0 / 20))
+
+
+def test_standardise_option_device_dtype_and_multichannel(tmp_path):
+    arrays = toy_arrays(in_chans=3)
+    strategy = prepared(arrays, tmp_path, scaling="standardise")
+    out = strategy.transform_batch(batch_of(2, chans=3, dtype=torch.float64), "val")
+    assert out["image"].shape == (2, 4, SIZE, SIZE) and out["image"].dtype == torch.float64
+    prior = out["image"][0, 3]
+    assert abs(float(prior.mean())) < 1e-6 and abs(float(prior.std(unbiased=False)) - 1) < 1e-6
+    # a batch of another size gets the prior resized, not a shape error
+    big = {"image": torch.randn(1, 3, 2 * SIZE, 2 * SIZE)}
+    assert strategy.transform_batch(big, "test")["image"].shape == (1, 4, 2 * SIZE, 2 * SIZE)
+    with pytest.raises(RuntimeError, match="prepare"):
+        create_strategy("location_prior").transform_batch(batch_of(1), "train")
