@@ -40,6 +40,8 @@ class Tables:
     metrics: list[str]
     alpha: float = ALPHA
     images: dict[str, Path] = field(default_factory=dict)  # title -> png
+    #: segmentation: per-image paired Δ vs baseline (dkbench.leaderboard.per_image); empty otherwise
+    per_image: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def rank_metric(self) -> str:
@@ -183,6 +185,19 @@ def rank_table(t: Tables) -> pd.DataFrame:
     return wide.map(lambda x: fmt(x, 2) if pd.notna(x) else "n/a").reset_index()
 
 
+def per_image_table(t: Tables) -> pd.DataFrame:
+    df = t.per_image
+    return pd.DataFrame({
+        "dataset": df["dataset"], "backbone": df["backbone"], "strategy": df["strategy"],
+        "images × seeds": [f"{n} × {s}" for n, s in zip(df["n_images"], df["seeds"], strict=True)],
+        "strategy mean": df["mean_strategy"].map(fmt), "baseline mean": df["mean_baseline"].map(fmt),
+        "Δ mean": df["delta"].map(lambda x: fmt(x, signed=True)),
+        "Δ median": df["median_delta"].map(lambda x: fmt(x, signed=True)),
+        "better": df["share_better"].map(lambda x: f"{x:.0%}"),
+        "p (Holm)": [f"{fmt_p(p)}{' *' if p < t.alpha else ''}" for p in df["p_holm"]],
+    })
+
+
 def not_done_table(long: pd.DataFrame) -> pd.DataFrame:
     cells = long.drop_duplicates(["dataset", "backbone", "strategy", "seed"])
     cells = cells[cells["status"] != "done"]
@@ -240,6 +255,11 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
     out += [f"## Δ vs baseline per dataset ({t.rank_metric}, paired t-test over seeds)", "",
             "p is n/a with fewer than 2 paired seeds or zero variance of the differences (see note). "
             "All metrics are in `deltas.csv`.", "", md_table(delta_table(t, [t.rank_metric])), ""]
+    if not t.per_image.empty:
+        out += [f"## Δ vs baseline per image ({t.rank_metric}, Wilcoxon signed-rank over test images)", "",
+                "Each test image's value averaged over the seeds both runs finished, then paired with the baseline's "
+                "on the same image; Holm-adjusted across strategies within dataset × backbone. `better` = share of "
+                "images where the strategy beats the baseline.", "", md_table(per_image_table(t)), ""]
     out += ["## Critical difference (Friedman + Nemenyi)", ""]
     if t.cd is not None:
         out += [t.cd_message, ""]

@@ -9,6 +9,7 @@ import pandas as pd
 
 from dkbench.leaderboard import plots, render, stats
 from dkbench.leaderboard.collect import collect_runs, status_counts
+from dkbench.leaderboard.per_image import per_image_deltas
 
 
 def _metrics(suite: dict, long: pd.DataFrame) -> list[str]:
@@ -39,9 +40,10 @@ def build_tables(runs_dir: str | Path, suite: dict, *, alpha: float = stats.ALPH
         cd, cd_msg = stats.critical_difference(agg, rank_metric, cd_png, alpha=alpha)
     else:
         cd, cd_msg = None, "not requested"
+    images = per_image_deltas(runs_dir, long, baseline, rank_metric)
     return render.Tables(suite={**suite, "rank_metric": rank_metric, "baseline": baseline}, long=long, agg=agg,
                          deltas=deltas, cross=cross, rank_long=rank_long, avg_ranks=avg, cd=cd, cd_message=cd_msg,
-                         metrics=metrics, alpha=alpha)
+                         metrics=metrics, alpha=alpha, per_image=images)
 
 
 def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
@@ -50,7 +52,8 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
 
     Files: ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``leaderboard.csv`` (the
     aggregated table), ``leaderboard.tex``, ``runs_long.csv`` (tidy table), ``deltas.csv``,
-    ``cross_dataset.csv``, ``ranks.csv``, ``heatmap_delta.png``, ``bars.png`` and
+    ``cross_dataset.csv``, ``ranks.csv``, ``per_image.csv`` (segmentation: image-paired Wilcoxon; empty
+    otherwise), ``heatmap_delta.png``, ``bars.png`` and
     ``cd_diagram.png`` (only with ≥ 5 complete datasets). Returns ``{"paths": {name: Path},
     "markdown": str, "counts": {status: runs}, "cd": message, "tables": Tables}`` (paths keyed
     by file name)."""
@@ -72,7 +75,7 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
         links = {"cd": "cd_diagram.png", **links}
 
     for name, df in {"leaderboard.csv": t.agg, "runs_long.csv": t.long, "deltas.csv": t.deltas,
-                     "cross_dataset.csv": t.cross, "ranks.csv": t.rank_long}.items():
+                     "cross_dataset.csv": t.cross, "ranks.csv": t.rank_long, "per_image.csv": t.per_image}.items():
         df.to_csv(out / name, index=False)
         paths[name] = out / name
     markdown = render.render_markdown(t, links)

@@ -94,7 +94,8 @@ class TransferNatural(Strategy):
         if reason or backbone is None or self.local_weights or self.options.get("allow_download", False):
             return reason
         if pretrained_weights_file(backbone, spec.spatial_dims) is None:
-            shipped = "use backbone=efficientnet_lite0 (shipped ImageNet weights), " if spec.spatial_dims == 2 else ""
+            with_weights = "unet_efficientnet_lite0" if spec.task in SEGMENTATION_TASKS else "efficientnet_lite0"
+            shipped = f"use backbone={with_weights} (shipped ImageNet weights), " if spec.spatial_dims == 2 else ""
             return (
                 f"strategy '{self.name}' needs pretrained natural-image weights, and backbone '{backbone}' has "
                 f"none available offline for {spec.spatial_dims}D input (dkbench never downloads at run time): "
