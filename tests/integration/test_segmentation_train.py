@@ -68,3 +68,16 @@ def test_kvasir_seg_trains_offline_at_a_resized_grid(tmp_path, data_dir):
                data_dir=data_dir)
     train(cfg)
     _check_folder(cfg, 100, 32)
+
+
+def test_curriculum_teacher_on_segmentation_is_a_segmentation_run(tmp_path):
+    """The teacher composes the run's dataset choice, so it gets the segmentation module and its
+    per-image DiceCE ranks the training images."""
+    cfg = _cfg(tmp_path, *TINY_PROBE_SEG, "strategy=curriculum", "strategy.options.difficulty=teacher",
+               "strategy.options.teacher_epochs=1")
+    train(cfg)
+    teacher = tmp_path / "runs/.cache/curriculum/probe_seg/unet/seed_0"
+    assert json.loads((teacher / "metrics.json").read_text())["selection"]["monitor"] == "val/dice"
+    meta = json.loads((tmp_path / "runs/adhoc/probe_seg/unet__curriculum/seed_0/metadata.json").read_text())
+    assert meta["strategy"]["difficulty_source"] == "teacher"
+    _check_folder(cfg, 16, 64)

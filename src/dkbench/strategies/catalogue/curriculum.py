@@ -312,7 +312,9 @@ class Curriculum(Strategy):
 
         run = context.config or {}
         compose = context.compose or compose_config
-        cfg = compose(["strategy=baseline"])
+        # the run's dataset choice, so its config defaults apply (segmentation sets model=segmentation)
+        dataset_choice = (run.get("dataset") or {}).get("name")
+        cfg = compose(["strategy=baseline", *([f"dataset={dataset_choice}"] if dataset_choice else [])])
         OmegaConf.set_struct(cfg, False)
         for key in ("dataset", "backbone", "data", "trainer", "monitor"):
             if key in run:
