@@ -20,11 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("dkbench.sweep")
 
 
+#: Cells per parallel worker in one launcher call (see `_batch_size`).
+BATCHES_PER_WORKER = 4
+
+
 @dataclass
 class SuiteSweeperConf:
     _target_: str = "hydra_plugins.dkbench_suite_sweeper.suite_sweeper.SuiteSweeper"
-    #: Cells per launcher call (null: the launcher's n_jobs when it has one, else 1), so
-    #: progress is reported while the sweep runs.
+    #: Cells per launcher call (null: BATCHES_PER_WORKER × the launcher's n_jobs when it has
+    #: one, else 1), so progress is reported while the sweep runs.
     max_batch_size: Any = None
 
 
@@ -50,8 +54,11 @@ class SuiteSweeper(Sweeper):
     def _batch_size(self) -> int:
         if self.max_batch_size:
             return int(self.max_batch_size)
+        # Several cells per worker per batch: a launcher call waits for its slowest cell, so a
+        # batch of exactly n_jobs idles workers whenever cell durations differ; within a call,
+        # joblib hands cells to free workers dynamically. Progress is printed after each batch.
         n_jobs = OmegaConf.select(self.config, "hydra.launcher.n_jobs")
-        return max(1, int(n_jobs)) if n_jobs and int(n_jobs) > 0 else 1
+        return BATCHES_PER_WORKER * int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1
 
     def sweep(self, arguments: list[str]) -> Any:
         from dkbench.runner.sweep import SweepProgress, plan_cells
