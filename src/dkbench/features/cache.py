@@ -14,21 +14,19 @@ misses): a sweep's test counts it.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from dkbench.data.spec import SPLITS, DatasetArrays
 from dkbench.features.radiomics import RadiomicsConfig, extract_features, feature_names
+from dkbench.locking import file_lock
 
 log = logging.getLogger("dkbench.features")
 
@@ -72,17 +70,6 @@ def cache_key(arrays: DatasetArrays, cfg: RadiomicsConfig) -> str:
     return f"{arrays.spec.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _load(path: Path, arrays: DatasetArrays, key: str) -> CachedFeatures | None:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -109,7 +96,7 @@ def load_or_extract(arrays: DatasetArrays, cfg: RadiomicsConfig, cache_dir: str 
     key = cache_key(arrays, cfg)
     folder = Path(cache_dir) / "features"
     path = folder / f"{key}.npz"
-    with _file_lock(folder / f"{key}.lock"):
+    with file_lock(folder / f"{key}.lock"):
         if path.exists():
             cached = _load(path, arrays, key)
             if cached is not None:

@@ -37,7 +37,6 @@ default ``weight`` 0.1, which keeps it comparable with the DiceCE task loss from
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -45,8 +44,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +58,7 @@ from dkbench.losses import foreground_probabilities, foreground_targets
 from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy, StrategyContext
 from dkbench.strategies.prestage import preserved_rng
 from dkbench.strategies.registry import register_strategy
+from dkbench.locking import file_lock
 
 log = logging.getLogger("dkbench.shape_prior")
 
@@ -210,17 +208,6 @@ def cache_key(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int) -> str:
     return f"{arrays.spec.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 @dataclass
 class ShapePrior:
     model: ShapeAutoencoder
@@ -252,7 +239,7 @@ def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_di
     key = cache_key(arrays, cfg, seed)
     folder = Path(cache_dir) / "shape_prior"
     path = folder / f"{key}.pt"
-    with _file_lock(folder / f"{key}.lock"):
+    with file_lock(folder / f"{key}.lock"):
         if path.exists():
             cached = _load(path, cfg, key)
             if cached is not None:
