@@ -148,3 +148,17 @@ def test_probe_seg_labels_are_the_lesion_masks():
     assert train.label.shape == (8, 1, 64, 64) and train.label.max() == 1 and "views" not in train.extras
     with pytest.raises(ValueError, match="segmentation task"):
         read_probe_seg(None, DatasetSpec(name="p", task="binary", num_classes=2, in_chans=1, spatial_dims=2, size=64))
+
+
+def test_3d_volumes_flow_through_net_loss_and_metrics():
+    spec = DatasetSpec(name="toy3d", task="segmentation", num_classes=2, in_chans=1, spatial_dims=3, size=16)
+    torch.manual_seed(0)
+    net = task_net(create_backbone("unet", in_chans=1, spatial_dims=3, img_size=16, channels=(4, 8), strides=(2,)),
+                   spec)
+    logits = net({"image": torch.randn(2, 1, 16, 16, 16)})["logits"]
+    assert logits.shape == (2, 2, 16, 16, 16)
+    target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    target[:, :, 4:10, 4:10, 4:10] = 1
+    assert dice_ce_loss(logits, target).shape == (2,)
+    scores = per_image_scores(target[:, 0], target, 2)
+    assert scores["dice"].tolist() == [1.0, 1.0] and scores["hd95"].tolist() == [0.0, 0.0]
