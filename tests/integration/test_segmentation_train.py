@@ -33,6 +33,8 @@ def _check_folder(cfg, n_test: int, size: int) -> dict:
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["selection"]["monitor"] == "val/dice"
+    # the selected epoch's validation scores sit beside the test scores
+    assert metrics["val/dice"] == pytest.approx(metrics["selection"]["best_score"], abs=1e-6)
     assert 0 <= metrics["test/dice"] <= 1 and 0 <= metrics["test/iou"] <= metrics["test/dice"] + 1e-6
     assert np.isfinite(metrics["test/hd95"])
     preds = pd.read_csv(run / "predictions.csv")

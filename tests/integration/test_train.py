@@ -31,6 +31,8 @@ def test_probe_run_writes_complete_folder_and_resumes(tmp_path):
     for name in ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE", "csv/metrics.csv"):
         assert (run / name).exists(), name
     assert 0.0 <= metrics["test/auroc"] <= 1.0 and metrics["selection"]["checkpoint"] == "best"
+    assert metrics["val/auroc"] == pytest.approx(metrics["selection"]["best_score"], abs=1e-6)
+    assert {"val/acc", "val/loss"} <= set(metrics)
     preds = pd.read_csv(run / "predictions.csv")
     assert list(preds.columns) == ["id", "label", "prob_0", "prob_1"] and len(preds) == 64
     np.testing.assert_allclose(preds[["prob_0", "prob_1"]].sum(1), 1.0, atol=1e-5)

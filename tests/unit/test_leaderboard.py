@@ -367,3 +367,17 @@ def test_module_entry_point(runs, tmp_path, capsys):
         warnings.simplefilter("ignore")
         main([str(runs), str(suite_file), str(tmp_path / "out")])
     assert "# Leaderboard: toy" in capsys.readouterr().out and (tmp_path / "out" / "leaderboard.md").exists()
+
+
+def test_read_cell_takes_val_scores_of_the_selected_epoch_from_the_csv_log(tmp_path):
+    import json
+
+    from dkbench.leaderboard.collect import read_cell
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text(
+        "epoch,step,val/acc,val/auroc,train/loss\n0,5,0.6,0.70,\n0,5,,,0.9\n1,10,0.9,0.95,\n1,10,,,0.5\n2,15,0.8,0.90,\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"test/acc": 0.5, "selection": {"best_epoch": 1}}))
+    (tmp_path / "DONE").write_text("{}")
+    status, _, values = read_cell(tmp_path)
+    assert status == "done" and values == {"test/acc": 0.5, "val/acc": 0.9, "val/auroc": 0.95}

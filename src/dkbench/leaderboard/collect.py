@@ -60,6 +60,28 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def selected_val_metrics(run_dir: Path, best_epoch: Any) -> dict[str, float]:
+    """``val/*`` of the selected (best-validation) epoch, read from the run's CSV log: what the
+    model scored on validation data when it was chosen, to set beside its test scores (a
+    shortcut shows as a val → test drop). Empty when the log or the epoch is missing."""
+    path = Path(run_dir) / "csv" / "metrics.csv"
+    if best_epoch is None or not path.exists():
+        return {}
+    try:
+        log = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return {}
+    if "epoch" not in log:
+        return {}
+    rows = log[log["epoch"] == best_epoch]
+    out = {}
+    for column in (c for c in log.columns if str(c).startswith("val/")):
+        values = rows[column].dropna()
+        if len(values):
+            out[str(column)] = float(values.iloc[-1])
+    return out
+
+
 def read_cell(path: Path) -> tuple[str, str, dict[str, float]]:
     """(status, reason, metrics) of one seed folder."""
     if not path.is_dir():
@@ -75,6 +97,8 @@ def read_cell(path: Path) -> tuple[str, str, dict[str, float]]:
     metrics = _read_json(path / "metrics.json") if (path / "DONE").exists() else None
     if isinstance(metrics, dict):
         values = numeric_metrics(metrics)
+        if not any(k.startswith("val/") for k in values):  # runs written before metrics.json held them
+            values.update(selected_val_metrics(path, (metrics.get("selection") or {}).get("best_epoch")))
         return "done", "" if values else "no test/* or val/* metric in metrics.json", values
     if state == "done":
         return "incomplete", "status.json says done but DONE/metrics.json is missing or unreadable", {}

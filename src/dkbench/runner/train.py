@@ -26,6 +26,7 @@ from dkbench.backbones import create_backbone
 from dkbench.backbones.registry import task_incompatibility
 from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
+from dkbench.leaderboard.collect import selected_val_metrics
 from dkbench.runner.compose import compose_config
 from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
 from dkbench.runner.environment import git_sha, hardware, package_versions
@@ -195,6 +196,8 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
         "versions": package_versions(), "git_sha": git_sha(), "hardware": hardware(),
         "params": sum(p.numel() for p in module.net.parameters()),
     })
+    # the selected epoch's validation scores, beside the test scores (val → test gap = shortcut)
+    metrics.update({k: v for k, v in selected_val_metrics(run.path, best_epoch).items() if k not in metrics})
     run.write_json("metrics.json", metrics)
     if not cfg.get("keep_checkpoints", True):
         for f in ckpt_dir.glob("*.ckpt"):
