@@ -162,3 +162,13 @@ def test_3d_volumes_flow_through_net_loss_and_metrics():
     assert dice_ce_loss(logits, target).shape == (2,)
     scores = per_image_scores(target[:, 0], target, 2)
     assert scores["dice"].tolist() == [1.0, 1.0] and scores["hd95"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["busi_seg", "kvasir_seg", "probe_seg"])
+def test_segmentation_datasets_bring_their_module_and_selection_metric(name):
+    from dkbench.runner.compose import compose_config
+
+    cfg = compose_config([f"dataset={name}", "backbone=unet"])
+    assert cfg.model._target_.endswith("SegmentationModule") and cfg.dataset.task == "segmentation"
+    assert cfg.monitor.metric == "val/dice" and cfg.monitor.mode == "max"
+    assert compose_config(["dataset=probe"]).monitor.metric == "val/auroc"
