@@ -62,13 +62,17 @@ def loaded(name: str, data_dir: Path, **override):
 @pytest.mark.data
 @pytest.mark.parametrize("name", ["busi", "kvasir_seg"])
 def test_split_partitions_every_id_once(name, data_dir):
-    """train/val/test are disjoint and cover every id of the npz exactly once (nothing excluded)."""
+    """train/val/test/excluded are disjoint and cover every id of the npz exactly once; only the
+    members of cross-label duplicate groups are excluded."""
     ids = npz(npz_path(data_dir, name))["ids"].astype(str).tolist()
     doc = load_split(name)
-    listed = [i for s in SPLITS for i in doc[s]]
+    listed = [i for s in (*SPLITS, "excluded") for i in doc[s]]
     assert len(listed) == len(set(listed)), "an id is listed twice"
     assert sorted(listed) == sorted(ids)
+    assert sorted(doc["excluded"]) == sorted(i for g in doc["cross_label_groups"] for i in g)
     assert doc["source_sha256"] and doc["seed"] == 0 and doc["method"].endswith(".")
+    assert doc["counts"]["excluded"] == len(doc["excluded"])
+    assert [doc["counts"][s] for s in SPLITS] == [len(doc[s]) for s in SPLITS]
 
 
 @pytest.mark.parametrize("name", ["busi", "kvasir_seg"])
@@ -89,7 +93,8 @@ def test_readme_pairs_are_grouped():
                  ("malignant (18)", "malignant (116)")],
         "kvasir_seg": [("cju30bmab08bi0835mvlr6e0r", "cju77k828z46w0871r0avuoo9")],
     }.items():
-        groups = [set(g) for g in load_split(name)["groups"]]
+        doc = load_split(name)
+        groups = [set(g) for g in doc["groups"] + doc["cross_label_groups"]]
         for a, b in pairs:
             assert any({a, b} <= g for g in groups), f"{a}/{b} not grouped in {name}.json"
 
@@ -100,7 +105,8 @@ def test_busi_class_ratios_close_to_overall(data_dir):
     label = dict(zip(z["ids"].astype(str).tolist(), z["labels"].tolist()))
     overall = np.bincount(z["labels"], minlength=3) / len(z["labels"])
     doc = load_split("busi")
-    sizes = {s: len(doc[s]) / len(label) for s in SPLITS}
+    n_split = sum(len(doc[s]) for s in SPLITS)
+    sizes = {s: len(doc[s]) / n_split for s in SPLITS}
     assert sizes == pytest.approx({"train": 0.7, "val": 0.1, "test": 0.2}, abs=0.01)
     for s in SPLITS:
         frac = np.bincount([label[i] for i in doc[s]], minlength=3) / len(doc[s])
@@ -126,14 +132,25 @@ def test_make_splits_is_deterministic(data_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- readers
+def busi_total(data_dir: Path, lesions_only: bool) -> int:
+    """BUSI images in some split: all (or all lesion) images minus the excluded ones."""
+    z = npz(npz_path(data_dir, "busi"))
+    excluded = set(load_split("busi")["excluded"])
+    keep = [i for i, lab in zip(z["ids"].astype(str), z["labels"]) if i not in excluded and (lab or not lesions_only)]
+    return len(keep)
+
+
 @pytest.mark.data
 @pytest.mark.parametrize(
     "name, n_chans, labels, total",
-    [("busi", 1, {0, 1, 2}, 780), ("busi_binary", 1, {0, 1}, 647), ("kvasir_seg", 3, None, 1000),
-     ("busi_seg", 1, None, 647)],
+    [("busi", 1, {0, 1, 2}, "all"), ("busi_binary", 1, {0, 1}, "lesion"), ("kvasir_seg", 3, None, 1000),
+     ("busi_seg", 1, None, "lesion")],
 )
 def test_reader_shapes_and_dtypes(name, n_chans, labels, total, data_dir):
     arrays = loaded(name, data_dir)
+    if isinstance(total, str):
+        total = busi_total(data_dir, lesions_only=total == "lesion")
+        assert arrays.notes["split_excluded"] == 19 and total in (761, 630)
     assert name in DATASETS
     assert arrays.checksum == load_split(SPLIT_OF[name])["source_sha256"]
     assert arrays.notes["split_file"] == f"{SPLIT_OF[name]}.json" and arrays.notes["split_method"]
@@ -170,9 +187,9 @@ def test_busi_binary_drops_normal_and_keeps_split(data_dir):
 @pytest.mark.data
 def test_busi_include_normal_options(data_dir):
     seg = loaded("busi_seg", data_dir, include_normal=True)
-    assert sum(len(s) for s in seg.splits.values()) == 780
+    assert sum(len(s) for s in seg.splits.values()) == busi_total(data_dir, lesions_only=False)
     no_normal = loaded("busi", data_dir, include_normal=False)
-    assert sum(len(s) for s in no_normal.splits.values()) == 647
+    assert sum(len(s) for s in no_normal.splits.values()) == busi_total(data_dir, lesions_only=True)
     with pytest.raises(TypeError, match="unknown option"):
         loaded("busi_binary", data_dir, include_normal=True)
 
@@ -240,6 +257,17 @@ def test_split_mismatch_when_npz_lacks_ids(tmp_path):
     _fake_npz(tmp_path / "busi/busi_128.npz", ids)
     with pytest.raises(SplitMismatchError, match=r"id\(s\) of the split file are not in the data file"):
         load_dataset(config("busi"), tmp_path)
+
+
+def test_excluded_ids_belong_to_no_split():
+    """An id under 'excluded' matches the data file but is in no split; an id in neither fails."""
+    from dkbench.data.saved_splits import split_indices
+
+    doc = {"dataset": "x", "train": ["a", "b"], "val": ["c"], "test": ["d"], "excluded": ["e"]}
+    idx = split_indices(np.array(["e", "d", "c", "b", "a"]), doc, data_path="x.npz")
+    assert {k: v.tolist() for k, v in idx.items()} == {"train": [3, 4], "val": [2], "test": [1]}
+    with pytest.raises(SplitMismatchError, match="1 id\\(s\\) of the data file are in no split"):
+        split_indices(np.array(["a", "b", "c", "d", "e", "f"]), doc, data_path="x.npz")
 
 
 def test_non_binary_masks_rejected(tmp_path):

@@ -15,6 +15,7 @@ folder (missing), d4/baseline seed 2 still "running" (incomplete). One folder ou
 from __future__ import annotations
 
 import json
+import re
 import math
 import warnings
 from pathlib import Path
@@ -199,13 +200,16 @@ def test_paired_deltas_and_t_test(deltas):
                     continue
                 x, y = np.array([sv[k] for k in seeds]), np.array([bv[k] for k in seeds])
                 assert row["delta"] == pytest.approx((x - y).mean(), abs=1e-12)
+                if len(seeds) < lb.MIN_SEEDS:  # no test, no mark
+                    assert np.isnan(row["p"]) and not row["significant"] and f"n={len(seeds)}<3" in row["note"]
+                    continue
                 assert row["p"] == pytest.approx(sps.ttest_rel(x, y).pvalue, rel=1e-9)
     # by hand: d1/bb1/sA Δ = [.02, .03, .04] → t = 0.03 / (0.01/√3) = 3√3, df 2
     row = d.loc[("d1", "bb1", "sA")]
     assert row["delta"] == pytest.approx(0.03) and row["t"] == pytest.approx(3 * math.sqrt(3))
     assert row["p"] == pytest.approx(t_p_df(3 * math.sqrt(3), 2), rel=1e-9)  # 0.0351
-    # d1/bb2/sA: seed 2 failed → Δ = [.02, .03], t = 5, df 1
-    assert d.loc[("d1", "bb2", "sA"), "p"] == pytest.approx(t_p_df(5.0, 1), rel=1e-9)
+    # d1/bb2/sA: seed 2 failed → Δ = [.02, .03]: a t-test would have 1 df (t = 5): not run
+    assert np.isnan(d.loc[("d1", "bb2", "sA"), "p"]) and d.loc[("d1", "bb2", "sA"), "n_pairs"] == 2
     assert d.loc[("d2", "bb2", "sB"), "note"].startswith("no paired seeds (sB: 3 incompatible")
     # Holm within d1/bb1: both p = 0.0351 → both 0.0702 (not significant)
     h = t_p_df(3 * math.sqrt(3), 2)
@@ -224,10 +228,13 @@ def test_zero_variance_and_single_pair_give_nan_p():
                  status="done", reason="") for s, vals in {"baseline": [0.5, 0.6], "x": [0.6, 0.7]}.items()
             for k, v in enumerate(vals)]
     out = lb.paired_deltas(pd.DataFrame(rows), "baseline", "test/auroc")
-    assert np.isnan(out.loc[0, "p"]) and "zero variance" in out.loc[0, "note"]
+    assert np.isnan(out.loc[0, "p"]) and "n=2<3" in out.loc[0, "note"]
+    three = rows + [dict(rows[0], seed=2, value=0.7), dict(rows[2], seed=2, value=0.8)]
+    out3 = lb.paired_deltas(pd.DataFrame(three), "baseline", "test/auroc")
+    assert np.isnan(out3.loc[0, "p"]) and "zero variance" in out3.loc[0, "note"]
     assert out.loc[0, "delta"] == pytest.approx(0.1)
     one = lb.paired_deltas(pd.DataFrame(rows[:1] + rows[2:3]), "baseline", "test/auroc")
-    assert np.isnan(one.loc[0, "p"]) and "n<2" in one.loc[0, "note"]
+    assert np.isnan(one.loc[0, "p"]) and "n=1<3" in one.loc[0, "note"]
 
 
 def test_cross_dataset_wilcoxon_and_holm(deltas):
@@ -381,3 +388,165 @@ def test_read_cell_takes_val_scores_of_the_selected_epoch_from_the_csv_log(tmp_p
     (tmp_path / "DONE").write_text("{}")
     status, _, values = read_cell(tmp_path)
     assert status == "done" and values == {"test/acc": 0.5, "val/acc": 0.9, "val/auroc": 0.95}
+
+
+# ------------------------------------------------------------------------------------------ evidence rules
+# (issue 10: no significance mark from fewer than 3 paired seeds; Δ and p for every listed metric;
+# bars from 0 with CIs; post-processing stated against the baseline and its own raw output)
+
+
+def write_values(root: Path, suite: str, dataset: str, strategy: str, seed: int, metrics: dict) -> None:
+    """A done run folder holding exactly ``metrics`` (backbone ``net``)."""
+    path = root / suite / dataset / f"net__{strategy}" / f"seed_{seed}"
+    path.mkdir(parents=True)
+    (path / "status.json").write_text(json.dumps({"status": "done", "config_hash": "h"}))
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / "metadata.json").write_text(json.dumps({"dataset": dataset, "backbone": "net", "seed": seed,
+                                                    "strategy": {"strategy": strategy}, "config_hash": "h"}))
+    (path / "DONE").write_text(json.dumps({"config_hash": "h", "status": "done"}))
+
+
+def seg_suite(root: Path, n_seeds: int, name: str) -> dict:
+    """Baseline vs a post-processing strategy with a large, consistent effect on Dice and HD95:
+    raw Dice = baseline + 0.02 + 0.001 k, post-processed = raw + 0.10 + 0.002 k; raw HD95 = baseline + 0.5,
+    post-processed HD95 = raw − 3 + 0.1 k (seed k)."""
+    seeds = list(range(n_seeds))
+    for k in seeds:
+        base = 0.60 + 0.01 * k + 0.003 * k * k
+        write_values(root, name, "seg", "baseline", k, {"test/dice": base, "test/hd95": 20.0 - k})
+        raw = base + 0.02 + 0.001 * k
+        write_values(root, name, "seg", "post", k, {
+            "test/dice": raw + 0.10 + 0.002 * k, "test/dice_raw": raw,
+            "test/hd95": 17.5 - k + 0.1 * k, "test/hd95_raw": 20.5 - k})
+    return {"name": name, "datasets": ["seg"], "backbones": ["net"], "strategies": ["baseline", "post"],
+            "seeds": seeds, "baseline": "baseline", "rank_metric": "test/dice", "metrics": ["test/dice", "test/hd95"]}
+
+
+def _report(root: Path, suite: dict, out: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_report(root, suite, out)
+
+
+def test_two_seeds_give_no_mark_and_p_reads_n_lt_3(tmp_path):
+    suite = seg_suite(tmp_path / "runs", 2, "two")
+    result = _report(tmp_path / "runs", suite, tmp_path / "out")
+    d = result["tables"].deltas.set_index("metric")
+    assert (d["n_pairs"] == 2).all() and d["p"].isna().all() and not d["significant"].any()
+    md = result["markdown"]
+    board = md.split("## Leaderboard (test/dice)")[1].split("##")[0]
+    assert re.search(r"\+0\.12\d \(n=2\)", board) and "n<3" in board
+    assert not re.search(r"[+-]\d\.\d{3}\*", md), "a significance star from 2 seeds"
+    assert "significant" not in board.lower()
+    # the post-processing section gives no mark either
+    raw = result["tables"].raw_effects
+    assert len(raw) == 2 and not raw["significant_vs_raw"].any() and not raw["significant_vs_baseline"].any()
+    assert (raw["note_vs_raw"] == "n=2<3 paired seeds: no test").all()
+
+
+def test_three_seeds_with_a_large_consistent_effect_give_a_mark(tmp_path):
+    suite = seg_suite(tmp_path / "runs", 3, "three")
+    result = _report(tmp_path / "runs", suite, tmp_path / "out")
+    d = result["tables"].deltas.set_index("metric")
+    assert (d["n_pairs"] == 3).all() and d["significant"].all()
+    board = result["markdown"].split("## Leaderboard (test/dice)")[1].split("\n## ")[0]
+    assert re.search(r"\+0\.12\d\* \(n=3\)", board)
+    from dkbench.leaderboard.render import delta_text
+
+    row = dict(d.loc["test/dice"])
+    assert delta_text({**row, "n_pairs": 2}) == "+0.123 (n=2)"  # the renderer itself refuses n < 3
+    assert delta_text(row) == "+0.123* (n=3)"
+
+
+def test_every_listed_metric_gets_delta_and_p_in_markdown(tmp_path):
+    suite = seg_suite(tmp_path / "runs", 3, "all")
+    md = _report(tmp_path / "runs", suite, tmp_path / "out")["markdown"]
+    hd = md.split("### Leaderboard (test/hd95)")[1].split("\n## ")[0]
+    assert "net Δ" in hd and "net p" in hd
+    assert "-2.400* (n=3)" in hd  # post − baseline HD95 = −2.5 + 0.1 k, k = 0, 1, 2
+    per_dataset = md.split("## Δ vs baseline per dataset")[1].split("\n## ")[0]
+    assert "### test/dice" in per_dataset and "### test/hd95" in per_dataset
+    assert "test/dice_raw" not in hd
+
+
+def test_post_processing_is_stated_against_baseline_and_own_raw_output(tmp_path):
+    suite = seg_suite(tmp_path / "runs", 3, "raw")
+    result = _report(tmp_path / "runs", suite, tmp_path / "out")
+    r = result["tables"].raw_effects.set_index("metric")
+    dice, hd = r.loc["test/dice"], r.loc["test/hd95"]
+    # by construction: raw − baseline = 0.02 + 0.001 k, post − raw = 0.10 + 0.002 k (k = 0, 1, 2)
+    assert dice["delta_raw_vs_baseline"] == pytest.approx(0.021)
+    assert dice["delta_vs_raw"] == pytest.approx(0.102)
+    assert dice["delta_vs_baseline"] == pytest.approx(0.123)
+    assert dice["delta_vs_baseline"] == pytest.approx(dice["delta_raw_vs_baseline"] + dice["delta_vs_raw"])
+    assert dice["significant_vs_raw"] and dice["significant_vs_baseline"] and dice["n_raw"] == 3
+    assert hd["delta_vs_raw"] == pytest.approx(-2.9) and not hd["higher_is_better"]
+    assert hd["delta_raw_vs_baseline"] == pytest.approx(0.5)
+    md = result["markdown"]
+    section = md.split("## Post-processing: against the baseline and against the run's own raw output")[1]
+    section = section.split("\n## ")[0]
+    for column in ("Δ post − raw", "Δ raw − baseline", "Δ post − baseline", "p (vs raw)"):
+        assert column in section
+    assert "+0.102* (n=3)" in section and "+0.021 (n=3)" in section
+    assert (tmp_path / "out" / "raw_effects.csv").exists()
+    # suites without raw scores render no such section
+    assert "Post-processing" not in _report(*_toy_args(tmp_path))["markdown"]
+
+
+def _toy_args(tmp_path):
+    root = tmp_path / "toy_runs"
+    make_runs(root)
+    return root, {**SUITE, "datasets": DATASETS[:2]}, tmp_path / "toy_out"
+
+
+def test_bars_start_at_zero_and_draw_95_ci(agg):
+    from dkbench.leaderboard import plots
+
+    fig = plots.bars_figure(agg, "test/auroc")
+    try:
+        for ax in fig.axes:
+            if ax.get_title() in BACKBONES:
+                assert ax.get_ylim()[0] == 0.0
+                heights = [p.get_height() for p in ax.patches]
+                assert max(heights) > 0.7 and all(p.get_y() == 0 for p in ax.patches)
+        assert "95% t-CI" in fig._suptitle.get_text()
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    # d1/bb1/sA: values 0.72, 0.74, 0.76 → std 0.02, n 3 → half width t(0.975, 2) · 0.02 / √3
+    half = plots.ci95_half_width(0.02, 3)
+    assert half == pytest.approx(sps.t.ppf(0.975, 2) * 0.02 / math.sqrt(3))
+    assert np.isnan(plots.ci95_half_width(np.nan, 1))
+
+
+def test_per_image_mark_needs_three_seeds(tmp_path):
+    from dkbench.leaderboard.per_image import per_image_deltas
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.4, 0.8, 30)
+    rows = []
+    for n_seeds, name in ((2, "two"), (3, "three")):
+        for seed in range(n_seeds):
+            for strategy, dice in (("baseline", base), ("prior", base + 0.05)):
+                run = tmp_path / name / "toy" / f"unet__{strategy}" / f"seed_{seed}"
+                run.mkdir(parents=True)
+                pd.DataFrame({"id": range(30), "dice": dice}).to_csv(run / "predictions.csv", index=False)
+                rows.append({"suite": name, "dataset": "toy", "backbone": "unet", "strategy": strategy,
+                             "seed": seed, "status": "done"})
+    long = pd.DataFrame(rows)
+    two = per_image_deltas(tmp_path, long[long["suite"] == "two"], "baseline", "test/dice")
+    three = per_image_deltas(tmp_path, long[long["suite"] == "three"], "baseline", "test/dice")
+    assert two.loc[0, "p_holm"] < 1e-5 and not two.loc[0, "significant"]  # p shown, no mark
+    assert three.loc[0, "significant"]
+
+
+def test_readme_shows_no_mark_from_fewer_than_three_seeds():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for line in readme.splitlines():
+        if not line.startswith("|"):
+            continue
+        seeds = [int(n) for n in re.findall(r"\((\d+)\)", line)]
+        starred = re.search(r"[+-]\d\.\d+\*", line)
+        if starred and seeds:
+            assert min(seeds) >= lb.MIN_SEEDS, f"README row marks a result from {min(seeds)} seeds: {line}"

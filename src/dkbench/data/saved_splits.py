@@ -4,6 +4,8 @@ readers built on them share (file checksum, boxes from masks).
 A split file lists sample ids, not indices, so it stays valid when the data file is rebuilt
 in another order. `scripts/make_splits.py` writes the files; readers call `split_indices` to
 turn one into index arrays for their npz, which fails loudly when the two do not match.
+Ids under `excluded` (members of cross-label duplicate groups: the same frame labelled twice)
+belong to the data file but to no split.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ def load_split(name: str, path: Path | None = None) -> dict:
     missing = [k for k in ("dataset", "source_sha256", "method", "seed", "groups", *SPLITS) if k not in doc]
     if missing:
         raise ValueError(f"split file {path} lacks keys {missing}; {REGENERATE}.")
+    doc.setdefault("excluded", [])  # files written before exclusions existed have none
+    doc.setdefault("cross_label_groups", [])
     seen: dict[str, str] = {}
-    for split in SPLITS:
+    for split in (*SPLITS, "excluded"):
         for sid in doc[split]:
             if sid in seen:
                 raise ValueError(
@@ -60,16 +64,16 @@ def split_indices(
 ) -> dict[str, np.ndarray]:
     """Index arrays (ascending, i.e. in data-file order) of each split for the file's `ids`.
 
-    Every id of the split file must be in `ids` and every id of `ids` in the split file;
-    otherwise a `SplitMismatchError` names both files. `keep` (bool per sample) then drops
-    samples a variant leaves out (BUSI without its normal images).
+    Every id of the split file must be in `ids` and every id of `ids` in one split or in the
+    file's `excluded` list; otherwise a `SplitMismatchError` names both files. `keep` (bool per
+    sample) then drops samples a variant leaves out (BUSI without its normal images).
     """
     ids = np.asarray(ids).astype(str)
     split_file = doc.get("_path", f"{doc.get('dataset', '?')}.json")
     if len(np.unique(ids)) != len(ids):
         raise SplitMismatchError(f"data file {data_path} has duplicate ids; it cannot be matched to {split_file}.")
     position = {sid: i for i, sid in enumerate(ids.tolist())}
-    listed = [sid for split in SPLITS for sid in doc[split]]
+    listed = [sid for split in (*SPLITS, "excluded") for sid in doc.get(split, [])]
     unknown = [sid for sid in listed if sid not in position]
     unlisted = sorted(set(position) - set(listed))
     if unknown or unlisted:
@@ -99,8 +103,15 @@ def split_notes(doc: dict, checksum: str) -> dict[str, object]:
         "split_method": doc["method"],
         "split_seed": doc["seed"],
         "split_groups": len(doc["groups"]),
+        "split_excluded": len(doc.get("excluded", [])),
         "warnings": [],
     }
+    if doc.get("excluded"):
+        notes["warnings"].append(  # type: ignore[union-attr]
+            f"{len(doc['excluded'])} image(s) are in no split: the {len(doc.get('cross_label_groups', []))} "
+            f"duplicate group(s) whose members carry different labels (listed in "
+            f"{notes['split_file']} under 'cross_label_groups') are excluded as label noise."
+        )
     if checksum and doc["source_sha256"] and checksum != doc["source_sha256"]:
         notes["warnings"].append(  # type: ignore[union-attr]
             f"data file sha256 {checksum[:12]}… differs from the one split file "

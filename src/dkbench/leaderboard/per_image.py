@@ -7,6 +7,11 @@ finished (seed noise shrinks, the image stays the unit), Δ = strategy − basel
 a two-sided Wilcoxon signed-rank test over images says whether the strategy moves the image
 distribution (Holm-adjusted across strategies within dataset × backbone). This complements,
 not replaces, the seed-level t-test: images of one test split are not independent datasets.
+
+The images are the test's unit, but every per-image value comes from the same one or two trained
+models when few seeds are done: a small p then says those models differ on these images, not
+that the strategy does. So, as for the seed test, a significance mark (``significant``) also
+needs ≥ ``MIN_SEEDS`` = 3 seeds per strategy (paired with the baseline's); p is still reported.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from dkbench.leaderboard.collect import cell_dir
-from dkbench.leaderboard.stats import direction, holm_by
+from dkbench.leaderboard.stats import ALPHA, MIN_SEEDS, direction, holm_by
 
 COLUMNS = ["dataset", "backbone", "strategy", "metric", "seeds", "n_images", "mean_strategy", "mean_baseline",
-           "delta", "median_delta", "share_better", "p", "p_holm"]
+           "delta", "median_delta", "share_better", "p", "p_holm", "significant"]
 
 
 def _per_image(runs_dir: Path, suite: str, dataset: str, backbone: str, strategy: str, seeds: list,
@@ -39,9 +44,11 @@ def _per_image(runs_dir: Path, suite: str, dataset: str, backbone: str, strategy
     return pd.concat(frames, axis=1) if frames else None
 
 
-def per_image_deltas(runs_dir: str | Path, long: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
+def per_image_deltas(runs_dir: str | Path, long: pd.DataFrame, baseline: str, metric: str,
+                     alpha: float = ALPHA) -> pd.DataFrame:
     """One row per (dataset, backbone, strategy ≠ baseline) whose runs saved per-image `metric`
-    (e.g. ``test/dice`` → column ``dice``); empty for classification suites."""
+    (e.g. ``test/dice`` → column ``dice``); empty for classification suites. ``significant`` =
+    Holm p < alpha and ≥ MIN_SEEDS paired seeds."""
     column = metric.split("/", 1)[-1]
     done = long[long["status"] == "done"].drop_duplicates(["dataset", "backbone", "strategy", "seed"])
     if done.empty:
@@ -69,7 +76,7 @@ def per_image_deltas(runs_dir: str | Path, long: pd.DataFrame, baseline: str, me
                      "seeds": len(common), "n_images": len(diff), "mean_strategy": paired["s"].mean(),
                      "mean_baseline": paired["b"].mean(), "delta": diff.mean(), "median_delta": np.median(diff),
                      "share_better": float(np.mean(direction(metric) * diff > 0)), "p": p})
-    out = pd.DataFrame(rows, columns=COLUMNS)
-    if not out.empty:
-        out["p_holm"] = holm_by(out, "p", ["dataset", "backbone"])
-    return out
+    out = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    out["p_holm"] = holm_by(out, "p", ["dataset", "backbone"]).astype(float) if len(out) else pd.Series(dtype=float)
+    out["significant"] = (out["p_holm"] < alpha) & (out["seeds"] >= MIN_SEEDS)
+    return out[COLUMNS]

@@ -26,7 +26,8 @@ def _save(fig, out_png: str | Path) -> Path:
 def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbones: bool = False) -> Path:
     """Mean sign-adjusted Δ vs baseline (``gain``: positive = better), strategies × datasets, one
     panel per backbone (or one panel averaged over backbones). Diverging colormap centred at 0,
-    values annotated, ``*`` = significant after Holm (per-backbone panels only)."""
+    values annotated, ``*`` = significant after Holm, which needs ≥ 3 paired seeds (per-backbone
+    panels only)."""
     if deltas.empty or not deltas["gain"].notna().any():  # only the baseline ran: say so
         fig, ax = plt.subplots(figsize=(4, 1.2))
         ax.axis("off")
@@ -68,27 +69,30 @@ def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbone
         ax.set_title(f"{backbone}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
     direction = "" if higher_is_better(metric) else " (sign flipped: lower is better)"
-    fig.suptitle(f"Δ {metric} vs baseline{direction}; + = better, * = Holm p<0.05", fontsize=10)
+    fig.suptitle(f"Δ {metric} vs baseline{direction}; + = better, * = Holm p<0.05 (only with ≥ 3 paired seeds)",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, out_png)
 
 
-def bars(agg: pd.DataFrame, metric: str, out_png: str | Path) -> Path:
-    """Mean ``metric`` per dataset × strategy with std-over-seeds error bars, one panel per
-    backbone. Cells without a result are marked ``×``. The y axis is zoomed to the data range."""
+def ci95_half_width(std, n) -> np.ndarray:
+    """Half width of the 95% t confidence interval of a mean over n seeds: t_{0.975, n−1} · std / √n
+    (NaN for n < 2, where no interval exists)."""
+    from scipy.stats import t as student_t
+
+    std, n = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = student_t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    return np.where(n >= 2, half, np.nan)
+
+
+def bars_figure(agg: pd.DataFrame, metric: str):
+    """The figure of :func:`bars` (returned, not saved, so tests can read its axes)."""
     sub = agg[agg["metric"] == metric]
     backbones = list(dict.fromkeys(sub["backbone"])) or ["(none)"]
     datasets = list(dict.fromkeys(sub["dataset"]))
     strategies = list(dict.fromkeys(sub["strategy"]))
     colors = plt.get_cmap("tab10")
-    lo = (sub["mean"] - sub["std"].fillna(0)).min()
-    hi = (sub["mean"] + sub["std"].fillna(0)).max()
-    if pd.isna(lo):
-        lo, hi = 0.0, 1.0
-    pad = 0.08 * (hi - lo) if hi > lo else 0.05
-    ylo, yhi = lo - pad, hi + pad
-    if sub["mean"].min() >= 0:
-        ylo = max(0.0, ylo)
 
     width = max(5.0, 0.35 * len(strategies) * len(datasets) + 2.0)
     fig, axes = plt.subplots(len(backbones), 1, figsize=(width, 3.0 * len(backbones)), squeeze=False)
@@ -99,13 +103,18 @@ def bars(agg: pd.DataFrame, metric: str, out_png: str | Path) -> Path:
         for k, strategy in enumerate(strategies):
             means = np.array([b["mean"].get((ds, strategy), np.nan) for ds in datasets], dtype=float)
             stds = np.array([b["std"].get((ds, strategy), np.nan) for ds in datasets], dtype=float)
+            ns = np.array([b["n"].get((ds, strategy), 0) for ds in datasets], dtype=float)
+            half = ci95_half_width(stds, ns)
             pos = x - 0.4 + bar_w * (k + 0.5)
-            ax.bar(pos, np.where(np.isnan(means), 0, means - ylo), bottom=ylo, width=bar_w, color=colors(k % 10),
-                   label=strategy, yerr=np.where(np.isnan(stds), 0, stds), capsize=2, error_kw={"lw": 0.8})
+            # bars from 0: a bar's length is read as the value, so a zoomed axis would exaggerate differences
+            ax.bar(pos, np.where(np.isnan(means), 0, means), width=bar_w, color=colors(k % 10), label=strategy,
+                   yerr=np.where(np.isnan(half), 0, half), capsize=2, error_kw={"lw": 0.8})
             for p_, m in zip(pos, means):
                 if np.isnan(m):
-                    ax.text(p_, ylo, "×", ha="center", va="bottom", color=colors(k % 10), fontsize=9)
-        ax.set_ylim(ylo, yhi)
+                    ax.text(p_, 0, "×", ha="center", va="bottom", color=colors(k % 10), fontsize=9)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(0.0, lo), max(0.0, hi))
+        ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x, datasets, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(metric, fontsize=8)
         ax.set_title(backbone, fontsize=9)
@@ -114,6 +123,14 @@ def bars(agg: pd.DataFrame, metric: str, out_png: str | Path) -> Path:
     axes[0, 0].legend(fontsize=7, ncol=min(len(strategies), 5), loc="lower center", bbox_to_anchor=(0.5, 1.12),
                       frameon=False)
     note = "higher is better" if higher_is_better(metric) else "lower is better"
-    fig.suptitle(f"{metric} ({note}); mean ± std over seeds, × = no result", fontsize=10, y=1.0)
+    fig.suptitle(f"{metric} ({note}); mean over seeds, bars from 0, whiskers = 95% t-CI of the mean "
+                 "(none for n = 1), × = no result", fontsize=10, y=1.0)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return fig
+
+
+def bars(agg: pd.DataFrame, metric: str, out_png: str | Path) -> Path:
+    """Mean ``metric`` per dataset × strategy, one panel per backbone: bars start at 0 and the
+    whiskers are the 95% t confidence interval of the mean over seeds. Cells without a result
+    are marked ``×``."""
+    return _save(bars_figure(agg, metric), out_png)

@@ -3,7 +3,9 @@
 Display conventions: a cell is ``mean ± std (n)`` over its done seeds (std omitted for n = 1);
 seeds that are not done are appended in brackets (``[1 failed]``); a cell with no done seed
 shows its status (``missing``, ``failed``, ``incompatible``, ``incomplete``). Δ is the mean
-paired difference strategy − baseline; ``*`` marks Holm-adjusted p < alpha.
+paired difference strategy − baseline with its number of paired seeds, ``+0.052 (n=2)``; ``*``
+marks Holm-adjusted p < alpha and is never given with fewer than ``MIN_SEEDS`` paired seeds (p
+then reads ``n<3``). Bold marks the best mean of a dataset × backbone, not a test.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dkbench.leaderboard.collect import STATUS_ORDER
-from dkbench.leaderboard.stats import ALPHA, CDResult, higher_is_better
+from dkbench.leaderboard.stats import ALPHA, MIN_SEEDS, CDResult, higher_is_better
 
 DIGITS = 3
 NOT_DONE = tuple(s for s in STATUS_ORDER if s != "done")
@@ -42,6 +44,8 @@ class Tables:
     images: dict[str, Path] = field(default_factory=dict)  # title -> png
     #: segmentation: per-image paired Δ vs baseline (dkbench.leaderboard.per_image); empty otherwise
     per_image: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: post-processing vs baseline and vs its own raw output (dkbench.leaderboard.stats.raw_effects)
+    raw_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def rank_metric(self) -> str:
@@ -68,6 +72,13 @@ def fmt_p(p) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
 
 
+def p_text(p, n: int) -> str:
+    """p for display; ``n<3`` where fewer than MIN_SEEDS pairs allowed no test."""
+    if n < MIN_SEEDS:
+        return f"n<{MIN_SEEDS}"
+    return fmt_p(p)
+
+
 def _not_done_note(row) -> str:
     parts = [f"{int(row[f'n_{s}'])} {s}" for s in NOT_DONE if row.get(f"n_{s}", 0)]
     return f" [{', '.join(parts)}]" if parts else ""
@@ -91,9 +102,12 @@ def cell_text(row, digits: int = DIGITS) -> str:
 
 
 def delta_text(row, digits: int = DIGITS) -> str:
+    """``+0.052 (n=2)``; ``*`` after Δ only with ≥ MIN_SEEDS pairs and Holm p < alpha."""
     if pd.isna(row["delta"]):
         return "n/a"
-    return fmt(row["delta"], digits, signed=True) + ("*" if bool(row["significant"]) else "")
+    n = int(row["n_pairs"])
+    star = "*" if bool(row["significant"]) and n >= MIN_SEEDS else ""
+    return f"{fmt(row['delta'], digits, signed=True)}{star} (n={n})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,9 +121,11 @@ def status_table(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"status": list(counts.index) + ["total"], "runs": [*counts.to_list(), int(counts.sum())]})
 
 
-def leaderboard_table(t: Tables, *, bold: bool = False, sparse: bool = False) -> pd.DataFrame:
-    """Rows (dataset, strategy); per backbone: rank metric ``mean ± std (n)`` and Δ vs baseline."""
-    metric = t.rank_metric
+def leaderboard_table(t: Tables, *, bold: bool = False, sparse: bool = False, metric: str | None = None
+                      ) -> pd.DataFrame:
+    """Rows (dataset, strategy); per backbone: ``metric`` (default the rank metric) as
+    ``mean ± std (n)``, Δ vs baseline with its n and the Holm-adjusted p."""
+    metric = metric or t.rank_metric
     agg = t.agg[t.agg["metric"] == metric].copy()
     agg["text"] = agg.apply(cell_text, axis=1)
     if bold:  # best mean per (dataset, backbone)
@@ -127,10 +143,11 @@ def leaderboard_table(t: Tables, *, bold: bool = False, sparse: bool = False) ->
             cell = grp[grp["backbone"] == backbone]
             row[f"{backbone} {metric}"] = cell["text"].iloc[0] if len(cell) else "missing"
             if strategy == t.baseline:
-                row[f"{backbone} Δ"] = "(baseline)"
+                row[f"{backbone} Δ"], row[f"{backbone} p (Holm)"] = "(baseline)", ""
             else:
                 dd = d[(d["dataset"] == dataset) & (d["backbone"] == backbone) & (d["strategy"] == strategy)]
                 row[f"{backbone} Δ"] = dd["dtext"].iloc[0] if len(dd) else "n/a"
+                row[f"{backbone} p (Holm)"] = p_text(dd["p_holm"].iloc[0], int(dd["n_pairs"].iloc[0])) if len(dd) else "n/a"
         rows.append(row)
     out = pd.DataFrame(rows)
     if sparse and len(out):
@@ -158,8 +175,9 @@ def delta_table(t: Tables, metrics: list[str] | None = None) -> pd.DataFrame:
         "dataset": d["dataset"], "backbone": d["backbone"], "strategy": d["strategy"], "metric": d["metric"],
         "n pairs": d["n_pairs"], "strategy mean": d["mean_strategy"].map(fmt),
         "baseline mean": d["mean_baseline"].map(fmt), "Δ": d.apply(delta_text, axis=1) if len(d) else [],
-        "gain": d["gain"].map(lambda x: fmt(x, signed=True)), "p (t-test)": d["p"].map(fmt_p),
-        "p Holm": d["p_holm"].map(fmt_p), "note": d["note"]})
+        "gain": d["gain"].map(lambda x: fmt(x, signed=True)),
+        "p (t-test)": [p_text(p, n) for p, n in zip(d["p"], d["n_pairs"], strict=True)],
+        "p Holm": [p_text(p, n) for p, n in zip(d["p_holm"], d["n_pairs"], strict=True)], "note": d["note"]})
 
 
 def cross_table(t: Tables) -> pd.DataFrame:
@@ -185,16 +203,37 @@ def rank_table(t: Tables) -> pd.DataFrame:
     return wide.map(lambda x: fmt(x, 2) if pd.notna(x) else "n/a").reset_index()
 
 
-def per_image_table(t: Tables) -> pd.DataFrame:
-    df = t.per_image
+def per_image_table(t: Tables, metric: str | None = None) -> pd.DataFrame:
+    df = t.per_image if metric is None else t.per_image[t.per_image["metric"] == metric]
     return pd.DataFrame({
-        "dataset": df["dataset"], "backbone": df["backbone"], "strategy": df["strategy"],
+        "dataset": df["dataset"], "backbone": df["backbone"], "strategy": df["strategy"], "metric": df["metric"],
         "images × seeds": [f"{n} × {s}" for n, s in zip(df["n_images"], df["seeds"], strict=True)],
         "strategy mean": df["mean_strategy"].map(fmt), "baseline mean": df["mean_baseline"].map(fmt),
         "Δ mean": df["delta"].map(lambda x: fmt(x, signed=True)),
         "Δ median": df["median_delta"].map(lambda x: fmt(x, signed=True)),
         "better": df["share_better"].map(lambda x: f"{x:.0%}"),
-        "p (Holm)": [f"{fmt_p(p)}{' *' if p < t.alpha else ''}" for p in df["p_holm"]],
+        "p (Holm)": [f"{fmt_p(p)}{' *' if sig else ''}" for p, sig in zip(df["p_holm"], df["significant"], strict=True)],
+    })
+
+
+def raw_effects_table(t: Tables) -> pd.DataFrame:
+    """Post-processing stated twice: against the baseline run and against the run's own raw output."""
+    r = t.raw_effects
+    if r.empty:
+        return pd.DataFrame()
+    star = lambda sig: "*" if sig else ""  # noqa: E731
+    return pd.DataFrame({
+        "dataset": r["dataset"], "backbone": r["backbone"], "strategy": r["strategy"], "metric": r["metric"],
+        "baseline": r["mean_baseline"].map(fmt), "raw": r["mean_raw"].map(fmt), "post-processed": r["mean_post"].map(fmt),
+        "Δ post − raw": [f"{fmt(d, signed=True)}{star(s)} (n={n})" for d, s, n in
+                         zip(r["delta_vs_raw"], r["significant_vs_raw"], r["n_raw"], strict=True)],
+        "p (vs raw)": [p_text(p, n) for p, n in zip(r["p_vs_raw"], r["n_raw"], strict=True)],
+        "Δ raw − baseline": [f"{fmt(d, signed=True)} (n={n})" for d, n in
+                             zip(r["delta_raw_vs_baseline"], r["n_baseline"], strict=True)],
+        "Δ post − baseline": [f"{fmt(d, signed=True)}{star(s)} (n={n})" for d, s, n in
+                              zip(r["delta_vs_baseline"], r["significant_vs_baseline"], r["n_baseline"], strict=True)],
+        "p Holm (vs baseline)": [p_text(p, n) for p, n in
+                                 zip(r["p_holm_vs_baseline"], r["n_baseline"], strict=True)],
     })
 
 
@@ -234,8 +273,27 @@ def _header_lines(t: Tables) -> list[str]:
 
 LEGEND = ("Cells: mean ± std over done seeds (n seeds); `[k failed]` etc. counts seeds that are not done; a "
           "cell with no done seed shows its status (missing / failed / incompatible / incomplete). "
-          "Δ = mean paired difference strategy − baseline over seeds; `*` = paired t-test over seeds, "
-          "Holm-adjusted across strategies within dataset × backbone, p < {alpha}.")
+          "Δ = mean paired difference strategy − baseline over the n seeds both finished; p = paired t-test over "
+          "those seeds, Holm-adjusted across strategies within dataset × backbone; `*` = p < {alpha}. With fewer "
+          "than {min_seeds} paired seeds there is no test and no mark (p reads `n<{min_seeds}`). Bold = best mean "
+          "of its dataset × backbone, not a test.")
+PER_IMAGE_LEGEND = (
+    "Each test image's value averaged over the seeds both runs finished, then paired with the baseline's on the "
+    "same image; Wilcoxon signed-rank over images, Holm-adjusted across strategies within dataset × backbone × "
+    "metric. `better` = share of images where the strategy beats the baseline. The images are this test's unit, "
+    "but with few seeds every image's value comes from the same one or two trained models, so `*` (p < {alpha}) "
+    "also needs ≥ {min_seeds} seeds per strategy; below that p is shown without a mark.")
+RAW_LEGEND = (
+    "Strategies whose runs also log the score before their own post-processing (`<metric>_raw`), stated against "
+    "the baseline run and against their own raw output. Δ post − raw: same runs, paired over seeds (t-test, no "
+    "mark with fewer than {min_seeds} seeds; one comparison per cell, not Holm-adjusted). Δ raw − baseline and "
+    "Δ post − baseline: paired over seeds with the baseline; p Holm as in the leaderboard. The two Δ vs baseline "
+    "split the effect into the trained model's part and the post-processing's part. Δ is in the metric's units: for "
+    "lower-is-better metrics (HD95) a negative Δ is an improvement.")
+
+
+def _legend(text: str, t: Tables) -> str:
+    return text.format(alpha=t.alpha, min_seeds=MIN_SEEDS)
 
 
 def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str:
@@ -243,7 +301,13 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
     out = [f"# Leaderboard: {t.suite.get('name', '')}", "", *header, "## Run status", "",
            md_table(status_table(t.long)), ""]
     out += [f"## Leaderboard ({t.rank_metric})", "", md_table(leaderboard_table(t, bold=True, sparse=True)), "",
-            LEGEND.format(alpha=t.alpha), ""]
+            _legend(LEGEND, t), ""]
+    for metric in [m for m in t.metrics if m != t.rank_metric]:
+        out += [f"### Leaderboard ({metric})", "",
+                md_table(leaderboard_table(t, bold=True, sparse=True, metric=metric)), ""]
+    if not t.raw_effects.empty:
+        out += ["## Post-processing: against the baseline and against the run's own raw output", "",
+                _legend(RAW_LEGEND, t), "", md_table(raw_effects_table(t)), ""]
     out += ["## Average ranks", "", f"Rank of each strategy by mean {t.rank_metric} within each dataset × backbone "
             "(1 = best, ties averaged), averaged over the complete blocks (n = number of blocks; blocks where a "
             f"strategy has no result are left out: {t.avg_ranks.attrs.get('dropped_blocks', 0)} dropped).", "",
@@ -252,14 +316,16 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
             "Two-sided, Holm-adjusted across strategies within each backbone × metric; gain = Δ signed so that "
             "positive = better. With fewer than 6 datasets the exact test cannot reach p < 0.05.", "",
             md_table(cross_table(t)), ""]
-    out += [f"## Δ vs baseline per dataset ({t.rank_metric}, paired t-test over seeds)", "",
-            "p is n/a with fewer than 2 paired seeds or zero variance of the differences (see note). "
-            "All metrics are in `deltas.csv`.", "", md_table(delta_table(t, [t.rank_metric])), ""]
+    out += ["## Δ vs baseline per dataset (paired t-test over seeds)", "",
+            f"p reads `n<{MIN_SEEDS}` with fewer than {MIN_SEEDS} paired seeds (no test) and n/a with zero variance of "
+            "the differences (see note). Also in `deltas.csv`.", ""]
+    for metric in t.metrics:
+        out += [f"### {metric}", "", md_table(delta_table(t, [metric])), ""]
     if not t.per_image.empty:
-        out += [f"## Δ vs baseline per image ({t.rank_metric}, Wilcoxon signed-rank over test images)", "",
-                "Each test image's value averaged over the seeds both runs finished, then paired with the baseline's "
-                "on the same image; Holm-adjusted across strategies within dataset × backbone. `better` = share of "
-                "images where the strategy beats the baseline.", "", md_table(per_image_table(t)), ""]
+        out += ["## Δ vs baseline per image (Wilcoxon signed-rank over test images)", "",
+                _legend(PER_IMAGE_LEGEND, t), ""]
+        for metric in dict.fromkeys(t.per_image["metric"]):
+            out += [f"### {metric}", "", md_table(per_image_table(t, metric)), ""]
     out += ["## Critical difference (Friedman + Nemenyi)", ""]
     if t.cd is not None:
         out += [t.cd_message, ""]
@@ -309,8 +375,10 @@ def latex_tabular(df: pd.DataFrame, caption: str | None = None, label: str | Non
 def render_latex(t: Tables) -> str:
     name = t.suite.get("name", "")
     parts = [f"% dkbench leaderboard for suite {name}; needs \\usepackage{{booktabs}}", "",
-             latex_tabular(leaderboard_table(t), f"{name}: {t.rank_metric} (mean ± std (n)) and Δ vs "
-                           f"{t.baseline}; * = Holm p<{t.alpha}", "tab:leaderboard"),
+             *[latex_tabular(leaderboard_table(t, metric=m), f"{name}: {m} (mean ± std (n)), Δ vs {t.baseline} "
+                             f"(n paired seeds) and Holm p; * = Holm p<{t.alpha}, never with n<{MIN_SEEDS}",
+                             "tab:leaderboard" if m == t.rank_metric else f"tab:leaderboard-{m.replace('/', '-')}")
+               for m in dict.fromkeys([t.rank_metric, *t.metrics])],
              latex_tabular(rank_table(t), f"{name}: average rank by {t.rank_metric}", "tab:ranks"),
              latex_tabular(cross_table(t).drop(columns=["note"]), f"{name}: Wilcoxon across datasets",
                            "tab:wilcoxon"),
@@ -360,7 +428,12 @@ def render_html(t: Tables) -> str:
     body.append('<p class="counts">' + "".join(
         f'<span class="status-{e(s)}">{e(s)}: {n}</span>' for s, n in zip(counts["status"], counts["runs"])) + "</p>")
     body += [f"<h2>Leaderboard ({e(t.rank_metric)})</h2>", html_table(leaderboard_table(t)),
-             f'<p class="legend">{e(LEGEND.format(alpha=t.alpha))}</p>']
+             f'<p class="legend">{e(_legend(LEGEND, t))}</p>']
+    for metric in [m for m in t.metrics if m != t.rank_metric]:
+        body += [f"<h3>Leaderboard ({e(metric)})</h3>", html_table(leaderboard_table(t, metric=metric))]
+    if not t.raw_effects.empty:
+        body += ["<h2>Post-processing: against the baseline and against the run's own raw output</h2>",
+                 f'<p class="legend">{e(_legend(RAW_LEGEND, t))}</p>', html_table(raw_effects_table(t))]
     body += ["<h2>Average ranks</h2>", html_table(rank_table(t))]
     body += ["<h2>Across datasets (Wilcoxon signed-rank on per-dataset mean Δ)</h2>", html_table(cross_table(t)),
              '<p class="legend">Two-sided, Holm-adjusted across strategies within backbone × metric; gain is Δ '
@@ -368,6 +441,9 @@ def render_html(t: Tables) -> str:
              "p &lt; 0.05.</p>"]
     body += ["<h2>Δ vs baseline per dataset (paired t-test over seeds, Holm within dataset × backbone)</h2>",
              html_table(delta_table(t))]
+    if not t.per_image.empty:
+        body += ["<h2>Δ vs baseline per image (Wilcoxon signed-rank over test images)</h2>",
+                 f'<p class="legend">{e(_legend(PER_IMAGE_LEGEND, t))}</p>', html_table(per_image_table(t))]
     body.append("<h2>Critical difference (Friedman + Nemenyi)</h2>")
     if t.cd is not None and Path(t.cd.path).exists():
         body += [f"<p>{e(t.cd_message)}</p>", f'<img alt="critical difference diagram" src="{data_uri(t.cd.path)}">']

@@ -40,10 +40,13 @@ def build_tables(runs_dir: str | Path, suite: dict, *, alpha: float = stats.ALPH
         cd, cd_msg = stats.critical_difference(agg, rank_metric, cd_png, alpha=alpha)
     else:
         cd, cd_msg = None, "not requested"
-    images = per_image_deltas(runs_dir, long, baseline, rank_metric)
+    per_metric = [per_image_deltas(runs_dir, long, baseline, m, alpha=alpha) for m in metrics]
+    per_metric = [df for df in per_metric if not df.empty]
+    images = pd.concat(per_metric, ignore_index=True) if per_metric else pd.DataFrame()
+    raw = stats.raw_effects(long, deltas, baseline, metrics, alpha=alpha)
     return render.Tables(suite={**suite, "rank_metric": rank_metric, "baseline": baseline}, long=long, agg=agg,
                          deltas=deltas, cross=cross, rank_long=rank_long, avg_ranks=avg, cd=cd, cd_message=cd_msg,
-                         metrics=metrics, alpha=alpha, per_image=images)
+                         metrics=metrics, alpha=alpha, per_image=images, raw_effects=raw)
 
 
 def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
@@ -53,7 +56,8 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
     Files: ``leaderboard.md``, ``leaderboard.html`` (self-contained), ``leaderboard.csv`` (the
     aggregated table), ``leaderboard.tex``, ``runs_long.csv`` (tidy table), ``deltas.csv``,
     ``cross_dataset.csv``, ``ranks.csv``, ``per_image.csv`` (segmentation: image-paired Wilcoxon; empty
-    otherwise), ``heatmap_delta.png``, ``bars.png`` and
+    otherwise), ``raw_effects.csv`` (post-processing vs the baseline and vs its own raw output; empty
+    when no strategy logs ``*_raw``), ``heatmap_delta.png``, ``bars.png`` and
     ``cd_diagram.png`` (only with ≥ 5 complete datasets). Returns ``{"paths": {name: Path},
     "markdown": str, "counts": {status: runs}, "cd": message, "tables": Tables}`` (paths keyed
     by file name)."""
@@ -68,14 +72,15 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
     paths["heatmap_delta.png"] = plots.heatmap_delta(rank_deltas, out / "heatmap_delta.png")
     paths["bars.png"] = plots.bars(t.agg, t.rank_metric, out / "bars.png")
     t.images = {f"Δ {t.rank_metric} vs {t.baseline}": paths["heatmap_delta.png"],
-                f"{t.rank_metric} per dataset and strategy": paths["bars.png"]}
+                f"{t.rank_metric} per dataset and strategy (bars from 0, 95% CI over seeds)": paths["bars.png"]}
     links = {"heatmap": "heatmap_delta.png", "bars": "bars.png"}
     if t.cd is not None:
         paths["cd_diagram.png"] = t.cd.path
         links = {"cd": "cd_diagram.png", **links}
 
     for name, df in {"leaderboard.csv": t.agg, "runs_long.csv": t.long, "deltas.csv": t.deltas,
-                     "cross_dataset.csv": t.cross, "ranks.csv": t.rank_long, "per_image.csv": t.per_image}.items():
+                     "cross_dataset.csv": t.cross, "ranks.csv": t.rank_long, "per_image.csv": t.per_image,
+                     "raw_effects.csv": t.raw_effects}.items():
         df.to_csv(out / name, index=False)
         paths[name] = out / name
     markdown = render.render_markdown(t, links)

@@ -11,8 +11,13 @@ Conventions
   Ranks use the same direction (rank 1 = best).
 * **Seed test.** Per (dataset, backbone, strategy): paired t-test (``scipy.stats.ttest_rel``)
   over the seeds where both the strategy and the baseline are done. p is NaN (and ``note``
-  says why) with fewer than 2 pairs or when the differences have zero variance (t undefined).
-  Holm correction across the strategies of each (dataset, backbone) family.
+  says why) with fewer than ``MIN_SEEDS`` = 3 pairs or when the differences have zero variance
+  (t undefined). Two pairs would give a t-test with 1 degree of freedom, whose p is driven by
+  how close two numbers happen to be (|t| = |mean| / (|d1 − d2| / 2)), not by evidence; so no
+  test, no mark. Holm correction across the strategies of each (dataset, backbone) family.
+* **Post-processing.** A strategy whose runs also log ``<metric>_raw`` (the score before its
+  own post-processing, e.g. ``anatomical_postprocess``) is stated twice by :func:`raw_effects`:
+  against the baseline run and against its own raw output, same seeds, same rules.
 * **Cross-dataset test.** Per (backbone, strategy): Wilcoxon signed-rank test
   (``scipy.stats.wilcoxon``, two-sided) on the per-dataset mean Δ. Needs ≥ 2 datasets (NaN
   and a note otherwise); with fewer than 6 datasets the exact two-sided test cannot reach
@@ -37,6 +42,9 @@ from dkbench.leaderboard.collect import STATUS_ORDER
 
 LOWER_IS_BETTER_TOKENS = ("hd95", "hausdorff", "loss")
 ALPHA = 0.05
+#: Fewest paired seeds for a test and therefore for any significance mark (star, bold, the word).
+MIN_SEEDS = 3
+RAW_SUFFIX = "_raw"
 CELL = ["dataset", "backbone", "strategy"]
 RANK_DECIMALS = 12
 
@@ -157,18 +165,24 @@ def paired_deltas(long: pd.DataFrame, baseline: str, metric: str, alpha: float =
         d = s_vals - b_vals
         row.update(mean_strategy=s_vals.mean(), mean_baseline=b_vals.mean(), delta=d.mean(),
                    delta_std=d.std(ddof=1) if n > 1 else np.nan, gain=sign * d.mean())
-        if n < 2:
-            row["note"] = "n<2 paired seeds: no test"
-        elif np.allclose(d, d[0], rtol=0, atol=1e-12):
-            row["note"] = "zero variance of differences: t-test undefined"
-        else:
-            res = sps.ttest_rel(s_vals, b_vals)
-            row.update(t=float(res.statistic), p=float(res.pvalue))
+        row.update(_paired_test(s_vals, b_vals))
         rows.append(row)
     out = pd.DataFrame(rows, columns=_DELTA_COLUMNS[:-2])
     out["p_holm"] = holm_by(out, "p", ["dataset", "backbone", "metric"]).astype(float)
-    out["significant"] = out["p_holm"] < alpha
+    out["significant"] = (out["p_holm"] < alpha) & (out["n_pairs"] >= MIN_SEEDS)
     return out[_DELTA_COLUMNS]
+
+
+def _paired_test(x: np.ndarray, y: np.ndarray) -> dict:
+    """Paired t-test of x vs y (same seeds) under the MIN_SEEDS rule: t, p and a note."""
+    n = len(x)
+    d = x - y
+    if n < MIN_SEEDS:
+        return {"note": f"n={n}<{MIN_SEEDS} paired seeds: no test"}
+    if np.allclose(d, d[0], rtol=0, atol=1e-12):
+        return {"note": "zero variance of differences: t-test undefined"}
+    res = sps.ttest_rel(x, y)
+    return {"t": float(res.statistic), "p": float(res.pvalue)}
 
 
 _DELTA_COLUMNS = ["dataset", "backbone", "strategy", "metric", "higher_is_better", "n_pairs", "mean_strategy",
@@ -183,6 +197,61 @@ def _status_word(status: pd.DataFrame, key: tuple) -> str:
         row = row.iloc[0]
     parts = [f"{int(row[f'n_{s}'])} {s}" for s in STATUS_ORDER if row.get(f"n_{s}", 0)]
     return ", ".join(parts) or "no runs"
+
+
+# --------------------------------------------------------------------------------------------
+# post-processing: against the baseline and against the run's own raw output
+
+RAW_COLUMNS = ["dataset", "backbone", "strategy", "metric", "higher_is_better", "n_raw", "mean_raw", "mean_post",
+               "delta_vs_raw", "p_vs_raw", "significant_vs_raw", "note_vs_raw", "n_baseline", "mean_baseline",
+               "delta_raw_vs_baseline", "delta_vs_baseline", "p_holm_vs_baseline", "significant_vs_baseline"]
+
+
+def raw_effects(long: pd.DataFrame, deltas: pd.DataFrame, baseline: str, metrics: list[str],
+                alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per (dataset, backbone, strategy, metric) whose runs also log ``metric + "_raw"``.
+
+    Post-processing can look good against its own raw output and still not beat a plain
+    baseline (or the reverse), so both are stated: ``delta_vs_raw`` = post − raw over the seeds
+    where both are logged (paired t-test, MIN_SEEDS rule; one comparison per cell, so no Holm),
+    ``delta_raw_vs_baseline`` = raw − baseline and ``delta_vs_baseline`` = post − baseline over
+    the seeds paired with the baseline (p Holm-adjusted as in :func:`paired_deltas`, taken from
+    ``deltas``). The two Δ against the baseline decompose the effect into the trained model's
+    part and the post-processing's part."""
+    done = _done(long)
+    value = {key: grp.set_index("seed")["value"] for key, grp in done.groupby(CELL + ["metric"], sort=False)}
+    by_delta = deltas.set_index(["dataset", "backbone", "strategy", "metric"])
+    rows = []
+    for metric in metrics:
+        raw_metric = metric + RAW_SUFFIX
+        for dataset, backbone, strategy in _cells(long).itertuples(index=False):
+            raw = value.get((dataset, backbone, strategy, raw_metric))
+            post = value.get((dataset, backbone, strategy, metric))
+            if raw is None or post is None or strategy == baseline:
+                continue
+            pair = pd.concat({"post": post, "raw": raw}, axis=1, join="inner").dropna()
+            row = dict(dataset=dataset, backbone=backbone, strategy=strategy, metric=metric,
+                       higher_is_better=higher_is_better(metric), n_raw=len(pair),
+                       mean_raw=pair["raw"].mean(), mean_post=pair["post"].mean(),
+                       delta_vs_raw=(pair["post"] - pair["raw"]).mean(), p_vs_raw=np.nan, note_vs_raw="",
+                       n_baseline=0, mean_baseline=np.nan, delta_raw_vs_baseline=np.nan, delta_vs_baseline=np.nan,
+                       p_holm_vs_baseline=np.nan, significant_vs_baseline=False)
+            test = _paired_test(pair["post"].to_numpy(float), pair["raw"].to_numpy(float))
+            row.update(p_vs_raw=test.get("p", np.nan), note_vs_raw=test.get("note", ""))
+            base = value.get((dataset, backbone, baseline, metric))
+            if base is not None:
+                trio = pd.concat({"post": post, "raw": raw, "base": base}, axis=1, join="inner").dropna()
+                row.update(n_baseline=len(trio), mean_baseline=trio["base"].mean(),
+                           delta_raw_vs_baseline=(trio["raw"] - trio["base"]).mean(),
+                           delta_vs_baseline=(trio["post"] - trio["base"]).mean())
+            key = (dataset, backbone, strategy, metric)
+            if key in by_delta.index:
+                d = by_delta.loc[key]
+                row.update(p_holm_vs_baseline=float(d["p_holm"]), significant_vs_baseline=bool(d["significant"]))
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=RAW_COLUMNS[:10] + RAW_COLUMNS[11:])
+    out.insert(10, "significant_vs_raw", (out["p_vs_raw"] < alpha) & (out["n_raw"] >= MIN_SEEDS))
+    return out[RAW_COLUMNS]
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Three variants share one loader: `busi` (normal / benign / malignant), `busi_binary`
 (benign vs malignant, normal images dropped) and `busi_seg` (lesion segmentation). All use
 the committed, duplicate-aware split `dkbench/data/splits/busi.json`, so the same image is in
-the same split in every variant. The captions are label-derived templates: never an input.
+the same split in every variant (and the images of cross-label duplicate groups in none). The
+captions are label-derived templates: never an input.
 
 `busi` and `busi_binary` also provide `attributes`: BI-RADS-like lesion descriptors DERIVED
 from the lesion masks (BUSI has no radiologist attribute labels), see `derive_attributes`.
@@ -41,8 +42,10 @@ CAPTION_WARNING = (
     "never use them as model input for classification; they are for image-text tests only."
 )
 DUPLICATE_WARNING = (
-    "'benign (433)' and 'malignant (145)' are the same image with different labels (and a few "
-    "other near-identical pairs cross classes); they are grouped into one split, not removed."
+    "Near-duplicate frames (same frame with other caliper marks, consecutive frames) are grouped "
+    "into one split by dkbench.data.duplicates. Groups whose members carry different labels (e.g. "
+    "'benign (433)' = 'malignant (145)', 'benign (164)' = 'malignant (52)') are label noise and "
+    "excluded from every split; busi.json lists them under 'cross_label_groups'."
 )
 
 
