@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full bench clean
+.PHONY: help install demo test test-full bench gpu-check clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,11 @@ test-full: $(STAMP) ## every test, including slow end-to-end runs
 
 bench: $(STAMP) ## speed benchmark: dkbench vs a plain PyTorch loop (writes benchmarks/results/)
 	$(PY) benchmarks/bench_throughput.py
+
+# No venv dependency: a lent GPU machine has its own PyTorch (see scripts/gpu_check.sh).
+GPU_CHECK_ARGS ?=
+gpu-check: ## every GPU check in one call → benchmarks/results/gpu_*.json (--small rehearses it on CPU)
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean: ## remove runs, reports, caches (keeps .venv)
 	rm -rf runs reports .pytest_cache .cache

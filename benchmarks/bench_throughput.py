@@ -65,12 +65,13 @@ def plain_loop(images: np.ndarray, labels: np.ndarray, epochs: int, batch: int) 
     return timed_images / timed_seconds
 
 
-def dkbench_run(data_dir: Path, runs_dir: Path, epochs: int, tag: int) -> float:
+def dkbench_run(data_dir: Path, runs_dir: Path, epochs: int, tag: int | str, overrides: tuple[str, ...] = ()) -> float:
+    """Training img/s of one dkbench run (`overrides`: e.g. a trainer preset)."""
     cfg = compose_config([
         "experiment=medmnist_v2_resnet18_28", "dataset=breastmnist", f"trainer.max_epochs={epochs}",
         f"paths.data_dir={data_dir}", f"paths.runs_dir={runs_dir}", f"suite_name=bench{tag}",
         "ui.progress_bar=false", "trainer.limit_val_batches=0", "keep_checkpoints=false",
-        "monitor.metric=train/loss", "monitor.mode=min",
+        "monitor.metric=train/loss", "monitor.mode=min", *overrides,
     ])
     return float(train(cfg)["train_images_per_s"])
 

@@ -27,11 +27,18 @@ def _int_mul(value: int, factor: float) -> int:
     return int(round(float(value) * float(factor)))
 
 
+def _placement_slots(devices, runs_per_device) -> int:
+    from dkbench.runner.placement import slot_count  # imports torch: only when a launcher asks
+
+    return slot_count(devices, runs_per_device)
+
+
 def register_resolvers() -> None:
     resolvers = {
         "dk_cwd": lambda: os.getcwd(),
         "dk_isatty": lambda: sys.stdout.isatty(),
         "dk_int_mul": _int_mul,
+        "dk_placement_slots": _placement_slots,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -172,3 +172,65 @@ def test_segmentation_datasets_bring_their_module_and_selection_metric(name):
     assert cfg.model._target_.endswith("SegmentationModule") and cfg.dataset.task == "segmentation"
     assert cfg.monitor.metric == "val/dice" and cfg.monitor.mode == "max"
     assert compose_config(["dataset=probe"]).monitor.metric == "val/auroc"
+
+
+def test_device_side_dice_and_iou_equal_monai():
+    """Dice / IoU are torch reductions on the inputs' device; they equal MONAI's functional
+    metrics (``ignore_empty=False``) on random multi-class maps with empty classes and images."""
+    from monai.metrics import compute_dice, compute_iou
+
+    from dkbench.metrics.segmentation import overlap_scores
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, k in (((16, 20), 2), ((16, 20), 4), ((6, 7, 8), 3)):
+        target = torch.randint(0, k, (10, *shape), generator=gen)
+        pred = torch.randint(0, k, (10, *shape), generator=gen)
+        target[0], pred[0] = 0, 0  # both empty
+        target[1] = 0  # prediction only
+        pred[2] = 0  # ground truth only
+        p, t = one_hot(pred, k), one_hot(target, k)
+        dice, iou = overlap_scores(p, t)
+        torch.testing.assert_close(dice, compute_dice(p, t, include_background=False, ignore_empty=False))
+        torch.testing.assert_close(iou, compute_iou(p, t, include_background=False, ignore_empty=False))
+        scores = per_image_scores(pred, target, k, hd95=False)
+        assert set(scores) == {"dice", "iou"}
+        torch.testing.assert_close(scores["dice"], dice.mean(1))
+
+
+def _module(**options):
+    from dkbench.models import SegmentationModule
+
+    net = task_net(create_backbone("unet", in_chans=1, img_size=32, channels=(4, 8), strides=(2,)), SEG)
+    strategy = create_strategy("anatomical_postprocess")
+    module = SegmentationModule(net, SEG, strategy, optimizer=torch.optim.Adam, **options)
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    return module, strategy, logged
+
+
+def test_hd95_is_a_test_metric_unless_validation_asks_for_it():
+    target = torch.stack([square(), torch.zeros(32, 32, dtype=torch.long)])[:, None]
+    outputs = {"logits": one_hot(target, 2) * 4 - 2}
+    batch = {"label": target}
+    module, strategy, logged = _module()
+    assert strategy.val_hd95 is False  # the strategy's hd95_raw follows the module's rule
+    module.on_validation_epoch_start()
+    module.score(outputs, batch, "val")
+    module.on_validation_epoch_end()
+    assert set(logged) == {"val/dice", "val/iou"}
+    module.on_test_epoch_start()
+    module.score(outputs, batch, "test")
+    module._log_scores("test")
+    assert {"test/dice", "test/iou", "test/hd95"} <= set(logged) and float(logged["test/hd95"]) == 0.0
+
+    module, strategy, logged = _module(val_hd95=True)
+    assert strategy.val_hd95 is True
+    module.on_validation_epoch_start()
+    module.score(outputs, batch, "val")
+    module.on_validation_epoch_end()
+    assert set(logged) == {"val/dice", "val/iou", "val/hd95"}
+    # the config states the option, off by default; selection reads val/dice only
+    from dkbench.runner.compose import compose_config
+
+    cfg = compose_config(["dataset=probe_seg", "backbone=unet"])
+    assert cfg.model.val_hd95 is False and cfg.monitor.metric == "val/dice"

@@ -90,8 +90,13 @@ def test_raw_metrics_differ_from_post_processed_scores():
     outputs, batch = outputs_for(noisy, lesion), batch_for(lesion, lesion)
     strategy = create_strategy("anatomical_postprocess")
     cleaned = strategy.postprocess(outputs, batch)
-    extra = strategy.extra_metrics(cleaned, batch, "val")
+    extra = strategy.extra_metrics(cleaned, batch, "test")
     assert {"dice_raw", "iou_raw", "hd95_raw", "changed_fraction"} <= set(extra)
+    # validation follows the module's val_hd95 rule: no HD95 (a CPU distance transform) unless asked
+    val = strategy.extra_metrics(cleaned, batch, "val")
+    assert {"dice_raw", "iou_raw", "changed_fraction"} <= set(val) and "hd95_raw" not in val
+    strategy.val_hd95 = True
+    assert "hd95_raw" in strategy.extra_metrics(cleaned, batch, "val")
     post = per_image_scores(cleaned["pred"], batch["label"], 2)
     raw = per_image_scores(outputs["logits"].argmax(1), batch["label"], 2)
     torch.testing.assert_close(extra["dice_raw"], raw["dice"].mean())
@@ -136,3 +141,62 @@ def test_crf_path_refines_then_cleans(monkeypatch):
     out = strategy.postprocess(outputs_for(lesion), batch_for(lesion))
     assert calls == [((1, 2, SIZE, SIZE), (1, 1, SIZE, SIZE))]
     np.testing.assert_array_equal(out["pred"][0].numpy(), lesion[:, ::-1])
+
+
+def _per_image_reference(labels: np.ndarray, num_classes: int, largest_component: bool, fill_holes: bool,
+                         connectivity: str) -> np.ndarray:
+    """The former per-image loop (scipy, one image and class at a time), kept as the reference."""
+    from scipy import ndimage
+
+    out = []
+    for image in labels:
+        image = image.copy()
+        ndim = image.ndim
+        fg = ndimage.generate_binary_structure(ndim, ndim if connectivity == "full" else 1)
+        bg = ndimage.generate_binary_structure(ndim, 1 if connectivity == "full" else ndim)
+        classes = range(1, max(num_classes, 2))
+        if largest_component:
+            for k in classes:
+                mask = image == k
+                comps, n = ndimage.label(mask, structure=fg)
+                if n > 1:
+                    keep = int(np.argmax(np.bincount(comps.ravel())[1:])) + 1
+                    image[mask & (comps != keep)] = 0
+        if fill_holes:
+            for k in classes:
+                mask = image == k
+                if mask.any():
+                    image[ndimage.binary_fill_holes(mask, structure=bg) & ~mask & (image == 0)] = k
+        out.append(image)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("connectivity", ["full", "face"])
+@pytest.mark.parametrize("shape,num_classes", [((24, 20), 2), ((24, 20), 3), ((10, 9, 8), 2)])
+def test_batched_clean_up_equals_the_per_image_loop(connectivity, shape, num_classes):
+    """One scipy call per class for the whole batch gives what the per-image loop gave, on random
+    maps full of islands, holes and size ties (including empty and full images)."""
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random((12, *shape)) < 0.45, rng.integers(1, num_classes, (12, *shape)), 0)
+    labels[0] = 0
+    labels[1] = 1
+    labels[2] = 0
+    labels[2][(slice(0, 2),) * len(shape)] = 1  # two equal-sized islands: the first one wins
+    labels[2][(slice(4, 6),) * len(shape)] = 1
+    for lcc in (True, False):
+        for fill in (True, False):
+            got = module.clean_label_maps(labels, num_classes, lcc, fill, connectivity)
+            np.testing.assert_array_equal(got, _per_image_reference(labels, num_classes, lcc, fill, connectivity))
+
+
+def test_importing_the_strategy_does_not_import_monai():
+    """MONAI (≈ 1.5 s; `import monai` loads all its submodules) is imported where a function
+    needs it (DiceCE loss, HD95, the CRF), not by importing a strategy or the metrics module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import dkbench.strategies.catalogue.anatomical_postprocess; "
+            "import dkbench.metrics.segmentation; "
+            "print(sorted(m for m in ('monai.metrics', 'monai.losses') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

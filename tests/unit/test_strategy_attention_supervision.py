@@ -135,3 +135,34 @@ def test_tiny_run_adds_the_term_and_raises_attention_overlap_over_the_baseline(t
     header = logs[0].read_text().splitlines()[0]
     assert "train/loss_attention" in header and "train/loss_task" in header
     assert metrics["test/attention_overlap"] > base["test/attention_overlap"] + 0.02
+
+
+@pytest.mark.parametrize("loss", ["energy", "bce", "kl"])
+def test_the_term_is_a_masked_mean_computed_without_host_reads(monkeypatch, loss):
+    """The term averages the images with a lesion on the device (no `valid.any()` / boolean
+    indexing, which wait for the device every step): equal to the mean over those images, zero
+    and still differentiable for a batch without any lesion."""
+    from tests.unit.test_strategy_global_local import no_host_reads
+
+    spec = spec_from_config(compose_config(["dataset=probe"]).dataset)
+    strategy = create_strategy("attention_supervision", loss=loss)
+    torch.manual_seed(0)
+    net = strategy.build_net(create_backbone("tinycnn", in_chans=1, spatial_dims=2, img_size=64), spec)
+    batch = _probe_batch(4)
+    batch["mask"] = batch["mask"].clone()
+    batch["mask"][1] = 0  # one image without a lesion
+    with no_host_reads(monkeypatch):
+        out = net(batch)
+        term = strategy.attention_loss(out, batch)
+        term.backward()
+    from dkbench.strategies.catalogue.roi_input import expert_region
+
+    per_image = alignment_loss(strategy.attention(out, batch), expert_region(batch, "mask", strategy.dilate), loss)
+    torch.testing.assert_close(term, per_image[[0, 2, 3]].mean())
+    empty = dict(batch, mask=torch.zeros_like(batch["mask"]))
+    net.zero_grad()
+    with no_host_reads(monkeypatch):
+        zero = strategy.attention_loss(net(empty), empty)
+        zero.backward()
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

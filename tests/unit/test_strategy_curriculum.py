@@ -200,3 +200,36 @@ def test_probe_run_paces_the_pool_and_records_it(tiny_run):
     assert rows["train/curriculum_pool_fraction"].tolist() == pytest.approx([39 / 128, 1.0])
     diff0, diff1 = rows["train/curriculum_difficulty"].tolist()
     assert diff0 < diff1  # the easy epoch really drew easier samples
+
+
+@pytest.mark.parametrize("accelerator,devices", [("cpu", 1), ("gpu", [1]), ("auto", "auto")])
+def test_teacher_trains_where_the_run_does(tmp_path, accelerator, devices):
+    """The teacher inherits the run's trainer: `trainer.accelerator=cpu` keeps it on the CPU even
+    where a GPU is present, and a GPU run's teacher uses the same GPU."""
+    from dkbench.runner.devices import trainer_device
+
+    cfg = compose_config(["dataset=breastmnist", "backbone=tinycnn", "strategy=curriculum",
+                          f"trainer.accelerator={accelerator}",
+                          f"trainer.devices={devices}",
+                          f"paths.root_dir={tmp_path}"])
+    run = OmegaConf.to_container(cfg, resolve=True)
+    strategy = create_strategy("curriculum", difficulty="teacher")
+    context = StrategyContext(arrays=None, cache_dir=tmp_path, seed=0, make_backbone=None, config=run,
+                              compose=compose_config, device=trainer_device(cfg.trainer))
+    teacher = strategy.teacher_config(context)
+    assert teacher.trainer.accelerator == accelerator and teacher.trainer.devices == devices
+    assert trainer_device(teacher.trainer) == context.device
+
+
+def test_train_metrics_read_nothing_back_from_the_device(monkeypatch):
+    from tests.unit.test_strategy_global_local import no_host_reads
+
+    s, sampler = _strategy(np.linspace(0, 1, 20))
+    s.on_train_epoch_start(0, 10)
+    batch = {"index": torch.arange(4)}
+    s.extra_metrics({}, batch, "train")  # first step of the epoch: the pool fraction moves to the device
+    with no_host_reads(monkeypatch):
+        metrics = s.extra_metrics({}, batch, "train")
+    assert set(metrics) == {"curriculum_pool_fraction", "curriculum_difficulty"}
+    s.on_train_epoch_start(9, 10)  # a new epoch: a new fraction
+    assert float(s.extra_metrics({}, batch, "train")["curriculum_pool_fraction"]) == 1.0

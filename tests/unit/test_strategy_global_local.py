@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import numpy as np
+import pytest
 import torch
 
 from dkbench.backbones import Backbone, create_backbone
@@ -21,6 +25,8 @@ from dkbench.strategies.catalogue.global_local import (
     crop_resize,
     largest_component,
 )
+from dkbench.strategies import components
+from dkbench.strategies.components import component_labels
 
 SIZE = 32
 
@@ -184,3 +190,98 @@ def test_tiny_run_on_the_probe(tiny_run):
     # two backbones + three heads: more than one tinycnn
     one = sum(p.numel() for p in create_backbone("tinycnn", in_chans=1, img_size=64).parameters())
     assert meta["params"] > 2 * one
+
+
+@contextmanager
+def no_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail on any read of a tensor's value into Python (bool/float/int of a tensor, `.item()`,
+    `.tolist()`, `torch.equal`): on a GPU each one waits for the device (a host sync). A CPU
+    stand-in for `torch.cuda.set_sync_debug_mode("error")`; shared by the strategies' tests."""
+    def refuse(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host read of a tensor value ({name}) in a training-step code path")
+        return fail
+
+    with monkeypatch.context() as patch:
+        for name in ("__bool__", "__float__", "__int__", "__index__", "item", "tolist"):
+            patch.setattr(torch.Tensor, name, refuse(f"Tensor.{name}"))
+        patch.setattr(torch, "equal", refuse("torch.equal"))
+        yield
+
+
+def _scipy_largest(mask: np.ndarray, full: bool = True) -> np.ndarray:
+    from scipy import ndimage
+
+    out = np.zeros_like(mask, bool)
+    for i, m in enumerate(mask[:, 0]):
+        lab, n = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, m.ndim if full else 1))
+        if n:
+            out[i, 0] = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return out
+
+
+def _serpentine(size: int) -> torch.Tensor:
+    m = torch.zeros(size, size, dtype=torch.bool)
+    for r in range(0, size, 2):
+        m[r] = True
+        if r + 1 < size:
+            m[r + 1, size - 1 if (r // 2) % 2 == 0 else 0] = True
+    return m
+
+
+def _spiral(size: int) -> torch.Tensor:
+    m = torch.zeros(size, size, dtype=torch.bool)
+    lo, hi = 0, size - 1
+    while lo <= hi:
+        m[lo, lo:hi + 1] = m[lo:hi + 1, hi] = m[hi, lo:hi + 1] = True
+        m[lo + 2:hi + 1, lo] = True
+        if lo + 2 <= hi:
+            m[lo + 2, lo:lo + 3] = True
+        lo, hi = lo + 2, hi - 2
+    return m
+
+
+@pytest.mark.parametrize("connectivity", ["full", "face"])
+def test_device_component_search_equals_scipy(connectivity):
+    """The batched search finds scipy's largest component (ties: the first in raster order) on
+    random 2-D and 3-D masks and on long thin shapes (serpentine, spiral), in both modes; the
+    sync-free budget converges on all of them."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [torch.rand(16, 1, 28, 28, generator=gen) < p for p in (0.3, 0.5, 0.6)]
+    cases.append(torch.rand(6, 1, 9, 10, 11, generator=gen) < 0.4)
+    cases.append(torch.stack([_serpentine(64), _serpentine(64).flip(-1), _spiral(64), _spiral(64).T.contiguous()])[:, None])
+    tie = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    tie[0, 0, 8:10, 1:3] = tie[0, 0, 1:3, 8:10] = True  # equal sizes: the one starting first wins
+    cases += [tie, torch.zeros(2, 1, 8, 8, dtype=torch.bool)]
+    for mask in cases:
+        expected = _scipy_largest(mask.numpy(), connectivity == "full")
+        for exact in (True, False):
+            keep, converged = components.largest_component(mask, connectivity, exact=exact)
+            assert converged.all()
+            np.testing.assert_array_equal(keep.numpy(), expected)
+    # a budget too small for a long shape is reported, not hidden
+    _, converged = component_labels(_serpentine(64)[None, None], iterations=1, exact=False)
+    assert not converged.any()
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(monkeypatch):
+    """Forward (attention → region → crop → local branch), loss and train metrics without one
+    host read, in both crop sources; evaluation may iterate the region search to its end."""
+    label = torch.tensor([0, 1, 1])
+    bbox = torch.tensor([[30.0, 20.0, 50.0, 44.0], [4.0, 40.0, 20.0, 60.0], [math.nan] * 4])
+    for source in ("attention", "mask"):
+        strategy, net = _net([(5, 2), (1, 6), (3, 3)], crop_source=source)
+        net.sync_free_search = True  # the accelerator path (the CPU default checks convergence)
+        net.train()
+        batch = {"image": torch.randn(3, 1, 64, 64), "label": label, "bbox": bbox}
+        with no_host_reads(monkeypatch):
+            out = net(batch)
+            terms = strategy.loss_terms(per_sample_loss(out["logits"], label, "binary"), out, batch, "train")
+            torch.stack(list(terms.values())).sum().backward()
+            metrics = strategy.extra_metrics(out, batch, "train")
+        assert set(metrics) == {"crop_area", "crop_search_converged"} and float(metrics["crop_search_converged"]) == 1
+        net.eval()
+        with torch.no_grad():
+            evaluated = net(batch)
+        torch.testing.assert_close(evaluated["crop_box"], out["crop_box"])  # same region either way
+        assert {"crop_lesion_iou", "crop_centre_in_lesion"} <= set(strategy.extra_metrics(evaluated, batch, "val"))

@@ -92,7 +92,7 @@ def test_end_to_end_probe_run(tiny_run):
     meta = json.loads((run / "metadata.json").read_text())["strategy"]["features"]
     assert meta["dim"] == 43 and meta["use_mask"] is True and "GROUND-TRUTH" in meta["masks"]
     assert extraction_count() == before + 1 and not meta["cache_hit"]
-    head = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]["net.head.weight"]
+    head = torch.load(run / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]["net.head.weight"]
     assert head.shape == (2, 96 + 43)  # tinycnn embedding (96) + radiomics features (43)
 
 

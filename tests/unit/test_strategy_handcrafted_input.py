@@ -91,5 +91,5 @@ def test_end_to_end_probe_run(tiny_run):
     assert 0.0 <= metrics["test/auroc"] <= 1.0
     meta = json.loads((run / "metadata.json").read_text())["strategy"]
     assert meta["channels"] == ["image", *MAP_NAMES] and len(meta["map_standardisation"]["mean"]) == 4
-    stem = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    stem = torch.load(run / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert stem["net.backbone.blocks.0.0.weight"].shape[1] == 1 + len(MAP_NAMES)  # the CNN was fed 5 channels

@@ -119,5 +119,5 @@ def test_tiny_run_records_seg_dice(tiny_run):
     assert 0.0 <= metrics["test/seg_dice"] <= 1.0 and "test/auroc" in metrics
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["strategy"]["strategy"] == "multitask_seg" and "seg_dice" in meta["strategy"]
-    state = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("net.decoder.") for k in state)  # the decoder is part of the trained net

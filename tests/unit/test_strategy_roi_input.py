@@ -177,3 +177,88 @@ def test_tiny_run_states_the_test_roi_and_logs_coverage(tiny_run):
     assert metrics["test/roi_coverage"] == pytest.approx(1.0)
     assert 0.0 <= metrics["test/attention_overlap"] <= 1.0
     assert np.isfinite(metrics["test/auroc"])
+
+
+def _predicted_region_reference(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The former per-image scipy loop, kept as the reference for the batched version."""
+    from scipy import ndimage
+
+    p = prob.detach().float().cpu().numpy()[:, 0]
+    out = np.zeros_like(p, dtype=np.float32)
+    for i, pi in enumerate(p):
+        fg = pi > threshold
+        if not fg.any():
+            fg = pi >= 0.5 * pi.max()
+        lab, n = ndimage.label(fg, structure=np.ones((3, 3)))
+        if n > 1:
+            sizes = ndimage.sum_labels(fg, lab, index=np.arange(1, n + 1))
+            fg = lab == (1 + int(np.argmax(sizes)))
+        out[i] = fg
+    return torch.from_numpy(out)[:, None]
+
+
+@pytest.mark.parametrize("size", [16, 29, 64])
+def test_batched_predicted_region_equals_the_per_image_loop(size):
+    """Random maps (many components, size ties, nothing above the threshold, all zero) give the
+    same region as scipy image by image; blurred maps too (few large blobs)."""
+    gen = torch.Generator().manual_seed(size)
+    noise = torch.rand(24, 1, size, size, generator=gen)
+    blurred = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)
+    blurred = (blurred - blurred.amin()) / (blurred.amax() - blurred.amin())
+    noise[0] = 0.0  # all zero: the fallback keeps every pixel
+    noise[1] *= 0.4  # nothing passes 0.5: pixels above half the maximum
+    noise[2] = 0.0
+    noise[2, 0, 1:3, 1:3] = noise[2, 0, 6:8, 6:8] = 0.9  # two equal islands: the first wins
+    for prob in (noise, blurred):
+        torch.testing.assert_close(predicted_region(prob), _predicted_region_reference(prob), rtol=0, atol=0)
+
+
+def test_pre_stage_trains_on_the_context_device_and_caches_cpu_tensors(tmp_path, monkeypatch):
+    from dkbench.data.spec import DatasetArrays, SplitArrays
+    from dkbench.strategies import StrategyContext
+    from dkbench.strategies.catalogue import roi_input as module
+
+    spec = spec_from_config(compose_config(["dataset=probe"]).dataset)
+    splits = {}
+    for split in ("train", "val", "test"):
+        arr = generate_split(16, size=32, split=split, options=PROBE_OPTS)
+        splits[split] = SplitArrays(arr.image, arr.label, arr.ids, extras={"mask": arr.extras["mask"]})
+    arrays = DatasetArrays(spec, splits)
+    seen = []
+
+    def train_spy(*args, **kwargs):
+        seen.append(("train", kwargs["device"]))
+        return train_roi_predictor(*args, **kwargs)
+
+    def evaluate_spy(*args, **kwargs):
+        seen.append(("evaluate", kwargs["device"]))
+        return evaluate_predictor(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train_roi_predictor", train_spy)
+    monkeypatch.setattr(module, "evaluate_predictor", evaluate_spy)
+    device = torch.device("cpu")
+    strategy = create_strategy("roi_input", test_roi="predicted", predictor_epochs=1)
+    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=tmp_path, seed=0, make_backbone=None, device=device))
+    assert seen == [("train", device), ("evaluate", device)]
+    assert all(p.device.type == "cpu" for p in strategy.predictor.parameters())
+    (cached,) = (tmp_path / "roi_input").glob("*.pt")
+    state = torch.load(cached, weights_only=False)["state_dict"]  # no map_location: as saved
+    assert state and all(v.device.type == "cpu" for v in state.values())
+    # the same seed trains the same weights whichever way the device is named (CPU generators)
+    again = train_roi_predictor(splits["train"].image, splits["train"].extras["mask"], mean=0.5, std=0.5, seed=0,
+                                epochs=1, device="cpu")
+    for key, value in strategy.predictor.state_dict().items():
+        torch.testing.assert_close(value, again.state_dict()[key])
+
+
+@pytest.mark.parametrize("mode,region", [("mask", "mask"), ("mask", "bbox"), ("crop", "mask")])
+def test_a_training_batch_is_reduced_without_host_reads(monkeypatch, mode, region):
+    """Training uses the given ROI: mask, box or crop, all device-side tensor ops."""
+    from tests.unit.test_strategy_global_local import no_host_reads
+
+    batch = _probe_batch(8)
+    batch.pop("raw")
+    strategy = create_strategy("roi_input", mode=mode, region=region, fill="roi_mean")
+    with no_host_reads(monkeypatch):
+        out = strategy.transform_batch(batch, "train")
+    assert out["image"].shape == batch["image"].shape

@@ -143,3 +143,36 @@ def test_trained_once_cached_and_retrained_when_train_masks_change(tmp_path):
         assert torch.equal(a, b)
     meta = again.metadata()
     assert json.dumps(meta) and meta["shape_prior"]["masks"] == "train split only"
+
+
+def test_pre_stage_uses_the_context_device_and_caches_cpu_tensors(tmp_path, monkeypatch):
+    from dkbench.strategies.catalogue import shape_prior as module
+
+    devices = []
+    real = module.train_autoencoder
+
+    def spy(inputs, cfg, seed, device="cpu"):
+        devices.append(device)
+        return real(inputs, cfg, seed, device)
+
+    monkeypatch.setattr(module, "train_autoencoder", spy)
+    strategy = create_strategy("shape_prior", ae_steps=2, ae_size=16, latent_dim=8)
+    device = torch.device("cpu")
+    strategy.prepare(StrategyContext(arrays=arrays_with(ellipses(16, 7)), cache_dir=tmp_path, seed=0,
+                                     make_backbone=None, device=device))
+    assert devices == [device]
+    blob = torch.load(strategy.prior.path, weights_only=True)  # no map_location: as saved
+    assert all(v.device.type == "cpu" for v in blob["state_dict"].values()) and blob["code_std"].device.type == "cpu"
+    assert strategy.prior.code_std.device.type == "cpu"
+
+
+def test_shape_loss_reads_nothing_back_from_the_device(trained, monkeypatch):
+    """The training-step term needs no host read (the code scale is moved to the device once)."""
+    from tests.unit.test_strategy_global_local import no_host_reads
+
+    target = torch.from_numpy(ellipses(4, 5)).long()
+    logits = torch.randn(4, 2, SIZE, SIZE, requires_grad=True)
+    trained.loss_terms(torch.zeros(4), {"logits": logits}, {"label": target}, "train")  # first call: set-up
+    with no_host_reads(monkeypatch):
+        terms = trained.loss_terms(torch.zeros(4), {"logits": logits}, {"label": target}, "train")
+        terms["shape"].backward()

@@ -52,9 +52,9 @@ def fits(monkeypatch):
     trained: list[str] = []
     real = train_mod._fit_and_record
 
-    def counting(cfg, run, cfg_hash):
+    def counting(cfg, run, cfg_hash, *args):
         trained.append(str(cfg.dataset.name))
-        return real(cfg, run, cfg_hash)
+        return real(cfg, run, cfg_hash, *args)
 
     monkeypatch.setattr(train_mod, "_fit_and_record", counting)
     return trained
@@ -102,7 +102,7 @@ def test_target_starts_from_the_source_checkpoint(tmp_path, fits, monkeypatch):
     strategy, trained_now = build()  # trains the source
     assert fits == ["pneumoniamnist"]
     ckpt = Path(strategy.metadata()["source_model"]["checkpoint"])
-    assert ckpt.name == "best.ckpt"
+    assert ckpt.name == "best_weights.pt"
     source = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     built = trained_now.backbone.state_dict()
     assert built and all(torch.equal(v, source[f"net.backbone.{k}"]) for k, v in built.items())

@@ -126,7 +126,7 @@ def test_linear_probe_end_to_end_leaves_imagenet_backbone_untouched(tiny_run):
     the shipped ImageNet tensors, BatchNorm statistics included; only the head moved."""
     metrics, run_dir = tiny_run(f"backbone={LITE0}", "strategy=transfer_natural_linear")
     assert (run_dir / "DONE").exists() and 0.0 <= metrics["test/auroc"] <= 1.0
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]
     reference = create_backbone(LITE0, in_chans=1, img_size=64, pretrained=True).state_dict()
     for key, value in reference.items():
         assert torch.equal(state[f"net.backbone.{key}"], value), key

@@ -2,7 +2,9 @@
 
 Loss: Dice + cross-entropy (MONAI's DiceCE recipe, computed per image so strategies can weight
 samples): foreground soft Dice (background excluded, as nnU-Net does) plus pixel-wise CE over
-all classes. Model selection on validation Dice; the test metrics come from that checkpoint:
+all classes. Model selection on validation Dice; validation logs Dice and IoU only (HD95 is a
+CPU distance transform per image and nothing selects on it; ``val_hd95=True`` adds val/hd95).
+The test metrics come from the selected checkpoint:
 Dice, IoU and HD95 per image (`dkbench.metrics.segmentation` states how empty masks count),
 written to predictions.csv with each image's predicted and true areas, and the predicted
 masks saved compressed (`test_masks.npz`) so strategies can be compared image by image.
@@ -18,7 +20,13 @@ import torch
 from torch import nn
 
 from dkbench.data.spec import DatasetSpec
-from dkbench.metrics.segmentation import SEGMENTATION_METRICS, dice_ce_loss, per_image_scores, predicted_labels
+from dkbench.metrics.segmentation import (
+    SEGMENTATION_METRICS,
+    VALIDATION_METRICS,
+    dice_ce_loss,
+    per_image_scores,
+    predicted_labels,
+)
 from dkbench.models.base import TaskModule
 from dkbench.strategies.base import Strategy
 
@@ -31,6 +39,7 @@ class SegmentationModule(TaskModule):
         strategy: Strategy,
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        val_hd95: bool = False,
         **kwargs: Any,
     ):
         if spec.task != "segmentation":
@@ -40,6 +49,8 @@ class SegmentationModule(TaskModule):
             )
         super().__init__(net, spec, strategy, **kwargs)
         self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        self.val_hd95 = bool(val_hd95)
+        strategy.val_hd95 = self.val_hd95  # strategies' own HD95 variants (e.g. hd95_raw) follow it
         self._scores: dict[str, list[torch.Tensor]] = {}
         self._test_rows: list[dict[str, Any]] = []
 
@@ -52,13 +63,20 @@ class SegmentationModule(TaskModule):
         pred = outputs.get("pred")
         return predicted_labels(outputs["logits"]) if pred is None else pred
 
+    def metric_names(self, stage: str) -> tuple[str, ...]:
+        """The per-image scores of a stage: all at test; Dice and IoU at validation unless
+        ``val_hd95`` (selection reads val/dice, so HD95 there would only cost time)."""
+        return SEGMENTATION_METRICS if stage == "test" or self.val_hd95 else VALIDATION_METRICS
+
     def score(self, outputs: dict, batch: dict, stage: str) -> None:
-        scores = per_image_scores(self.prediction(outputs), batch["label"], self.spec.num_classes)
+        names = self.metric_names(stage)
+        scores = per_image_scores(self.prediction(outputs), batch["label"], self.spec.num_classes,
+                                  hd95="hd95" in names)
         for name, values in scores.items():
             self._scores.setdefault(name, []).append(values)
 
     def _log_scores(self, stage: str) -> None:
-        for name in SEGMENTATION_METRICS:
+        for name in self.metric_names(stage):
             values = torch.cat(self._scores.get(name, [torch.zeros(0)]))
             self.log(f"{stage}/{name}", values.mean() if len(values) else torch.tensor(float("nan")),
                      prog_bar=(stage == "val" and name == "dice"))

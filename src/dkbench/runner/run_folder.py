@@ -24,7 +24,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 #: Config sections that do not change results (where files go, how they are logged).
-NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite_name", "keep_checkpoints", "threads")
+NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite_name", "keep_checkpoints", "threads",
+                    "placement",
+                    "checkpoint")  # how often last.ckpt is saved; `speed` stays in: see runner/speed.py
 RESULT_FILES = ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE")
 #: `status.json` holds one of these (plus `config_hash`, and `reason` / `error` where relevant).
 STATUSES = ("running", "done", "failed", "incompatible")

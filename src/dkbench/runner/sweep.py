@@ -19,6 +19,7 @@ import dkbench.config  # noqa: F401  (registers the resolvers the configs use)
 from dkbench.backbones.registry import task_incompatibility
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
+from dkbench.runner.placement import placed
 from dkbench.runner.run_folder import RunFolder, config_hash
 from dkbench.runner.suite import Cell, expand_suite, validate_suite
 from dkbench.strategies import strategy_from_config
@@ -128,12 +129,16 @@ def _outcome(job_return: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) and "status" in value else {"status": "done"}
 
 
+@placed  # holds a GPU slot (runner/placement.py) for the job; does nothing without a GPU
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """The task of one sweep job: train, and turn a failure into a recorded result."""
+    from dkbench import mark_job_start
+
+    job_started_at = mark_job_start()  # before the lazy import below: it is this job's overhead
     from dkbench.runner.train import train
 
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, job_started_at=job_started_at)
     except Exception as err:  # recorded in the run folder by train(); the sweep goes on
         log.exception("cell failed: %s", cfg.paths.run_dir)
         return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}

@@ -1,9 +1,10 @@
 """`train(cfg)`: one composed config → one finished run folder.
 
-Flow: data → backbone → strategy → Lightning module → fit → test on the best-validation
-checkpoint → run folder. A finished folder with the same config hash is returned as is; an
-interrupted one resumes from `checkpoints/last.ckpt`; one finished under another config is
-moved to `superseded/<hash>/` first, never overwritten.
+Flow: data → backbone → strategy → Lightning module (speed settings) → fit → test with the
+best-validation weights (kept in memory, written once as `checkpoints/best_weights.pt`) → run
+folder. A finished folder with the same config hash is returned as is; an interrupted one
+resumes from `checkpoints/last.ckpt` (written every N epochs / M minutes, see `checkpoint:`);
+one finished under another config is moved to `superseded/<hash>/` first, never overwritten.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dkbench import IMPORTED_AT
+from dkbench import mark_job_start
 from dkbench.backbones import create_backbone
 from dkbench.backbones.registry import task_incompatibility
 from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
 from dkbench.leaderboard.collect import selected_val_metrics
 from dkbench.runner.compose import compose_config
+from dkbench.runner.devices import trainer_device
 from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
+from dkbench.runner.checkpointing import BEST_WEIGHTS, LAST, BestWeights, CheckpointSettings, PeriodicLastCheckpoint
 from dkbench.runner.environment import git_sha, hardware, package_versions
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
+from dkbench.runner.speed import SpeedSettings, apply_module_settings, apply_process_settings
 from dkbench.strategies import StrategyContext, strategy_from_config
 from dkbench.strategies.base import IncompatibleStrategyError
 
@@ -85,14 +88,19 @@ def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
     )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment; returns the metrics dict written to metrics.json."""
+def train(cfg: DictConfig, *, job_started_at: float | None = None) -> dict[str, Any]:
+    """Run one experiment; returns the metrics dict written to metrics.json.
+
+    `job_started_at`: when the calling job began (a sweep's `run_cell` marks it); by default
+    this call is the job and marks it itself."""
+    if job_started_at is None:
+        job_started_at = mark_job_start()
     run = RunFolder(cfg.paths.run_dir)
     with locked(run):
-        return _train_locked(cfg, run)
+        return _train_locked(cfg, run, job_started_at)
 
 
-def _train_locked(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
+def _train_locked(cfg: DictConfig, run: RunFolder, job_started_at: float) -> dict[str, Any]:
     cfg_hash = config_hash(cfg)
     previous = run.done_hash
     if previous == cfg_hash:
@@ -105,17 +113,21 @@ def _train_locked(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     run.clear_stale(cfg_hash)
     run.set_status("running", cfg_hash)
     try:
-        return _fit_and_record(cfg, run, cfg_hash)
+        return _fit_and_record(cfg, run, cfg_hash, job_started_at)
     except Exception as err:  # recorded for the leaderboard, then re-raised to the caller
         run.set_status("failed", cfg_hash, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
 
 
-def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str, Any]:
+def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_at: float) -> dict[str, Any]:
     started = time.time()
+    # typed settings first: a bad value fails before any data is loaded
+    speed = SpeedSettings.from_config(cfg.get("speed"))
+    ckpt_settings = CheckpointSettings.from_config(cfg.get("checkpoint"))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    apply_process_settings(speed)
 
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     spec = arrays.spec
@@ -133,10 +145,12 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
             make_backbone=make_backbone,
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
             compose=compose_config,
+            device=trainer_device(cfg.trainer),  # pre-stages train where the Trainer will
         )
     )
     net = strategy.build_net(make_backbone(), spec)
     module = build_module(cfg.model, net=net, spec=spec, strategy=strategy)
+    apply_module_settings(module, speed)
 
     datamodule = DKDataModule(
         arrays,
@@ -147,40 +161,47 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
     )
 
     ckpt_dir = run.file("checkpoints")
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=cfg.monitor.metric, mode=cfg.monitor.mode,
-        save_last=True, save_top_k=1, auto_insert_metric_name=False,
-    )
+    keep_checkpoints = bool(cfg.get("keep_checkpoints", True))
+    best = BestWeights(cfg.monitor.metric, cfg.monitor.mode)
+    last = PeriodicLastCheckpoint(ckpt_dir, ckpt_settings)
     throughput = TrainThroughput()
-    callbacks = [best, throughput, FailOnNonFiniteLoss(), *_instantiate_list(cfg.get("callbacks"))]
+    # `best` before `last`: an epoch's improvement is in the last.ckpt written at that epoch
+    callbacks = [best, last, throughput, FailOnNonFiniteLoss(), *_instantiate_list(cfg.get("callbacks"))]
     loggers = _instantiate_list(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, benchmark=speed.cudnn_benchmark)
 
-    resume = ckpt_dir / "last.ckpt"
+    resume = ckpt_dir / LAST
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
-        best_path = best.best_model_path or None
-        test_out = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
+        # the test phase runs on the best weights, straight from memory (no checkpoint reload)
+        tested_best = best.load_into(module)
+        test_out = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     finally:
         _finish_wandb(loggers)
 
-    best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] if best_path else None
+    if keep_checkpoints:
+        best.save(ckpt_dir / BEST_WEIGHTS, module)  # the one write of the tested weights
+    best_epoch = best.best_epoch if tested_best else None
     metrics = {
         **{k: float(v) for k, v in test_out.items() if k.startswith("test/")},
         "selection": {"monitor": cfg.monitor.metric, "mode": cfg.monitor.mode,
-                      "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
-                      "best_epoch": best_epoch, "checkpoint": "best" if best_path else "last"},
+                      "best_score": best.best_score if tested_best else None,
+                      "best_epoch": best_epoch, "checkpoint": "best" if tested_best else "last"},
         "epochs_trained": trainer.current_epoch,
         "wall_time_s": round(time.time() - started, 2),
         "started_at": started,
-        # runner overhead to the first training step: from the first import of dkbench in this
-        # process (imports, composition) and from the start of this run (data, model, Trainer)
+        # runner overhead to the first training step: from the start of this job (for a process's
+        # first job, the dkbench import: imports, composition; in a reused sweep worker, entering
+        # the job) and from the start of this run (data, model, Trainer)
         "overhead_s": {
-            "import_to_first_step": _seconds(IMPORTED_AT, throughput.first_step_at),
+            "import_to_first_step": _seconds(job_started_at, throughput.first_step_at),
             "run_start_to_first_step": _seconds(started, throughput.first_step_at),
         },
         "finished_at": time.time(),
         "train_images_per_s": round(throughput.images_per_second, 2),
+        # the device slot a packed sweep gave this run (runner/placement.py); null outside one
+        "placement": _plain(OmegaConf.select(cfg, "placement.assigned")),
     }
     run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     assert module.test_predictions is not None
@@ -199,12 +220,16 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str) -> dict[str,
     # the selected epoch's validation scores, beside the test scores (val → test gap = shortcut)
     metrics.update({k: v for k, v in selected_val_metrics(run.path, best_epoch).items() if k not in metrics})
     run.write_json("metrics.json", metrics)
-    if not cfg.get("keep_checkpoints", True):
-        for f in ckpt_dir.glob("*.ckpt"):
-            f.unlink()
+    if not keep_checkpoints:
+        for f in (*ckpt_dir.glob("*.ckpt"), ckpt_dir / BEST_WEIGHTS):
+            f.unlink(missing_ok=True)
     run.mark_done(cfg_hash)
     log.info("finished %s: %s", run.path, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     return metrics
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _seconds(start: float, end: float | None) -> float | None:

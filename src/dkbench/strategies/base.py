@@ -42,7 +42,7 @@ class IncompatibleStrategyError(ValueError):
 
 @dataclass
 class StrategyContext:
-    """What a pre-stage may use: the data, a way to build backbones, a cache folder."""
+    """What a pre-stage may use: the data, a way to build backbones, a cache folder, the device."""
 
     arrays: DatasetArrays
     cache_dir: Path
@@ -51,6 +51,10 @@ class StrategyContext:
     config: dict = field(default_factory=dict)
     #: (overrides) -> composed run config, e.g. to pre-train on another dataset
     compose: Any = None
+    #: The device the run's Trainer will use (`dkbench.runner.devices.trainer_device`): pre-stage
+    #: networks train and infer there, then hand back / cache CPU tensors, so cache files do not
+    #: depend on it. CPU by default (tests, and callers that build a context by hand).
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 class ClassifierNet(nn.Module):
@@ -104,6 +108,10 @@ class Strategy:
     tasks: ClassVar[frozenset[str]] = CLASSIFICATION_TASKS
     #: The paper the strategy follows (SURVEY.md's representative method).
     citation: ClassVar[str] = ""
+    #: Whether validation computes HD95 (the segmentation module sets it from ``model.val_hd95``);
+    #: a strategy reporting HD95 variants of its own (e.g. ``hd95_raw``) follows it, so that by
+    #: default validation costs no CPU distance transforms.
+    val_hd95: bool = False
 
     def __init__(self, **options: Any):
         self.options = options

@@ -172,10 +172,13 @@ class AttentionSupervision(Strategy):
         region = expert_region(batch, self.region, self.dilate)
         cam = self.attention(outputs, batch)
         per_image = alignment_loss(cam, region, self.loss)
+        # a masked mean on the device: `if valid.any()` / `per_image[valid]` would each stop the
+        # host every training step until the device caught up. NaN marks the images without a
+        # lesion; `where` gives them zero weight and zero gradient (their value is finite before
+        # `alignment_loss` replaces it, so no NaN reaches the backward pass).
         valid = ~torch.isnan(per_image)
-        if not bool(valid.any()):
-            return cam.sum() * 0.0
-        return per_image[valid].mean()
+        total = torch.where(valid, per_image, torch.zeros_like(per_image)).sum()
+        return total / valid.sum().clamp_min(1)  # no lesion in the batch: 0, still in the graph
 
     def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
         return {"task": per_sample_loss.mean(), "attention": self.weight * self.attention_loss(outputs, batch)}

@@ -280,9 +280,13 @@ class Curriculum(Strategy):
         index = batch["index"]
         if self._difficulty_t.device != index.device:
             self._difficulty_t = self._difficulty_t.to(index.device)
-        n = len(self.sampler)
+        cached = getattr(self, "_pool_fraction_t", None)
+        if cached is None or cached[0] != (self.epoch, index.device):
+            # built once per epoch: a host→device copy in every step would synchronise the stream
+            fraction = self.sampler.pool_size(self.epoch) / len(self.sampler)
+            cached = self._pool_fraction_t = ((self.epoch, index.device), torch.tensor(fraction, device=index.device))
         return {
-            "curriculum_pool_fraction": torch.tensor(self.sampler.pool_size(self.epoch) / n, device=index.device),
+            "curriculum_pool_fraction": cached[1],
             "curriculum_difficulty": self._difficulty_t[index].mean(),
         }
 
@@ -305,7 +309,9 @@ class Curriculum(Strategy):
     # --- teacher ("self-taught" scoring) -------------------------------------------------
     def teacher_config(self, context: StrategyContext):
         """The teacher's run config: the run's dataset, backbone, data, trainer and optimizer,
-        with the baseline strategy, `teacher_epochs` epochs and the default LR schedule."""
+        with the baseline strategy, `teacher_epochs` epochs and the default LR schedule. The whole
+        `trainer` block is inherited, so the teacher trains where the run does
+        (``trainer.accelerator=cpu`` keeps it off a GPU that happens to be present)."""
         from omegaconf import OmegaConf
 
         from dkbench.runner.compose import compose_config
@@ -389,14 +395,16 @@ class Curriculum(Strategy):
         from dkbench.data.datamodule import InMemoryDataset
         from dkbench.strategies import create_strategy
 
+        from dkbench.runner.checkpointing import BEST_WEIGHTS
+
         spec = context.arrays.spec
-        ckpt = run_dir / "checkpoints" / "best.ckpt"
-        if not ckpt.exists():
-            ckpt = run_dir / "checkpoints" / "last.ckpt"
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        # the teacher's selected weights (best by validation, else its last), written once by the
+        # runner as weights only: no pickled objects are loaded from the cache
+        ckpt = run_dir / "checkpoints" / BEST_WEIGHTS
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         net = create_strategy("baseline").build_net(context.make_backbone(), spec)
         net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = context.device  # the run's device (trainer.accelerator), never "cuda if present"
         net.to(device).eval()
         data = (context.config or {}).get("data") or {}
         ds = InMemoryDataset(context.arrays.splits["train"], spec.task, float(data.get("mean", 0.5)),

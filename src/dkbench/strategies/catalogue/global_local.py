@@ -11,8 +11,9 @@ neural network for thorax disease classification", arXiv:1801.09927, 2018):
    on that coarser grid, the box then scaled to input pixels — the upsampled map of a 7×7
    feature map is smooth, and this keeps the connected-region search cheap at 224 px;
 3. the mask ``H > τ`` (``options.tau``) is reduced to its **largest connected region**
-   (8-connectivity, found with a batched label propagation, no per-sample loop) and the
-   bounding box of that region is the crop;
+   (8-connectivity, found with a batched label propagation on the device, no per-sample loop
+   and, in training, no host sync: see `dkbench.strategies.components`) and the bounding box
+   of that region is the crop;
 4. the crop is cut from the *input image* and resized back to the input size with one batched
    affine ``grid_sample`` (bilinear), and fed to a **local branch** (a second backbone of the
    same architecture, built from the run's backbone factory);
@@ -39,6 +40,7 @@ Works for 2D images and (attention mode) 3D volumes alike.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,6 +51,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs, per_sample_loss
 from dkbench.backbones.base import reinitialised_copy
+from dkbench.strategies import components
 from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
 from dkbench.strategies.registry import register_strategy
 
@@ -68,37 +71,12 @@ def attention_map(feature_map: torch.Tensor, size: tuple[int, ...]) -> torch.Ten
     return (heat - lo.view(shape)) / (hi - lo).clamp_min(1e-12).view(shape)
 
 
-def largest_component(mask: torch.Tensor, max_iter: int | None = None) -> torch.Tensor:
-    """Largest 8-connected (26 in 3D) region of a boolean (B, 1, *s) mask, batched.
-
-    Each foreground pixel starts with its own label (its flat index + 1); labels spread by a
-    3×3 max-pool within the foreground plus pointer jumping (a pixel takes the label of the
-    pixel its label names, which lies in the same component), until nothing changes, so every
-    component ends up carrying its largest index; the label with the most pixels wins. Empty
-    masks stay empty. No per-sample loop.
-    """
-    b = mask.shape[0]
-    spatial = mask.shape[2:]
-    n = int(torch.tensor(spatial).prod())
-    pool = F.max_pool2d if mask.ndim == 4 else F.max_pool3d
-    ids = torch.arange(1, n + 1, device=mask.device, dtype=torch.float32).view(1, 1, *spatial)
-    zero = torch.zeros((), device=mask.device)
-    labels = torch.where(mask, ids.expand_as(mask), zero)
-    for _ in range(max_iter or n):
-        grown = torch.where(mask, pool(labels, 3, stride=1, padding=1), zero)
-        flat = grown.flatten(1)
-        jumped = flat.gather(1, (flat.long() - 1).clamp_min(0)).view_as(grown)
-        grown = torch.where(mask, torch.maximum(grown, jumped), zero)
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    flat = labels.flatten(1).long()  # (B, n), 0 = background
-    counts = torch.zeros(b, n + 1, device=mask.device, dtype=torch.long)
-    counts.scatter_add_(1, flat, torch.ones_like(flat))
-    counts[:, 0] = 0
-    best = counts.argmax(1)  # 0 when the mask is empty
-    keep = (flat == best[:, None]) & (best[:, None] > 0)
-    return keep.view_as(mask)
+def largest_component(mask: torch.Tensor, max_iter: int | None = None, exact: bool = True) -> torch.Tensor:
+    """Largest 8-connected (26 in 3D) region of a boolean (B, 1, *s) mask, batched on the mask's
+    device (`dkbench.strategies.components`: label propagation with hooking and pointer jumping;
+    ties go to the component that starts first in raster order). Empty masks stay empty.
+    ``exact=False`` runs a fixed iteration budget (``max_iter``) without any host sync."""
+    return components.largest_component(mask, "full", max_iter, exact)[0]
 
 
 def mask_box(mask: torch.Tensor) -> torch.Tensor:
@@ -129,7 +107,7 @@ def clamp_box(box: torch.Tensor, size: tuple[int, ...], min_frac: float = 0.0) -
     """Grow each side to at least `min_frac` × the image side around the box centre, then shift
     the box inside the image. `size` in tensor order (H, W[, D]); box in (x, y[, z]) order."""
     d = len(size)
-    extent = box.new_tensor(list(reversed(size)))  # (x, y[, z]) extents
+    extent = components.device_constant(tuple(reversed(size)), box)  # (x, y[, z]) extents
     lo, hi = box[:, :d], box[:, d:]
     side = torch.maximum(hi - lo, (min_frac * extent).clamp_min(1.0))
     side = torch.minimum(side, extent)
@@ -144,7 +122,7 @@ def crop_resize(image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     to the input size: one affine grid + bilinear `grid_sample` for the whole batch."""
     spatial = image.shape[2:]
     d = len(spatial)
-    extent = box.new_tensor(list(reversed(spatial)))  # grid order = (x, y[, z])
+    extent = components.device_constant(tuple(reversed(spatial)), box)  # grid order = (x, y[, z])
     lo, hi = box[:, :d], box[:, d:]
     scale = (hi - lo) / extent  # half-width in normalised coordinates (align_corners=False)
     shift = (lo + hi) / extent - 1
@@ -167,6 +145,11 @@ def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # --- the network ---------------------------------------------------------------------------------
 class GlobalLocalNet(nn.Module):
     """Global backbone → attention crop → local backbone → fusion head (AG-CNN)."""
+
+    #: Training-step region search without host syncs: None = on accelerators only (on the CPU
+    #: the exact search's checks cost nothing and it stops earlier); True forces it (tests run
+    #: the accelerator code path on the CPU this way).
+    sync_free_search: bool | None = None
 
     def __init__(
         self,
@@ -192,18 +175,26 @@ class GlobalLocalNet(nn.Module):
         self.tau, self.crop_source, self.min_crop = float(tau), crop_source, float(min_crop)
         self.attention_grid = int(attention_grid)
 
-    def crop_box(self, batch: dict, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention heat map, crop box) from the detached global feature map (and the
-        dataset's box in mask mode)."""
+    def crop_box(self, batch: dict, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(attention heat map, crop box, region search converged) from the detached global
+        feature map (and the dataset's box in mask mode).
+
+        Training steps on an accelerator search the region with a fixed iteration budget and no
+        host sync (a sync per step would stall the device queue); evaluation, and any step on the
+        CPU (where the check costs nothing), iterates to the exact fixed point."""
         image = batch["image"]
         size = tuple(image.shape[2:])
         grid = tuple(min(s, self.attention_grid) for s in size)
         with torch.no_grad():
             heat = attention_map(feature_map.detach(), grid)
-            box = attention_box(heat, self.tau)
+            # exact where a host check is free (evaluation, the CPU); sync-free budget otherwise
+            sync_free = heat.device.type != "cpu" if self.sync_free_search is None else self.sync_free_search
+            exact = not (self.training and sync_free)
+            keep, converged = components.largest_component(heat > self.tau, "full", exact=exact)
+            box = mask_box(keep)  # = attention_box(heat, tau), with the convergence flag
             if grid != size:  # grid pixels → input pixels (box edges, x first)
-                factor = torch.tensor([s / g for s, g in zip(reversed(size), reversed(grid))], device=box.device)
-                box = box * factor.repeat(2)
+                factor = [s / g for s, g in zip(reversed(size), reversed(grid))]
+                box = box * components.device_constant(tuple(factor * 2), box)
             if self.crop_source == "mask":
                 given = batch.get("bbox")
                 if given is None and "mask" in batch:
@@ -215,13 +206,13 @@ class GlobalLocalNet(nn.Module):
                 has = torch.isfinite(given).all(1, keepdim=True)
                 box = torch.where(has, given, box)
             box = clamp_box(box, size, self.min_crop)
-        return heat, box
+        return heat, box, converged
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image = batch["image"]
         fmap_g = self.global_backbone.forward_features(image)
         emb_g = self.global_backbone.pool(fmap_g)
-        heat, box = self.crop_box(batch, fmap_g)
+        heat, box, converged = self.crop_box(batch, fmap_g)
         local_image = crop_resize(image, box)
         fmap_l = self.local_backbone.forward_features(local_image)
         emb_l = self.local_backbone.pool(fmap_l)
@@ -235,6 +226,7 @@ class GlobalLocalNet(nn.Module):
             "local_feature_map": fmap_l,
             "attention": heat,
             "crop_box": box,
+            "crop_search_converged": converged,
             "local_image": local_image,
         }
 
@@ -309,19 +301,28 @@ class GlobalLocal(Strategy):
         return terms
 
     def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        """crop_area: mean crop area / image area; with a dataset box: crop_lesion_iou (IoU of
-        crop and lesion box) and crop_centre_in_lesion (fraction of crop centres inside it)."""
+        """crop_area: mean crop area / image area. Training also logs crop_search_converged (the
+        fraction of images whose sync-free region search reached its fixed point; 1.0 expected).
+        Val/test, with a dataset box: crop_lesion_iou (IoU of crop and lesion box) and
+        crop_centre_in_lesion (fraction of crop centres inside it), over the images with a box.
+        Those two are skipped in training: choosing the images with a box is a data-dependent
+        branch, i.e. a host sync per step, for a diagnostic of the test-time crop."""
         box = outputs.get("crop_box")
         if box is None:
             return {}
         spatial = batch["image"].shape[2:]
         d = len(spatial)
-        total = float(torch.tensor(spatial).prod())
+        total = float(math.prod(spatial))
         out = {"crop_area": ((box[:, d:] - box[:, :d]).prod(1) / total).mean()}
+        if stage == "train":
+            converged = outputs.get("crop_search_converged")
+            if converged is not None:
+                out["crop_search_converged"] = converged.float().mean()
+            return out
         given = batch.get("bbox")
         if given is not None and d == 2:
             has = torch.isfinite(given).all(1)
-            if has.any():
+            if has.any():  # val/test only (see above)
                 g, b = given[has].to(box), box[has]
                 out["crop_lesion_iou"] = _box_iou(b, g).mean()
                 c = (b[:, :2] + b[:, 2:]) / 2

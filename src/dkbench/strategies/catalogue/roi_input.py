@@ -28,8 +28,10 @@ Which ROI at val/test time (``test_roi``) is a different claim, recorded by `met
 - ``predicted``: a small fully convolutional lesion segmenter (`ROIPredictor`, ≈ 0.1 M
   parameters) trained in `prepare` on the *training* split's masks (BCE + soft Dice, Adam), cached
   under ``<paths.cache_dir>/roi_input/<key>.pt`` keyed by the dataset checksum, seed, input
-  normalisation and predictor options. Its probability map is thresholded at 0.5 and the
-  largest connected component kept (if nothing passes, the pixels above half the image's
+  normalisation and predictor options (trained on the run's device, `StrategyContext.device`;
+  the cached weights are CPU tensors). Its probability map is thresholded at 0.5 and the
+  largest connected component kept (batched on the device, `dkbench.strategies.components`;
+  if nothing passes, the pixels above half the image's
   maximum probability); that component is the region (mask mode) or gives the box (crop
   mode). Its validation Dice is recorded in the metadata and `roi_coverage` (the fraction of the
   true lesion inside the region the network saw) is logged as ``val/`` and ``test/roi_coverage``.
@@ -55,12 +57,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
 from dkbench.data.datamodule import bbox_from_mask
 from dkbench.data.spec import DatasetSpec
 from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.components import device_constant, largest_component
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench")
@@ -137,7 +139,7 @@ def crop_boxes(bbox: torch.Tensor, shape: tuple[int, int], margin: float) -> tor
     side = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     pad = (margin * side)[:, None]
     out = torch.cat([b[:, :2] - pad, b[:, 2:] + pad], 1)
-    whole = torch.tensor([0.0, 0.0, float(w), float(h)], device=b.device).expand_as(out)
+    whole = device_constant((0.0, 0.0, float(w), float(h)), out).expand_as(out)  # no per-step host copy
     return torch.where(torch.isnan(out).any(1, keepdim=True), whole, out)
 
 
@@ -205,19 +207,17 @@ def _seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def predicted_region(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """(B,1,H,W) probabilities → (B,1,H,W) float {0,1}: the largest connected component above
-    `threshold` (8-connectivity); if nothing passes, the pixels above half the maximum."""
-    p = prob.detach().float().cpu().numpy()[:, 0]
-    out = np.zeros_like(p, dtype=np.float32)
-    for i, pi in enumerate(p):
-        fg = pi > threshold
-        if not fg.any():
-            fg = pi >= 0.5 * pi.max()
-        lab, n = ndimage.label(fg, structure=np.ones((3, 3)))
-        if n > 1:
-            sizes = ndimage.sum_labels(fg, lab, index=np.arange(1, n + 1))
-            fg = lab == (1 + int(np.argmax(sizes)))
-        out[i] = fg
-    return torch.from_numpy(out)[:, None].to(prob.device)
+    `threshold` (8-connectivity; equal sizes: the first in raster order, as scipy's labelling);
+    if nothing passes, the pixels at or above half the image's maximum. Batched on the
+    probabilities' device (`dkbench.strategies.components`), no per-image loop; used at
+    val/test time and in the pre-stage, where the exact search's host checks are acceptable."""
+    p = prob.detach().float()
+    fg = p > threshold
+    dims = tuple(range(1, p.ndim))
+    fallback = p >= 0.5 * p.amax(dims, keepdim=True)
+    fg = torch.where(fg.any(dims, keepdim=True), fg, fallback)
+    keep, _ = largest_component(fg, "full", exact=True)
+    return keep.float()
 
 
 def _dice(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -227,34 +227,43 @@ def _dice(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def train_roi_predictor(images: np.ndarray, masks: np.ndarray, *, mean: float, std: float, seed: int,
-                        epochs: int = 15, batch_size: int = 32, lr: float = 2e-3, width: int = 16) -> ROIPredictor:
-    """Fits `ROIPredictor` on uint8 images (N,C,H,W) and {0,1} masks (N,1,H,W), CPU or the
-    current default device; deterministic for a seed."""
+                        epochs: int = 15, batch_size: int = 32, lr: float = 2e-3, width: int = 16,
+                        device: torch.device | str = "cpu") -> ROIPredictor:
+    """Fits `ROIPredictor` on uint8 images (N,C,H,W) and {0,1} masks (N,1,H,W) on `device` (the
+    run's); returns it on the CPU in eval mode. The initial weights and the batch order come from
+    CPU generators seeded with `seed`, so they do not depend on the device (the trained weights
+    then differ between devices by floating-point rounding only)."""
+    device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = ROIPredictor(images.shape[1], width)
+    net = ROIPredictor(images.shape[1], width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    x_all = torch.from_numpy(np.ascontiguousarray(images))
-    m_all = torch.from_numpy(np.ascontiguousarray(masks)).float().clamp_(0, 1)
+    # the whole (small, uint8) training split moves once; batches are gathered on the device
+    x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    m_all = torch.from_numpy(np.ascontiguousarray(masks)).to(device).float().clamp_(0, 1)
     n = len(x_all)
     net.train()
     for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(batch_size):
+        for idx in torch.randperm(n, generator=gen).to(device).split(batch_size):
             x = (x_all[idx].float() / 255.0 - mean) / std
             loss = _seg_loss(net(x), m_all[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return net.eval()
+    return net.cpu().eval()
 
 
 @torch.no_grad()
-def evaluate_predictor(net: ROIPredictor, images: np.ndarray, masks: np.ndarray, *, mean: float, std: float) -> dict:
-    """Mean Dice and mean lesion coverage of the predicted region on a split."""
+def evaluate_predictor(net: ROIPredictor, images: np.ndarray, masks: np.ndarray, *, mean: float, std: float,
+                       device: torch.device | str = "cpu") -> dict:
+    """Mean Dice and mean lesion coverage of the predicted region on a split, computed on
+    `device` (the network is moved there; move it back if needed)."""
+    device = torch.device(device)
+    net = net.to(device)
     dices, cover = [], []
     for s in range(0, len(images), 128):
-        x = (torch.from_numpy(images[s:s + 128]).float() / 255.0 - mean) / std
-        m = torch.from_numpy(masks[s:s + 128]).float().clamp(0, 1)
+        x = (torch.from_numpy(np.ascontiguousarray(images[s:s + 128])).to(device).float() / 255.0 - mean) / std
+        m = torch.from_numpy(np.ascontiguousarray(masks[s:s + 128])).to(device).float().clamp(0, 1)
         r = predicted_region(torch.sigmoid(net(x)))
         dices.append(_dice(r, m))
         cover.append((r * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1))
@@ -337,9 +346,9 @@ class ROIInput(Strategy):
         net = train_roi_predictor(
             train.image, train.extras["mask"], mean=mean, std=std, seed=int(context.seed),
             epochs=int(o.get("predictor_epochs", 15)), batch_size=int(o.get("predictor_batch_size", 32)),
-            lr=float(o.get("predictor_lr", 2e-3)), width=width)
-        ev = evaluate_predictor(net, val.image, val.extras["mask"], mean=mean, std=std)
-        self.predictor = net
+            lr=float(o.get("predictor_lr", 2e-3)), width=width, device=context.device)
+        ev = evaluate_predictor(net, val.image, val.extras["mask"], mean=mean, std=std, device=context.device)
+        self.predictor = net.cpu()  # the cache holds CPU tensors; `roi` moves it to the batch's device
         self.predictor_stats = {"val_dice": ev["dice"], "val_coverage": ev["coverage"], "cache": str(path),
                                 "trained_on": "train split masks"}
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -158,17 +158,22 @@ def masks_to_input(masks: np.ndarray | torch.Tensor, num_classes: int, size: int
     return resize_maps(foreground_targets(labels, num_classes), size)
 
 
-def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int) -> tuple[ShapeAutoencoder, dict]:
-    """Train on (N, C, size^N) maps; deterministic given ``seed`` (own generator for shuffling)."""
+def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int,
+                      device: torch.device | str = "cpu") -> tuple[ShapeAutoencoder, dict]:
+    """Train on (N, C, size^N) maps on `device` (the run's); deterministic given ``seed`` (own
+    CPU generator for shuffling, weights initialised on the CPU, so both are device-independent).
+    Returns the model on the CPU (eval mode) and CPU statistics, ready to be cached."""
+    device = torch.device(device)
     torch.manual_seed(seed)
-    model = ShapeAutoencoder(cfg)
+    model = ShapeAutoencoder(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
+    inputs = inputs.to(device)  # the resized train masks are small: moved once, batches gathered there
     n = len(inputs)
     model.train()
     step = 0
     while step < cfg.steps:  # reshuffled passes over the masks until the step budget is spent
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, cfg.batch_size):
             if step >= cfg.steps:
                 break
@@ -187,10 +192,10 @@ def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int) -> tu
         train_dice = float(soft_dice(recon, (inputs > 0.5).float()).mean())
     # one scale for all dimensions, the RMS of the per-dimension standard deviations: a per-dimension
     # scale would blow up a dimension the training shapes barely use, where soft predictions can go
-    code_std = codes.var(0, unbiased=False).mean().sqrt() if n > 1 else torch.tensor(1.0)
+    code_std = codes.var(0, unbiased=False).mean().sqrt().cpu() if n > 1 else torch.tensor(1.0)
     if float(code_std) < 1e-6:  # identical training masks: no spread to measure, keep raw units
         code_std = torch.tensor(1.0)
-    return model, {"code_std": code_std, "train_dice": train_dice}
+    return model.cpu(), {"code_std": code_std, "train_dice": train_dice}
 
 
 def train_masks_digest(arrays: DatasetArrays) -> str:
@@ -233,8 +238,10 @@ def _load(path: Path, cfg: ShapeAEConfig, key: str) -> ShapePrior | None:
                       seconds=float(blob["seconds"]), train_dice=float(blob["train_dice"]))
 
 
-def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_dir: str | Path) -> ShapePrior:
-    """The shape autoencoder of the dataset's train masks, from the cache or trained (and cached)."""
+def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_dir: str | Path,
+                  device: torch.device | str = "cpu") -> ShapePrior:
+    """The shape autoencoder of the dataset's train masks, from the cache or trained on `device`
+    (and cached as CPU tensors: the cache key does not name a device, and need not)."""
     global _PRETRAINS
     key = cache_key(arrays, cfg, seed)
     folder = Path(cache_dir) / "shape_prior"
@@ -248,7 +255,7 @@ def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_di
         started = time.perf_counter()
         inputs = masks_to_input(arrays.splits["train"].label, arrays.spec.num_classes, cfg.size)
         with preserved_rng():
-            model, stats = train_autoencoder(inputs, cfg, seed)
+            model, stats = train_autoencoder(inputs, cfg, seed, device)
         seconds = time.perf_counter() - started
         _PRETRAINS += 1
         tmp = folder / f".{key}.{os.getpid()}.tmp.pt"
@@ -302,7 +309,8 @@ class ShapePriorStrategy(Strategy):
     def prepare(self, context: StrategyContext) -> None:
         self.num_classes = int(context.arrays.spec.num_classes)
         self.cfg = self.ae_config(context.arrays.spec)
-        self.prior = load_or_train(context.arrays, self.cfg, int(context.seed), context.cache_dir)
+        self.prior = load_or_train(context.arrays, self.cfg, int(context.seed), context.cache_dir, context.device)
+        self._code_std = None  # the device copy of this prior's scale, made at the first loss
         self.encoder = self.prior.model
         for p in self.encoder.parameters():  # frozen: the prior is fixed while the network trains
             p.requires_grad_(False)
@@ -315,7 +323,11 @@ class ShapePriorStrategy(Strategy):
             raise RuntimeError("shape_prior: prepare() must run before the shape loss is computed")
         if next(self.encoder.parameters()).device != device:
             self.encoder.to(device)
-        return self.encoder, self.prior.code_std.to(device)
+        std = getattr(self, "_code_std", None)
+        if std is None or std.device != device:
+            # once per device, not per step: a host→device copy from pageable memory syncs the stream
+            std = self._code_std = self.prior.code_std.to(device)
+        return self.encoder, std
 
     def shape_distance(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """(B,) mean over latent dimensions of the squared code difference, in units of σ."""

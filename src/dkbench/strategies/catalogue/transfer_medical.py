@@ -53,6 +53,19 @@ def _quote(value: Any) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
+def _device_overrides(trainer: Any) -> list[str]:
+    """The run's ``trainer.accelerator`` / ``trainer.devices`` as overrides of a nested run."""
+    out = []
+    if trainer.get("accelerator") is not None:
+        out.append(f"trainer.accelerator={trainer['accelerator']}")
+    devices = trainer.get("devices")
+    if isinstance(devices, (list, tuple)):
+        out.append(f"trainer.devices=[{','.join(str(int(d)) for d in devices)}]")
+    elif devices is not None:
+        out.append(f"trainer.devices={_quote(devices) if isinstance(devices, str) and ',' in devices else devices}")
+    return out
+
+
 
 
 @register_strategy("transfer_medical")
@@ -113,6 +126,9 @@ class TransferMedical(Strategy):
             "suite_name=_sources",
             f"tag=@ep{epochs}",  # source models of other lengths live beside, not over, each other
             f"trainer.max_epochs={epochs}",
+            # the source model trains where the run does (trainer.accelerator=cpu on a GPU machine
+            # stays on the CPU); with the default preset these equal the defaults: same config hash
+            *_device_overrides(cfg.get("trainer") or {}),
             "keep_checkpoints=true",
             f"paths.runs_dir={_quote(Path(ctx.cache_dir) / 'transfer_medical')}",
             f"paths.data_dir={_quote(cfg['paths']['data_dir'])}",
@@ -138,7 +154,9 @@ class TransferMedical(Strategy):
                 except RunLockedError:
                     log.info("source model %s is being trained by another process; waiting", run.path)
                     time.sleep(LOCK_POLL_S)
-        checkpoint = run.file("checkpoints") / f"{metrics['selection']['checkpoint']}.ckpt"
+        from dkbench.runner.checkpointing import BEST_WEIGHTS
+
+        checkpoint = run.file("checkpoints") / BEST_WEIGHTS  # the source run's selected (tested) weights
         if not checkpoint.exists():
             raise FileNotFoundError(f"source run {run.path} is done but has no {checkpoint.name}; delete the folder to retrain it")
         self._source = {
