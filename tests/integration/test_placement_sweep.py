@@ -22,9 +22,12 @@ def test_gpu_pack_sweep_places_runs_on_two_fake_devices(tmp_path):
     for seed, run in cells(tmp_path).items():
         cfg = OmegaConf.load(run / "config.yaml")
         assigned[seed] = (cfg.placement.assigned.device, cfg.threads)
-    assert sorted(assigned.values()) == [("0", 2), ("1", 2)], assigned  # one run per device, 4 // 2 threads
-    slots = sorted(p.name for p in (tmp_path / "runs/.placement").glob("*/slot-*.lock"))
-    assert slots == ["slot-0-0.lock", "slot-1-0.lock"]
+    # each run got a slot on one of the two fake devices and 4 // 2 host threads; which device is
+    # timing-dependent (a job that starts after the other finished may take device 0 again), so
+    # "distinct devices for concurrent jobs" is proven in tests/unit/test_placement.py instead
+    assert set(assigned) == {"seed_0", "seed_1"} and all(d in ("0", "1") and t == 2 for d, t in assigned.values()), assigned
+    slots = {p.name for p in (tmp_path / "runs/.placement").glob("*/slot-*.lock")}
+    assert slots and slots <= {"slot-0-0.lock", "slot-1-0.lock"}, slots
 
     rerun = cli(tmp_path, "sweep", *SMOKE, "suite.seeds=[0,1]", "placement.devices=0").stdout
     assert "2 already done (skipped)" in rerun, "the config hash must not depend on the placement"

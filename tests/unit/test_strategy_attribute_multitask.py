@@ -20,7 +20,7 @@ from dkbench.data.spec import DatasetArrays, SplitArrays
 from dkbench.metrics.classification import per_sample_loss
 from dkbench.runner.compose import compose_config
 from dkbench.strategies import IncompatibleStrategyError, StrategyContext, create_strategy
-from dkbench.strategies.catalogue.attribute_multitask import attribute_losses
+from dkbench.strategies.catalogue.attribute_multitask import attribute_loss
 from tests.conftest import require_file
 
 SIZE = 32  # the probe's smallest size: keeps the training test fast on a busy machine
@@ -85,13 +85,15 @@ def test_missing_attributes_are_ignored():
     logits = [torch.randn(4, 2, requires_grad=True), torch.randn(4, 3, requires_grad=True),
               torch.randn(4, 2, requires_grad=True)]
     attrs = torch.tensor([[0, 2, -1], [-1, 1, -1], [1, -1, -1], [1, 0, -1]])
-    losses = attribute_losses(logits, attrs)
-    assert len(losses) == 2  # the third attribute is unknown for every sample: left out
-    known = attrs[:, 0] >= 0
-    assert torch.allclose(losses[0], F.cross_entropy(logits[0][known], attrs[known, 0]))
-    torch.stack(losses).mean().backward()
+    loss = attribute_loss(logits, attrs)
+    # the third attribute is unknown for every sample: left out of the mean over attributes
+    known0, known1 = attrs[:, 0] >= 0, attrs[:, 1] >= 0
+    expected = (F.cross_entropy(logits[0][known0], attrs[known0, 0])
+                + F.cross_entropy(logits[1][known1], attrs[known1, 1])) / 2
+    assert torch.allclose(loss, expected)
+    loss.backward()
     assert (logits[0].grad[1] == 0).all() and (logits[1].grad[2] == 0).all()  # -1 rows get no gradient
-    assert logits[0].grad[0].abs().sum() > 0
+    assert logits[0].grad[0].abs().sum() > 0 and (logits[2].grad == 0).all()
     # a batch where nothing is known: an attribute term of exactly 0 that keeps the graph
     strategy = create_strategy("attribute_multitask")
     out = {"attr_logits": logits}

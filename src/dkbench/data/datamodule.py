@@ -260,6 +260,13 @@ class DKDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # resident batches are gathered on the device already: skip Lightning's walk over the
+        # batch dict (one `apply_to_collection` per key, every step), which is pure host overhead
+        if self.resident and batch["image"].device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if self.trainer is not None and self.trainer.training and self.augment.enabled:
             generator = self.generator_for(batch["image"].device)

@@ -135,8 +135,11 @@ class HandcraftedVectors(Strategy):
             raise ValueError(f"strategy '{self.name}': no feature split for stage '{stage}'")
         if "index" not in batch:
             raise KeyError(f"strategy '{self.name}' needs batch['index'] to look up its cached features")
-        idx = torch.as_tensor(batch["index"]).long().cpu()
-        return table[STAGE_SPLITS[stage]].index_select(0, idx).to(batch["image"].device)
+        device = batch["image"].device
+        rows = table[STAGE_SPLITS[stage]]
+        if rows.device != device:  # moved to the run's device once, then gathered there (no sync)
+            rows = table[STAGE_SPLITS[stage]] = rows.to(device)
+        return rows.index_select(0, torch.as_tensor(batch["index"]).long().to(device))
 
     def transform_batch(self, batch: dict, stage: str) -> dict:
         batch = dict(batch)

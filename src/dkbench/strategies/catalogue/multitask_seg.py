@@ -117,10 +117,10 @@ def soft_dice_loss(seg_logits: torch.Tensor, mask: torch.Tensor, smooth: float =
     target = mask.flatten(1)
     inter = (prob * target).sum(1)
     dice = (2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)
-    has_lesion = target.sum(1) > 0
-    if not bool(has_lesion.any()):
-        return seg_logits.sum() * 0.0  # keeps the graph; BCE alone supervises this batch
-    return (1 - dice)[has_lesion].mean()
+    # masked mean, not `if has_lesion.any()`: no host sync per step; 0 (graph kept) when no
+    # image has a lesion, and BCE alone supervises that batch
+    has_lesion = (target.sum(1) > 0).float()
+    return ((1 - dice) * has_lesion).sum() / has_lesion.sum().clamp_min(1.0)
 
 
 def hard_dice(seg_logits: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

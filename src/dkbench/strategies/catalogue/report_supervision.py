@@ -89,21 +89,26 @@ def alignment_loss(proj: torch.Tensor, target: torch.Tensor, kind: str = "cosine
     """Alignment of image projections (B, V) with report vectors (B, V); rows whose report
     vector is all zero (no word of the vocabulary) are left out."""
     proj, target = proj.float(), target.float()
-    keep = target.abs().sum(1) > 0
-    if not bool(keep.any()):
-        return proj.sum() * 0.0
-    proj, target = proj[keep], target[keep]
+    # masks instead of boolean indexing: no host sync per training step
+    keep = (target.abs().sum(1) > 0).float()
+    n_keep = keep.sum().clamp_min(1.0)
+
+    def masked_mean(per_row: torch.Tensor) -> torch.Tensor:  # 0 (graph kept) when no row is kept
+        return (per_row * keep).sum() / n_keep
+
     if kind == "cosine":
-        return (1 - F.cosine_similarity(proj, target, dim=1)).mean()
+        return masked_mean(1 - F.cosine_similarity(proj, target, dim=1))
     if kind == "mse":
-        return F.mse_loss(proj, target)
+        return masked_mean((proj - target).pow(2).mean(1))
     if kind == "contrastive":
         p, t = F.normalize(proj, dim=1), F.normalize(target, dim=1)
         logits = p @ t.T / temperature
-        same = (t @ t.T > 1 - 1e-6).float()  # identical reports are positives of each other
-        soft = same / same.sum(1, keepdim=True)
-        i2t = -(soft * logits.log_softmax(1)).sum(1).mean()
-        t2i = -(soft * logits.T.log_softmax(1)).sum(1).mean()  # `same` is symmetric
+        pair = keep[:, None] * keep[None, :]  # dropped rows are neither anchors nor candidates
+        logits = logits.masked_fill(pair == 0, -1e4)
+        same = (t @ t.T > 1 - 1e-6).float() * pair  # identical reports are positives of each other
+        soft = same / same.sum(1, keepdim=True).clamp_min(1.0)
+        i2t = masked_mean(-(soft * logits.log_softmax(1)).sum(1))
+        t2i = masked_mean(-(soft * logits.T.log_softmax(1)).sum(1))  # `same` is symmetric
         return (i2t + t2i) / 2
     raise ValueError(f"report_supervision: loss must be one of {LOSSES}, got {kind!r}")
 
@@ -121,6 +126,8 @@ class ReportSupervision(Strategy):
         self.vectorizer: Any = None
         self.train_vectors: torch.Tensor | None = None  # (N_train, V) TF-IDF of the train texts
         self.row_of: dict[str, int] = {}
+        self._rows_checked = False
+        self._device_vectors: torch.Tensor | None = None
         self.warnings: list[str] = []
 
     # --- compatibility ---------------------------------------------------------------------
@@ -171,14 +178,21 @@ class ReportSupervision(Strategy):
 
     # --- training -----------------------------------------------------------------------------
     def report_vectors(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The TF-IDF vectors of a TRAINING batch's reports, looked up by sample id."""
+        """The TF-IDF vectors of a TRAINING batch's reports: row `batch["index"]` (the train split's
+        order, which `train_vectors` follows). The first call also checks the batch's ids against
+        those rows, once (a host read); later steps stay on the device, with no per-step sync."""
         assert self.train_vectors is not None
-        try:
-            rows = [self.row_of[str(i)] for i in batch["id"]]
-        except KeyError as err:
-            raise KeyError(f"report_supervision: sample {err} is not in the train split; the report "
-                           f"target exists for training samples only") from None
-        return self.train_vectors[torch.as_tensor(rows)].to(device)
+        index = torch.as_tensor(batch["index"]).long()
+        if not self._rows_checked:
+            host = index.cpu().tolist()
+            for sample, row in zip(np.asarray(batch["id"]).tolist(), host):
+                if self.row_of.get(str(sample)) != row:
+                    raise KeyError(f"report_supervision: sample '{sample}' is not in the train split at row "
+                                   f"{row}; the report target exists for training samples only")
+            self._rows_checked = True
+        if self._device_vectors is None or self._device_vectors.device != device:
+            self._device_vectors = self.train_vectors.to(device)  # moved once, not every batch
+        return self._device_vectors.index_select(0, index.to(device))
 
     def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
         terms = {"task": per_sample_loss.mean()}
