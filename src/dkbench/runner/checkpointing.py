@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
+
+from dkbench.runner.run_folder import atomic_file, fsync_dir
 
 log = logging.getLogger("dkbench")
 
@@ -61,34 +62,10 @@ class CheckpointSettings:
         return cls(n, float(minutes) if minutes is not None else None)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Makes a rename durable (the directory entry), where the OS allows opening a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """`torch.save` through `atomic_file`: the old file or the complete new one, never half."""
+    with atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 class BestWeights(Checkpoint):
@@ -210,7 +187,7 @@ class PeriodicLastCheckpoint(Checkpoint):
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.path)
-                _fsync_dir(self.dirpath)
+                fsync_dir(self.dirpath)
         except (OSError, RuntimeError) as err:  # full disk: torch.save raises RuntimeError
             log.warning("could not write %s (%s: %s); the previous one is kept", self.path, type(err).__name__, err)
             tmp.unlink(missing_ok=True)

@@ -50,18 +50,43 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename durable (the directory entry), where the OS allows opening a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
+    """The one home of atomic writes: yields a handle on a temporary file beside `path`; on
+    success it is flushed, fsynced and renamed over `path` (then the folder is fsynced), on any
+    failure (an exception, Ctrl-C, a full disk) it is removed, so `path` is either the old file
+    or the complete new one, never a truncated one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
 
 
 class RunFolder:
@@ -98,15 +123,8 @@ class RunFolder:
         """Compressed numpy arrays (e.g. predicted masks), written atomically like the rest."""
         import numpy as np
 
-        path = self.file(name)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.file(name), "wb") as fh:
+            np.savez_compressed(fh, **arrays)
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text())
