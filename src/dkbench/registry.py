@@ -53,9 +53,15 @@ class Registry(Generic[T]):
         """
         if self._loaded or name in self._entries or not name.isidentifier() or name.startswith("_"):
             return
-        module = f"{self._package}.{name}"
+        module = f"{self._package}.{self._module_index().get(name, name)}"
         if importlib.util.find_spec(module) is not None:  # absent module: not an error, just a miss
             importlib.import_module(module)  # a broken module raises as the full scan would
+
+    def _module_index(self) -> dict[str, str]:
+        """`MODULES` of the axis package's `__init__` (name → module, for entries whose module is
+        named otherwise, e.g. a family file); tests/unit/test_registry.py keeps it truthful."""
+        pkg = importlib.import_module(self._package)  # type: ignore[arg-type]
+        return dict(getattr(pkg, "MODULES", {}))
 
     def _load(self) -> None:
         """Import every module of the axis package once: adding a file is all it takes."""

@@ -33,14 +33,52 @@ def test_lookup_imports_only_the_named_strategy():
 
 
 def test_name_without_its_own_module_falls_back_to_the_full_scan():
-    # `busi_seg` is registered by busi.py: no module of that name, so every reader loads.
+    # `busi_seg` is registered by busi.py; without its line in the package's MODULES index, the
+    # lookup finds no module of that name and loads every reader
     got = _fresh(
         "import json, sys\n"
+        "import dkbench.data.readers as readers\n"
+        "readers.MODULES.pop('busi_seg')\n"
         "from dkbench.data.registry import DATASETS\n"
         "entry = DATASETS.get('busi_seg')\n"
         "print(json.dumps({'ok': entry is not None, 'kvasir': 'dkbench.data.readers.kvasir' in sys.modules}))\n"
     )
     assert got == {"ok": True, "kvasir": True}
+
+
+def test_indexed_names_import_only_their_module_and_a_tinycnn_run_needs_no_monai():
+    got = _fresh(
+        "import json, sys\n"
+        "from dkbench.backbones import create_backbone\n"
+        "from dkbench.data.registry import DATASETS\n"
+        "from dkbench.backbones.registry import task_incompatibility\n"
+        "create_backbone('tinycnn', in_chans=1, img_size=28)\n"
+        "task_incompatibility('tinycnn', 'binary')\n"
+        "DATASETS.get('busi_seg')\n"
+        "zoo = sorted(m for m in sys.modules if m.startswith('dkbench.backbones.zoo.'))\n"
+        "readers = sorted(m for m in sys.modules if m.startswith('dkbench.data.readers.'))\n"
+        "print(json.dumps({'zoo': zoo, 'readers': readers, 'monai': 'monai' in sys.modules}))\n"
+    )
+    assert got == {"zoo": ["dkbench.backbones.zoo.tiny"], "readers": ["dkbench.data.readers.busi"], "monai": False}
+
+
+@pytest.mark.parametrize("package, registry", [("dkbench.backbones.zoo", "dkbench.backbones.registry:BACKBONES"),
+                                               ("dkbench.data.readers", "dkbench.data.registry:DATASETS")])
+def test_module_index_names_the_module_that_registers_each_entry(package, registry):
+    """MODULES is a second record of where names live: it must agree with the modules."""
+    import importlib
+
+    index = importlib.import_module(package).MODULES
+    module_name, attr = registry.split(":")
+    reg = getattr(importlib.import_module(module_name), attr)
+    reg.names()  # load everything
+    for name, module in index.items():
+        if name.startswith("timm_") and name not in reg:  # the optional extra is absent here
+            continue
+        entry = reg.get(name)
+        assert entry.__module__ == f"{package}.{module}", (name, entry.__module__)
+    unindexed = [n for n in reg.names() if n not in index and reg.get(n).__module__ != f"{package}.{n}"]
+    assert not unindexed, f"add these to {package}.MODULES: {unindexed}"
 
 
 def test_listing_still_loads_every_module():

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
 from dkbench.backbones.base import Backbone
@@ -28,7 +27,12 @@ class TinyCNN(Backbone):
         super().__init__()
         if len(widths) != len(strides):
             raise ValueError(f"tinycnn: widths {list(widths)} and strides {list(strides)} differ in length")
-        conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"tinycnn: spatial_dims must be 2 or 3, got {spatial_dims}")
+        # plain torch layers (same parameter names as MONAI's factories would give): a tinycnn run
+        # never imports MONAI, whose package import loads all of its ~430 modules
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        norm = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
         self.in_chans, self.spatial_dims = in_chans, spatial_dims
         blocks, c_in = [], in_chans
         for c_out, stride in zip(widths, strides):
