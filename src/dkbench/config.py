@@ -23,6 +23,22 @@ def config_dir() -> Path:
     )
 
 
+def group_entry(group: str, name: str) -> dict:
+    """One group config as a plain dict with its same-group parents merged under it.
+
+    A variant such as ``dataset/probe_clean.yaml`` lists ``defaults: [probe, _self_]`` and holds
+    only what differs; Hydra merges the parent when composing, and readers of the raw file
+    (`dkbench list`, config tests) must do the same or see a config without its fields. Only
+    plain same-group entries are parents; ``override /...`` entries concern other groups."""
+    import yaml
+
+    raw = yaml.safe_load((config_dir() / group / f"{name}.yaml").read_text()) or {}
+    defaults = raw.pop("defaults", None) or []
+    parents = [d for d in defaults if isinstance(d, str) and d != "_self_"]
+    merged = OmegaConf.merge(*(group_entry(group, parent) for parent in parents), raw) if parents else raw
+    return OmegaConf.to_container(OmegaConf.create(merged)) if parents else raw
+
+
 def _int_mul(value: int, factor: float) -> int:
     return int(round(float(value) * float(factor)))
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from dkbench.config import config_dir
+from dkbench.config import config_dir, group_entry
 
 
 def _yaml_entries(group: str) -> dict[str, dict]:
-    return {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((config_dir() / group).glob("*.yaml"))}
+    return {p.stem: group_entry(group, p.stem) for p in sorted((config_dir() / group).glob("*.yaml"))}
 
 
 def _first_comment(path: Path) -> str:

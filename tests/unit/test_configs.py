@@ -7,7 +7,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from dkbench.backbones import BACKBONES, IncompatibleInputError, create_backbone
-from dkbench.config import config_dir
+from dkbench.config import config_dir, group_entry
 from dkbench.data.loading import spec_from_config
 from dkbench.data.registry import DATASETS
 from dkbench.registry import UnknownNameError
@@ -28,7 +28,7 @@ def test_every_registry_entry_has_a_yaml_and_back():
     # timm entries register only when the optional `dkbench[timm]` extra is installed
     assert {n for n in names if not n.startswith("timm_")} == {n for n in BACKBONES.names() if not n.startswith("timm_")}
     assert set(BACKBONES.names()) <= names
-    readers = {OmegaConf.load(config_dir() / "dataset" / f"{d}.yaml").reader for d in DATASET_CONFIGS}
+    readers = {group_entry("dataset", d)["reader"] for d in DATASET_CONFIGS}
     assert readers <= set(DATASETS.names())
 
 
@@ -45,7 +45,7 @@ def test_every_dataset_composes_with_every_backbone(dataset):
 
 
 _INPUTS = sorted({(s.in_chans, s.spatial_dims, s.size) for s in (
-    spec_from_config(OmegaConf.load(config_dir() / "dataset" / f"{d}.yaml")) for d in DATASET_CONFIGS)})
+    spec_from_config(OmegaConf.create(group_entry("dataset", d))) for d in DATASET_CONFIGS)})
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES.names()))
@@ -95,3 +95,16 @@ def test_experiment_preset_is_the_medmnist_v2_protocol():
     assert cfg.data.batch_size == 128 and cfg.model.optimizer.lr == pytest.approx(1e-3)
     assert list(cfg.model.scheduler.milestones) == [50, 75] and cfg.model.scheduler.gamma == pytest.approx(0.1)
     assert not any(cfg.data.augment.values()) and cfg.monitor.metric == "val/auroc"
+
+
+def test_variant_dataset_configs_inherit_their_parent():
+    """probe_clean holds only what differs from probe (the shortcut off): the raw-file readers
+    (`dkbench list`, the checks above) see the merged config, and so does Hydra."""
+    clean, probe = group_entry("dataset", "probe_clean"), group_entry("dataset", "probe")
+    assert clean["name"] == "probe_clean" and clean["reader"] == probe["reader"]
+    assert clean["options"]["shortcut"]["enabled"] is False and probe["options"]["shortcut"]["enabled"] is True
+    assert {k: v for k, v in clean["options"].items() if k != "shortcut"} == \
+        {k: v for k, v in probe["options"].items() if k != "shortcut"}
+    cfg = compose_config(["dataset=probe_clean"])
+    assert cfg.dataset.options.shortcut.enabled is False
+    assert OmegaConf.to_container(cfg.dataset.options.radius) == probe["options"]["radius"]

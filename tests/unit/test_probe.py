@@ -16,6 +16,7 @@ from dkbench.data.readers.probe import (
     parse_report,
     read_probe,
     report_variants,
+    resolve_options,
 )
 from dkbench.data.registry import DATASETS
 from dkbench.data.spec import DatasetSpec
@@ -230,3 +231,17 @@ def test_other_sizes():
     sp = generate_split(20, size=128, options={"shortcut": SHORTCUT})
     assert sp.image.shape == (20, 1, 128, 128) and sp.extras["views"].shape == (20, 2, 1, 128, 128)
     assert (sp.extras["mask"].sum(axis=(1, 2, 3)) > 0).all()
+
+
+def test_radius_option_scales_lesions_and_keeps_the_default_images():
+    """`radius` (issue 10 calibration): the default range regenerates the original images; a
+    larger range gives larger masks, with difficulty's size term relative to the range."""
+    base = generate_split(64, options={"seed": 5})
+    same = generate_split(64, options={"seed": 5, "radius": [4, 12]})
+    np.testing.assert_array_equal(base.image, same.image)
+    big = generate_split(64, options={"seed": 5, "radius": [8, 16]})
+    assert big.extras["mask"].sum() > 1.5 * base.extras["mask"].sum()
+    assert 0.0 <= big.extras["difficulty"].min() and big.extras["difficulty"].max() <= 1.0
+    for bad in ([12, 4], [0.5, 4], [4, 30], [4]):
+        with pytest.raises(ValueError, match="radius"):
+            resolve_options({"radius": bad})

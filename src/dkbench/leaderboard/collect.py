@@ -118,6 +118,9 @@ def _grid(suite: dict) -> tuple[str, list[str], list[str], list[str], list[Any]]
 def _out_of_grid(runs_dir: Path, suite: dict) -> list[Path]:
     name, datasets, backbones, strategies, seeds = _grid(suite)
     known = {(d, b, s, str(k)) for d in datasets for b in backbones for s in strategies for k in seeds}
+    from dkbench.leaderboard.controls import control_cells  # the suite's shortcut controls are run too
+
+    known |= control_cells(suite)
     extra = []
     for folder in sorted((runs_dir / name).glob("*/*__*/seed_*")):
         if not folder.is_dir():

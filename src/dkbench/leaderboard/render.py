@@ -46,6 +46,8 @@ class Tables:
     per_image: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: post-processing vs baseline and vs its own raw output (dkbench.leaderboard.stats.raw_effects)
     raw_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: shortcut controls: ceiling, floor, gap recovered (dkbench.leaderboard.controls); empty without controls
+    recovery: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def rank_metric(self) -> str:
@@ -237,6 +239,45 @@ def raw_effects_table(t: Tables) -> pd.DataFrame:
     })
 
 
+def recovery_display(t: Tables) -> pd.DataFrame:
+    """Control rows (ceiling, floor) and each strategy's shortcut gap recovered, as text."""
+    r = t.recovery
+    if r.empty:
+        return pd.DataFrame()
+    level = round(100 * (1 - t.alpha))
+
+    def score(row) -> str:
+        if row["n"] == 0:
+            return "no done run"
+        sd = "" if pd.isna(row["std"]) else f" ± {fmt(row['std'])}"
+        return f"{fmt(row['mean'])}{sd} ({int(row['n'])})"
+
+    def recovered(row) -> str:
+        if row["role"] != "strategy":
+            return f"{fmt(row['recovered'], 2)} (definition)" if pd.notna(row["recovered"]) else "n/a"
+        if pd.isna(row["recovered"]):
+            return "n/a"
+        ci = "" if pd.isna(row["ci_low"]) else f" [{fmt(row['ci_low'], 2)}, {fmt(row['ci_high'], 2)}]"
+        return f"{fmt(row['recovered'], 2)}{ci} (n={int(row['n_pairs'])})"
+
+    names = {"ceiling": "ceiling: {s} on {on}", "floor": "floor: {s} on {on}", "strategy": "{s}"}
+    return pd.DataFrame({
+        "dataset": r["dataset"], "backbone": r["backbone"],
+        "row": [names[role].format(s=s, on=on) for role, s, on in zip(r["role"], r["strategy"], r["on"], strict=True)],
+        f"{t.rank_metric} (n)": r.apply(score, axis=1),
+        f"gap recovered [{level}% CI] (n)": r.apply(recovered, axis=1),
+        "note": r["note"]})
+
+
+RECOVERY_LEGEND = (
+    "The suite's shortcut controls. Ceiling: the control strategy on the same data without the shortcut (what the "
+    "task supports); floor: the same strategy with the shortcut (what reading the shortcut leaves at test). Gap "
+    "recovered = (strategy − floor) / (ceiling − floor), computed per training seed from runs of the same seed, "
+    "then mean and a two-sided t interval over those seeds (n); no interval with fewer than {min_seeds} seeds. "
+    "0 = no better than the shortcut-fooled baseline, 1 = as good as a baseline that never saw the shortcut; "
+    "values above 1 are possible (a strategy may use knowledge the plain baseline cannot read).")
+
+
 def not_done_table(long: pd.DataFrame) -> pd.DataFrame:
     cells = long.drop_duplicates(["dataset", "backbone", "strategy", "seed"])
     cells = cells[cells["status"] != "done"]
@@ -305,6 +346,9 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
     for metric in [m for m in t.metrics if m != t.rank_metric]:
         out += [f"### Leaderboard ({metric})", "",
                 md_table(leaderboard_table(t, bold=True, sparse=True, metric=metric)), ""]
+    if not t.recovery.empty:
+        out += ["## Shortcut controls: ceiling, floor and the gap recovered", "", _legend(RECOVERY_LEGEND, t), "",
+                md_table(recovery_display(t)), ""]
     if not t.raw_effects.empty:
         out += ["## Post-processing: against the baseline and against the run's own raw output", "",
                 _legend(RAW_LEGEND, t), "", md_table(raw_effects_table(t)), ""]
@@ -431,6 +475,9 @@ def render_html(t: Tables) -> str:
              f'<p class="legend">{e(_legend(LEGEND, t))}</p>']
     for metric in [m for m in t.metrics if m != t.rank_metric]:
         body += [f"<h3>Leaderboard ({e(metric)})</h3>", html_table(leaderboard_table(t, metric=metric))]
+    if not t.recovery.empty:
+        body += ["<h2>Shortcut controls: ceiling, floor and the gap recovered</h2>",
+                 f'<p class="legend">{e(_legend(RECOVERY_LEGEND, t))}</p>', html_table(recovery_display(t))]
     if not t.raw_effects.empty:
         body += ["<h2>Post-processing: against the baseline and against the run's own raw output</h2>",
                  f'<p class="legend">{e(_legend(RAW_LEGEND, t))}</p>', html_table(raw_effects_table(t))]

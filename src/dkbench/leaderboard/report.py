@@ -9,6 +9,7 @@ import pandas as pd
 
 from dkbench.leaderboard import plots, render, stats
 from dkbench.leaderboard.collect import collect_runs, status_counts
+from dkbench.leaderboard.controls import collect_controls, recovery_table
 from dkbench.leaderboard.per_image import per_image_deltas
 
 
@@ -44,9 +45,11 @@ def build_tables(runs_dir: str | Path, suite: dict, *, alpha: float = stats.ALPH
     per_metric = [df for df in per_metric if not df.empty]
     images = pd.concat(per_metric, ignore_index=True) if per_metric else pd.DataFrame()
     raw = stats.raw_effects(long, deltas, baseline, metrics, alpha=alpha)
+    recovery = recovery_table(long, collect_controls(runs_dir, suite), suite, rank_metric, alpha=alpha)
     return render.Tables(suite={**suite, "rank_metric": rank_metric, "baseline": baseline}, long=long, agg=agg,
                          deltas=deltas, cross=cross, rank_long=rank_long, avg_ranks=avg, cd=cd, cd_message=cd_msg,
-                         metrics=metrics, alpha=alpha, per_image=images, raw_effects=raw)
+                         metrics=metrics, alpha=alpha, per_image=images, raw_effects=raw,
+                         recovery=recovery)
 
 
 def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
@@ -57,7 +60,8 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
     aggregated table), ``leaderboard.tex``, ``runs_long.csv`` (tidy table), ``deltas.csv``,
     ``cross_dataset.csv``, ``ranks.csv``, ``per_image.csv`` (segmentation: image-paired Wilcoxon; empty
     otherwise), ``raw_effects.csv`` (post-processing vs the baseline and vs its own raw output; empty
-    when no strategy logs ``*_raw``), ``heatmap_delta.png``, ``bars.png`` and
+    when no strategy logs ``*_raw``), ``shortcut_recovery.csv`` (ceiling, floor and each strategy's
+    shortcut gap recovered, for suites with ``controls``; empty otherwise), ``heatmap_delta.png``, ``bars.png`` and
     ``cd_diagram.png`` (only with ≥ 5 complete datasets). Returns ``{"paths": {name: Path},
     "markdown": str, "counts": {status: runs}, "cd": message, "tables": Tables}`` (paths keyed
     by file name)."""
@@ -80,7 +84,7 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
 
     for name, df in {"leaderboard.csv": t.agg, "runs_long.csv": t.long, "deltas.csv": t.deltas,
                      "cross_dataset.csv": t.cross, "ranks.csv": t.rank_long, "per_image.csv": t.per_image,
-                     "raw_effects.csv": t.raw_effects}.items():
+                     "raw_effects.csv": t.raw_effects, "shortcut_recovery.csv": t.recovery}.items():
         df.to_csv(out / name, index=False)
         paths[name] = out / name
     markdown = render.render_markdown(t, links)

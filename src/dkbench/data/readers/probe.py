@@ -11,6 +11,11 @@ its knowledge is *guaranteed* to be present, and with a knob that sets how usefu
   rendered from the parameters and the attributes are the parameters thresholded at the
   middle, so at ``signal=0`` the lesion says nothing about the label and at ``signal=1`` each
   descriptor separates the classes with d' = 4 (the four together: almost perfectly).
+* ``radius`` ([r_min, r_max], px at 64 px): the lesion's equivalent radius is drawn uniformly
+  from this range. With the original 4-12 px the lesion was too small to be read through the
+  speckle by a small CNN at the suite's budget (issue 10); the calibrated default lives in
+  configs/dataset/probe.yaml (docs/results/probe_calibration.md), the reader's default keeps
+  the original range so that old option sets regenerate the same images.
 * ``shortcut``: a bright square marker in the top-left corner whose presence agrees with
   "malignant" at an exact rate in train/val and at another rate (0.5: chance) in test; a
   model that reads the marker fails on test (probes attention supervision, ROI input).
@@ -59,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "n_val": 500,
     "n_test": 1000,
     "signal": 0.5,
+    "radius": (4.0, 12.0),
     "normal_class": False,
     "age_gap": 10.0,
     "distractors": 1,
@@ -94,7 +100,7 @@ _MIDDLE = (_MU_BENIGN + _MU_MALIGNANT) / 2  # attribute thresholds
 _CLIP_LO = np.array([0.0, -0.85, 0.15, 0.2])
 _CLIP_HI = np.array([0.6, 0.85, 4.5, 0.97])
 
-_R_MIN, _R_MAX = 4.0, 12.0  # equivalent lesion radius range, px at 64 px
+_R_MIN, _R_MAX = DEFAULTS["radius"]  # default equivalent lesion radius range, px at 64 px (option `radius`)
 _N_ANGLES = 512  # angular resolution of the lesion outline table
 _DYN_RANGE_DB = 45.0  # log compression
 _CHUNK = 64  # images rendered at once (keeps temporaries in cache)
@@ -109,8 +115,8 @@ _CHUNK = 64  # images rendered at once (keeps temporaries in cache)
 #: is nearly label-independent. Normal images (no lesion): 0.5.
 DIFFICULTY_FORMULA = (
     "0.5*clip((sqrt(A_max)-sqrt(mask_area))/(sqrt(A_max)-sqrt(A_min)),0,1) + "
-    "0.5*clip((0.35-c)/(0.35-0.02),0,1); A_min/A_max = pi*r^2 at r = "
-    f"{_R_MIN}/{_R_MAX} px (x size/64); c = (mean grey of a 4 px ring around the mask bbox "
+    "0.5*clip((0.35-c)/(0.35-0.02),0,1); A_min/A_max = pi*r^2 at the ends of options.radius "
+    f"(default {_R_MIN}/{_R_MAX} px; x size/64); c = (mean grey of a 4 px ring around the mask bbox "
     "outside the mask - mean grey inside the mask)/255; normal images: 0.5"
 )
 
@@ -216,6 +222,11 @@ def resolve_options(options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         opts[key] = int(opts[key])
         if opts[key] < 0:
             raise ValueError(f"probe: option {key} must be >= 0, got {opts[key]}")
+    radius = tuple(float(r) for r in opts["radius"])
+    if len(radius) != 2 or not 1.0 <= radius[0] <= radius[1] <= 24.0:
+        raise ValueError(f"probe: option radius must be [r_min, r_max] with 1 <= r_min <= r_max <= 24 "
+                         f"(px at 64 px), got {opts['radius']}")
+    opts["radius"] = list(radius)
     opts["signal"] = float(opts["signal"])
     if not 0.0 <= opts["signal"] <= 1.0:
         raise ValueError(f"probe: option signal must be in [0, 1], got {opts['signal']}")
@@ -480,7 +491,8 @@ def generate_split(
     blur = blur * scale
 
     # geometry (same lesion in both views; only position, tilt and contour phase change)
-    r_eq = rng.uniform(_R_MIN, _R_MAX, n) * scale
+    r_min, r_max = opts["radius"]
+    r_eq = rng.uniform(r_min, r_max, n) * scale
     rx = r_eq * np.exp(-log_aspect / 2)
     ry = r_eq * np.exp(log_aspect / 2)
     table = _outline_table(rng, n, irregularity)
@@ -517,8 +529,10 @@ def generate_split(
 
     # difficulty: small and low-contrast lesions are hard
     area = mask.sum(axis=(1, 2)).astype(np.float64)
-    a_min, a_max = np.pi * (_R_MIN * scale) ** 2, np.pi * (_R_MAX * scale) ** 2
-    size_term = np.clip((np.sqrt(a_max) - np.sqrt(area)) / (np.sqrt(a_max) - np.sqrt(a_min)), 0, 1)
+    a_min, a_max = np.pi * (r_min * scale) ** 2, np.pi * (r_max * scale) ** 2
+    # relative to the configured range, so "small" means small for this probe (equal ends: 0)
+    span = max(np.sqrt(a_max) - np.sqrt(a_min), 1e-9)
+    size_term = np.clip((np.sqrt(a_max) - np.sqrt(area)) / span, 0, 1)
     pad = 4 * scale
     gy = np.arange(size)[None, :, None]
     gx = np.arange(size)[None, None, :]
@@ -545,7 +559,7 @@ def generate_split(
     age = np.where(malignant, 48.0 + opts["age_gap"], 48.0) + 12.0 * rng.standard_normal(n)
     age = np.where(has_lesion, age, 46.0 + 12.0 * rng.standard_normal(n))
     age = np.clip(np.round(age), 18, 95)
-    size_norm = (r_eq / scale - _R_MIN) / (_R_MAX - _R_MIN)
+    size_norm = (r_eq / scale - r_min) / max(r_max - r_min, 1e-9)
     p_palp = np.where(has_lesion, 0.15 + 0.2 * malignant + 0.35 * size_norm, 0.03)
     palpable = (rng.uniform(0, 1, n) < p_palp).astype(np.float64)
     metadata = np.stack([age, palpable], axis=1).astype(np.float32)
