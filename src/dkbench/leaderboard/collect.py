@@ -107,6 +107,15 @@ def read_cell(path: Path) -> tuple[str, str, dict[str, float]]:
     return "incomplete", "interrupted (no status.json)", {}
 
 
+def cell_rows(base: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """A run folder as long-format rows: one per metric, or one NaN row carrying its status."""
+    status, reason, metrics = read_cell(path)
+    if metrics:
+        return [{**base, "metric": m, "value": v, "status": status, "reason": reason}
+                for m, v in sorted(metrics.items())]
+    return [{**base, "metric": math.nan, "value": math.nan, "status": status, "reason": reason}]
+
+
 def _grid(suite: dict) -> tuple[str, list[str], list[str], list[str], list[Any]]:
     try:
         return (str(suite["name"]), [str(d) for d in suite["datasets"]], [str(b) for b in suite["backbones"]],
@@ -144,12 +153,7 @@ def collect_runs(runs_dir: str | Path, suite: dict) -> pd.DataFrame:
             for strategy in strategies:
                 for seed in seeds:
                     base = dict(suite=name, dataset=dataset, backbone=backbone, strategy=strategy, seed=seed)
-                    status, reason, metrics = read_cell(cell_dir(runs_dir, name, dataset, backbone, strategy, seed))
-                    if metrics:
-                        rows += [{**base, "metric": m, "value": v, "status": status, "reason": reason}
-                                 for m, v in sorted(metrics.items())]
-                    else:
-                        rows.append({**base, "metric": math.nan, "value": math.nan, "status": status, "reason": reason})
+                    rows += cell_rows(base, cell_dir(runs_dir, name, dataset, backbone, strategy, seed))
     long = pd.DataFrame(rows, columns=COLUMNS)
     long["value"] = long["value"].astype(float)
     long["metric"] = long["metric"].astype(object)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from dkbench.leaderboard.collect import COLUMNS, cell_dir, read_cell
+from dkbench.leaderboard.collect import COLUMNS, cell_dir, cell_rows
 from dkbench.leaderboard.stats import ALPHA, MIN_SEEDS
 
 RECOVERY_COLUMNS = ["dataset", "backbone", "role", "strategy", "on", "metric", "n", "mean", "std", "n_pairs",
@@ -56,13 +56,7 @@ def collect_controls(runs_dir: str | Path, suite: Mapping[str, Any]) -> pd.DataF
             for seed in suite["seeds"]:
                 base = dict(suite=suite["name"], dataset=spec["ceiling"], backbone=backbone,
                             strategy=spec["strategy"], seed=seed)
-                path = cell_dir(runs_dir, suite["name"], spec["ceiling"], backbone, spec["strategy"], seed)
-                status, reason, metrics = read_cell(path)
-                if metrics:
-                    rows += [{**base, "metric": m, "value": v, "status": status, "reason": reason}
-                             for m, v in sorted(metrics.items())]
-                else:
-                    rows.append({**base, "metric": math.nan, "value": math.nan, "status": status, "reason": reason})
+                rows += cell_rows(base, cell_dir(runs_dir, suite["name"], spec["ceiling"], backbone, spec["strategy"], seed))
     out = pd.DataFrame(rows, columns=COLUMNS)
     out["value"] = out["value"].astype(float)
     return out
