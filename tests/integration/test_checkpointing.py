@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,7 +97,8 @@ def test_last_ckpt_cadence_and_removal(tiny_run, monkeypatch):
     monkeypatch.setattr(PeriodicLastCheckpoint, "save", counting_save)
     _, run = tiny_run("trainer.max_epochs=5", "checkpoint.last_every_n_epochs=2", "checkpoint.last_every_minutes=null")
     assert saves == [1, 3]
-    assert torch.load(run / "checkpoints" / LAST, map_location="cpu", weights_only=False)["epoch"] == 3
+    # tensors and plain containers only: the resume reads it with weights_only=True
+    assert torch.load(run / "checkpoints" / LAST, map_location="cpu", weights_only=True)["epoch"] == 3
 
     saves.clear()
     _, run = tiny_run("trainer.max_epochs=2", "checkpoint.last_every_n_epochs=1", "keep_checkpoints=false", "tag=@gone")
@@ -201,3 +203,27 @@ def test_compiled_network_trains_one_epoch(tiny_run):
     saved = torch.load(run / "checkpoints" / BEST_WEIGHTS, map_location="cpu", weights_only=True)
     assert not any("_orig_mod" in k for k in saved["state_dict"])
     assert json.loads((run / "metadata.json").read_text())["params"] > 0
+
+
+class _Planted:
+    """Unpickling this runs code: what a hostile checkpoint would carry."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_a_planted_last_ckpt_is_refused_without_running_its_code(tmp_path, monkeypatch):
+    from dkbench.runner.compose import compose_config
+
+    from tests.conftest import TINY_PROBE
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config([*TINY_PROBE, f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}"])
+    ckpt_dir = Path(cfg.paths.run_dir) / "checkpoints"  # an unfinished folder: the runner would resume
+    ckpt_dir.mkdir(parents=True)
+    torch.save({"epoch": 0, "evil": _Planted()}, ckpt_dir / LAST)
+    with pytest.raises(Exception, match="(?i)weights.only|unsupported global"):
+        train_mod.train(cfg)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()

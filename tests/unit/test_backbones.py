@@ -332,3 +332,22 @@ def test_timm_local_weights(tmp_path):
     _assert_same(src, dst)
     with pytest.raises(IncompatibleInputError, match="32"):
         create_backbone("timm_convnext_atto", in_chans=3, img_size=28)
+
+
+class _Planted:
+    """Unpickling this runs code: what a hostile weights file would carry."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_BY_WEIGHTS",))
+
+
+def test_weights_file_with_pickled_objects_is_refused_and_never_unpickled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src = _fresh("resnet18_28", seed=1)
+    torch.save({"state_dict": src.state_dict(), "hyper_parameters": _Planted()}, tmp_path / "evil.ckpt")
+    with pytest.raises(WeightsMismatchError, match="never unpickles") as err:
+        load_local_weights(_fresh("resnet18_28", seed=2), tmp_path / "evil.ckpt")
+    assert "weights_only.pt" in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert not (tmp_path / "PWNED_BY_WEIGHTS").exists()

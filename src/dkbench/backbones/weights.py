@@ -68,16 +68,21 @@ def check_weights_file(path: str | os.PathLike) -> str:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a file and return its flat name → tensor state dict (still with any prefix).
 
-    Loads with ``weights_only=True``; a checkpoint that also pickles other Python objects
-    (Lightning hyper-parameters of custom classes) falls back to a full unpickle, which runs
-    code from the file: only pass files you trust.
+    Loads with ``weights_only=True`` only: a file that pickles other Python objects (e.g. the
+    hyper-parameters of custom classes) is refused, never unpickled, because unpickling runs
+    code from the file. The error says how to strip such a file down to its tensors.
     """
     path = check_weights_file(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning("%s holds more than tensors; loading it with weights_only=False", path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise WeightsMismatchError(
+            f"{path}: holds pickled Python objects beyond tensors ({reason}); dkbench never unpickles them "
+            f"(that runs code from the file). If you trust the file, save its tensors alone and point "
+            f"backbone.weights at the result: python -c \"import torch; c = torch.load('{path}', "
+            f"weights_only=False); torch.save(c.get('state_dict', c), 'weights_only.pt')\""
+        ) from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):

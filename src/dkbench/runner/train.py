@@ -173,7 +173,9 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
 
     resume = ckpt_dir / LAST
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
+        # weights_only: a planted or corrupted last.ckpt is refused, never unpickled (no code runs)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None,
+                    weights_only=True)
         # the test phase runs on the best weights, straight from memory (no checkpoint reload)
         tested_best = best.load_into(module)
         test_out = trainer.test(module, datamodule=datamodule, verbose=False)[0]

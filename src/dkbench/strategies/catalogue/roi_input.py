@@ -337,7 +337,7 @@ class ROIInput(Strategy):
         width = int(o.get("predictor_width", 16))
         train, val = context.arrays.splits["train"], context.arrays.splits["val"]
         if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors + floats: no code runs
             net = ROIPredictor(train.image.shape[1], width)
             net.load_state_dict(saved["state_dict"])
             self.predictor, self.predictor_stats = net.eval(), saved["stats"]
