@@ -100,3 +100,22 @@ def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert status["status"] == "failed" and "learning rate" in status["error"]
     assert statuses(tmp_path)["seed_0"] in ("done", "failed")
     assert (tmp_path / "runs/smoke/probe/tinycnn__baseline/seed_0/DONE").exists()
+
+
+def test_prestage_runs_are_planned_once_and_run_before_their_cells(tmp_path):
+    """curriculum's teacher is a run folder of its own: the sweep lists and trains it first (as
+    a job), the cells then load it; a second sweep finds everything done."""
+    teacher = ["suite.strategies=[curriculum]", "suite.baseline=curriculum", "suite.seeds=[0,1]",
+               "+suite.per_strategy.curriculum=['strategy.options.difficulty=teacher','strategy.options.teacher_epochs=1']"]
+    out = cli(tmp_path, "sweep", *SMOKE, *teacher, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2").stdout
+    assert "2 pre-stage run(s) first" in out and out.count("[pre-stage] done") == 2, out
+    teachers = sorted((tmp_path / "runs" / ".cache" / "curriculum" / "probe" / "tinycnn").glob("seed_*/metrics.json"))
+    assert len(teachers) == 2
+    teacher_end = max(json.loads(p.read_text())["finished_at"] for p in teachers)
+    for run in cells(tmp_path).values():
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["started_at"] > teacher_end  # no cell trained (or waited for) a teacher itself
+        meta = json.loads((run / "metadata.json").read_text())["strategy"]
+        assert meta["difficulty_source"] == "teacher" and meta["teacher"]["run_dir"].endswith(run.name)
+    again = cli(tmp_path, "sweep", *SMOKE, *teacher).stdout
+    assert "0 to run" in again and "pre-stage" not in again

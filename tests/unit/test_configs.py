@@ -23,7 +23,9 @@ def test_every_registry_entry_has_a_yaml_and_back():
     for group in ("strategy", "backbone", "dataset"):  # `name` = file name = run-folder name
         for path in (config_dir() / group).glob("*.yaml"):
             assert OmegaConf.load(path).name == path.stem, path
-    assert {OmegaConf.load(config_dir() / "strategy" / f"{s}.yaml").method for s in STRATEGY_CONFIGS} == set(STRATEGIES.names())
+    # composed, so that variants (which inherit `method` from their parent YAML) count too
+    methods = {compose_config([f"strategy={s}"]).strategy.method for s in STRATEGY_CONFIGS}
+    assert methods == set(STRATEGIES.names())
     names = {OmegaConf.load(config_dir() / "backbone" / f"{b}.yaml").arch for b in BACKBONE_CONFIGS}
     # timm entries register only when the optional `dkbench[timm]` extra is installed
     assert {n for n in names if not n.startswith("timm_")} == {n for n in BACKBONES.names() if not n.startswith("timm_")}

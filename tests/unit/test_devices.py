@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from dkbench.runner.devices import trainer_device
-from dkbench.strategies import StrategyContext
+from dkbench.strategies import BuildContext
 
 
 @pytest.mark.parametrize("cuda", [True, False])
@@ -46,5 +48,6 @@ def test_the_run_config_resolves_and_the_context_defaults_to_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert trainer_device(compose_config(["trainer=gpu"]).trainer) == torch.device("cuda", 0)
     assert trainer_device(compose_config(["trainer.accelerator=cpu"]).trainer) == torch.device("cpu")
-    context = StrategyContext(arrays=None, cache_dir=None, seed=0, make_backbone=None)
-    assert context.device == torch.device("cpu")
+    arrays = SimpleNamespace(spec=SimpleNamespace(task="binary"))
+    context = BuildContext(arrays=arrays, make_backbone=None)
+    assert context.device == torch.device("cpu") and context.task_loss.task == "binary"

@@ -213,7 +213,8 @@ def test_hd95_is_a_test_metric_unless_validation_asks_for_it():
     outputs = {"logits": one_hot(target, 2) * 4 - 2}
     batch = {"label": target}
     module, strategy, logged = _module()
-    assert strategy.val_hd95 is False  # the strategy's hd95_raw follows the module's rule
+    # the strategies' own HD95 variants (hd95_raw) follow the module's rule through the step context
+    assert not module.step_context("val").hd95 and module.step_context("test").hd95
     module.on_validation_epoch_start()
     module.score(outputs, batch, "val")
     module.on_validation_epoch_end()
@@ -224,7 +225,7 @@ def test_hd95_is_a_test_metric_unless_validation_asks_for_it():
     assert {"test/dice", "test/iou", "test/hd95"} <= set(logged) and float(logged["test/hd95"]) == 0.0
 
     module, strategy, logged = _module(val_hd95=True)
-    assert strategy.val_hd95 is True
+    assert module.step_context("val").hd95
     module.on_validation_epoch_start()
     module.score(outputs, batch, "val")
     module.on_validation_epoch_end()

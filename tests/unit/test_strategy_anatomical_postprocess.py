@@ -1,6 +1,7 @@
 """anatomical_postprocess (SURVEY.md family G): spurious islands are removed and holes filled, a clean
 mask passes unchanged, an empty one stays empty, and the raw (pre-clean-up) scores are reported
-next to the cleaned ones; crf=true without MONAI's extension is refused naming the option."""
+next to the cleaned ones; crf=true without MONAI's extension is refused naming the option. The
+largest component comes from `dkbench.geometry.components` and equals scipy's per-image result."""
 
 from __future__ import annotations
 
@@ -8,16 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.segmentation import one_hot, per_image_scores
-from dkbench.strategies import STRATEGIES, IncompatibleStrategyError, StrategyContext, create_strategy
+from dkbench.strategies import STRATEGIES, IncompatibleStrategyError, StepContext, create_strategy
 from dkbench.strategies.catalogue import anatomical_postprocess as module
-from dkbench.strategies.catalogue.anatomical_postprocess import clean_label_map
 
 SIZE = 32
 SPEC = DatasetSpec(name="toy_seg", task="segmentation", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE,
                    provides=frozenset({"mask", "bbox"}))
+SPEC3 = DatasetSpec(**{**SPEC.__dict__, "num_classes": 3})
 CLS_SPEC = DatasetSpec(name="toy_cls", task="binary", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE)
+
+
+def step(stage: str = "val", spec: DatasetSpec = SPEC, **kwargs) -> StepContext:
+    return StepContext.for_stage(stage, spec, **kwargs)
+
+
+def clean_label_map(labels: np.ndarray, num_classes: int, **options) -> np.ndarray:
+    """One image's (*spatial) label map through the batched clean-up."""
+    return module.clean_label_maps(torch.from_numpy(labels)[None], num_classes, **options)[0].numpy()
 
 
 def square(y0: int, x0: int, side: int) -> np.ndarray:
@@ -42,7 +52,10 @@ def test_registered_and_refuses_classification():
     reason = create_strategy("anatomical_postprocess").incompatibility(CLS_SPEC)
     assert reason and "segmentation" in reason
     assert create_strategy("anatomical_postprocess").incompatibility(SPEC) is None
-    assert "connectivity" in create_strategy("anatomical_postprocess", connectivity="x").incompatibility(SPEC)
+    with pytest.raises(ValueError, match=r"option 'connectivity' must be one of \['full', 'face'\]"):
+        create_strategy("anatomical_postprocess", connectivity="x")
+    with pytest.raises(ValueError, match="option 'crf_iterations' must be >= 1"):
+        create_strategy("anatomical_postprocess", crf_iterations=0)
 
 
 def test_island_removed_hole_filled_clean_and_empty_unchanged():
@@ -53,7 +66,7 @@ def test_island_removed_hole_filled_clean_and_empty_unchanged():
     small = square(2, 2, 4)  # a second, clean image: one small component
     empty = np.zeros((SIZE, SIZE), np.int64)
     strategy = create_strategy("anatomical_postprocess")
-    out = strategy.postprocess(outputs_for(noisy, small, empty), batch_for(lesion, small, empty))
+    out = strategy.postprocess(outputs_for(noisy, small, empty), batch_for(lesion, small, empty), step())
     pred = out["pred"]
     assert pred.shape == (3, SIZE, SIZE) and pred.dtype == torch.long
     np.testing.assert_array_equal(pred[0].numpy(), lesion)  # island gone, hole filled
@@ -79,7 +92,8 @@ def test_connectivity_and_multiclass_rules():
     nested[9:13, 9:13] = 2
     cleaned = clean_label_map(nested, 3)
     assert (cleaned[9:13, 9:13] == 2).all() and (cleaned[7:9, 7:15] == 1).all()
-    out = create_strategy("anatomical_postprocess").postprocess(outputs_for(nested, num_classes=3), batch_for(nested))
+    out = create_strategy("anatomical_postprocess").postprocess(outputs_for(nested, num_classes=3), batch_for(nested),
+                                                                step(spec=SPEC3))
     assert set(np.unique(out["pred"].numpy())) == {0, 1, 2}
 
 
@@ -89,14 +103,13 @@ def test_raw_metrics_differ_from_post_processed_scores():
     noisy[26:30, 26:30] = 1  # island: hurts Dice and, above all, HD95
     outputs, batch = outputs_for(noisy, lesion), batch_for(lesion, lesion)
     strategy = create_strategy("anatomical_postprocess")
-    cleaned = strategy.postprocess(outputs, batch)
-    extra = strategy.extra_metrics(cleaned, batch, "test")
+    cleaned = strategy.postprocess(outputs, batch, step("test", hd95=True))
+    extra = strategy.extra_metrics(cleaned, batch, step("test", hd95=True))  # the module scores HD95 at test
     assert {"dice_raw", "iou_raw", "hd95_raw", "changed_fraction"} <= set(extra)
-    # validation follows the module's val_hd95 rule: no HD95 (a CPU distance transform) unless asked
-    val = strategy.extra_metrics(cleaned, batch, "val")
+    # hd95_raw follows the stage's HD95 rule (step.hd95): no CPU distance transform where hd95 is off
+    val = strategy.extra_metrics(cleaned, batch, step("val"))
     assert {"dice_raw", "iou_raw", "changed_fraction"} <= set(val) and "hd95_raw" not in val
-    strategy.val_hd95 = True
-    assert "hd95_raw" in strategy.extra_metrics(cleaned, batch, "val")
+    assert "hd95_raw" in strategy.extra_metrics(cleaned, batch, step("val", hd95=True))  # model.val_hd95
     post = per_image_scores(cleaned["pred"], batch["label"], 2)
     raw = per_image_scores(outputs["logits"].argmax(1), batch["label"], 2)
     torch.testing.assert_close(extra["dice_raw"], raw["dice"].mean())
@@ -104,9 +117,9 @@ def test_raw_metrics_differ_from_post_processed_scores():
     assert float(post["dice"].mean()) == 1.0 > float(extra["dice_raw"])
     assert float(post["hd95"].mean()) == 0.0 < float(extra["hd95_raw"])
     torch.testing.assert_close(extra["changed_fraction"], torch.tensor(16 / (2 * SIZE * SIZE)))
-    assert strategy.extra_metrics(outputs, batch, "train") == {}  # training: no post-processing
+    assert strategy.extra_metrics(outputs, batch, step("train")) == {}  # training: no post-processing
     # training is the plain task loss
-    assert set(strategy.loss_terms(torch.ones(2), outputs, batch, "train")) == {"task"}
+    assert set(strategy.loss_terms(torch.ones(2), outputs, batch, step("train"))) == {"task"}
 
 
 def test_crf_refused_clearly_without_monai_extension(monkeypatch):
@@ -114,13 +127,10 @@ def test_crf_refused_clearly_without_monai_extension(monkeypatch):
     strategy = create_strategy("anatomical_postprocess", crf=True)
     reason = strategy.incompatibility(SPEC)
     assert reason and "crf" in reason and "crf=false" in reason
-    arrays = DatasetArrays(SPEC, {s: SplitArrays(np.zeros((1, 1, SIZE, SIZE), np.uint8),
-                                                np.zeros((1, 1, SIZE, SIZE), np.uint8), np.asarray(["a"]))
-                                  for s in ("train", "val", "test")})
-    with pytest.raises(IncompatibleStrategyError, match="crf"):
-        strategy.prepare(StrategyContext(arrays=arrays, cache_dir=None, seed=0, make_backbone=None))
+    with pytest.raises(IncompatibleStrategyError, match="crf"):  # the runner checks before building
+        strategy.check_compatible(SPEC)
     with pytest.raises(RuntimeError, match="crf"):
-        strategy.postprocess(outputs_for(square(4, 4, 6)), batch_for(square(4, 4, 6)))
+        strategy.postprocess(outputs_for(square(4, 4, 6)), batch_for(square(4, 4, 6)), step())
 
 
 def test_crf_path_refines_then_cleans(monkeypatch):
@@ -138,14 +148,14 @@ def test_crf_path_refines_then_cleans(monkeypatch):
     strategy = create_strategy("anatomical_postprocess", crf=True)
     assert strategy.incompatibility(SPEC) is None
     lesion = square(8, 2, 6)
-    out = strategy.postprocess(outputs_for(lesion), batch_for(lesion))
+    out = strategy.postprocess(outputs_for(lesion), batch_for(lesion), step())
     assert calls == [((1, 2, SIZE, SIZE), (1, 1, SIZE, SIZE))]
     np.testing.assert_array_equal(out["pred"][0].numpy(), lesion[:, ::-1])
 
 
 def _per_image_reference(labels: np.ndarray, num_classes: int, largest_component: bool, fill_holes: bool,
                          connectivity: str) -> np.ndarray:
-    """The former per-image loop (scipy, one image and class at a time), kept as the reference."""
+    """The original per-image loop (scipy, one image and class at a time), kept as the reference."""
     from scipy import ndimage
 
     out = []
@@ -174,8 +184,9 @@ def _per_image_reference(labels: np.ndarray, num_classes: int, largest_component
 @pytest.mark.parametrize("connectivity", ["full", "face"])
 @pytest.mark.parametrize("shape,num_classes", [((24, 20), 2), ((24, 20), 3), ((10, 9, 8), 2)])
 def test_batched_clean_up_equals_the_per_image_loop(connectivity, shape, num_classes):
-    """One scipy call per class for the whole batch gives what the per-image loop gave, on random
-    maps full of islands, holes and size ties (including empty and full images)."""
+    """The batched clean-up (largest component by `dkbench.geometry.components`, holes by one
+    scipy call per class) gives what scipy's per-image loop gave, on random maps full of
+    islands, holes and size ties (including empty and full images)."""
     rng = np.random.default_rng(0)
     labels = np.where(rng.random((12, *shape)) < 0.45, rng.integers(1, num_classes, (12, *shape)), 0)
     labels[0] = 0
@@ -185,8 +196,10 @@ def test_batched_clean_up_equals_the_per_image_loop(connectivity, shape, num_cla
     labels[2][(slice(4, 6),) * len(shape)] = 1
     for lcc in (True, False):
         for fill in (True, False):
-            got = module.clean_label_maps(labels, num_classes, lcc, fill, connectivity)
-            np.testing.assert_array_equal(got, _per_image_reference(labels, num_classes, lcc, fill, connectivity))
+            got = module.clean_label_maps(torch.from_numpy(labels), num_classes, lcc, fill, connectivity)
+            assert got.dtype == torch.long
+            np.testing.assert_array_equal(got.numpy(), _per_image_reference(labels, num_classes, lcc, fill,
+                                                                            connectivity))
 
 
 def test_importing_the_strategy_does_not_import_monai():

@@ -17,9 +17,8 @@ from dkbench.data.loading import load_dataset, spec_from_config
 from dkbench.data.readers.busi import derive_attributes, mask_descriptors
 from dkbench.data.readers.probe import ATTRIBUTE_NAMES, generate_split, resolve_options
 from dkbench.data.spec import DatasetArrays, SplitArrays
-from dkbench.metrics.classification import per_sample_loss
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import IncompatibleStrategyError, StrategyContext, create_strategy
+from dkbench.strategies import BuildContext, IncompatibleStrategyError, StepContext, create_strategy
 from dkbench.strategies.catalogue.attribute_multitask import attribute_loss
 from tests.conftest import require_file
 
@@ -30,15 +29,14 @@ def _spec(name: str, *overrides: str):
     return spec_from_config(compose_config([f"dataset={name}", *overrides]).dataset)
 
 
-def _prepared(strategy, arrays):
-    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=None, seed=0, make_backbone=None))
-    return strategy
+def _built(strategy, arrays, size=SIZE):
+    """`strategy.build_net` on the data with a small tinycnn (seeded): the network it returns."""
+    def make(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": 1, "spatial_dims": 2, "img_size": size,
+                                             "widths": (8, 16, 32, 32), **overrides})
 
-
-def _net(strategy, spec, size=SIZE):
     torch.manual_seed(0)
-    backbone = create_backbone("tinycnn", in_chans=1, spatial_dims=2, img_size=size, widths=(8, 16, 32, 32))
-    return strategy.build_net(backbone, spec)
+    return strategy.build_net(BuildContext(arrays=arrays, make_backbone=make, cache_dir=None, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +53,19 @@ def probe():
 
 def _fit_attribute_accuracy(spec, arrays, batch, **options) -> tuple[float, float]:
     """Full-batch Adam on the strategy's loss; (mean attribute accuracy, mean majority rate)."""
-    strategy = _prepared(create_strategy("attribute_multitask", **options), arrays)
-    net = _net(strategy, spec)
+    strategy = create_strategy("attribute_multitask", **options)
+    net = _built(strategy, arrays)
+    train = StepContext.for_stage("train", spec)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(40):
         out = net(batch)
-        terms = strategy.loss_terms(per_sample_loss(out["logits"], batch["label"], "binary"), out, batch, "train")
+        terms = strategy.loss_terms(train.task_loss(out["logits"], batch["label"]), out, batch, train)
         opt.zero_grad()
         torch.stack(list(terms.values())).sum().backward()
         opt.step()
     net.eval()
     with torch.no_grad():
-        acc = strategy.extra_metrics(net(batch), batch, "val")
+        acc = strategy.extra_metrics(net(batch), batch, StepContext.for_stage("val", spec))
     assert set(acc) == {f"attr_acc_{n}" for n in ATTRIBUTE_NAMES} | {"attr_acc_mean"}
     return acc["attr_acc_mean"].item(), float(np.mean(list(strategy.majority_rate.values())))
 
@@ -97,14 +96,15 @@ def test_missing_attributes_are_ignored():
     # a batch where nothing is known: an attribute term of exactly 0 that keeps the graph
     strategy = create_strategy("attribute_multitask")
     out = {"attr_logits": logits}
-    term = strategy.loss_terms(torch.ones(4, requires_grad=True), out, {"attributes": torch.full((4, 3), -1)}, "train")
+    train = StepContext.for_stage("train", _spec("probe"))
+    term = strategy.loss_terms(torch.ones(4, requires_grad=True), out, {"attributes": torch.full((4, 3), -1)}, train)
     assert term["attributes"].item() == 0.0 and term["attributes"].requires_grad
 
 
 def test_diagnosis_head_receives_attribute_predictions(probe):
     spec, arrays, batch = probe
-    fed = _net(_prepared(create_strategy("attribute_multitask", feed_attributes=True), arrays), spec)
-    plain = _net(_prepared(create_strategy("attribute_multitask", feed_attributes=False), arrays), spec)
+    fed = _built(create_strategy("attribute_multitask", feed_attributes=True), arrays)
+    plain = _built(create_strategy("attribute_multitask", feed_attributes=False), arrays)
     d = fed.backbone.num_features
     assert [h.out_features for h in fed.attr_heads] == [2, 2, 2, 2]  # values per attribute, from the data
     assert fed.head.in_features == d + 8 and plain.head.in_features == d
@@ -125,7 +125,7 @@ def test_number_of_attribute_values_comes_from_the_data(probe):
     attrs[0, 1] = 2  # a third value of orientation
     three = SplitArrays(split.image, split.label, split.ids, {**split.extras, "attributes": attrs})
     arrays3 = DatasetArrays(spec=spec, splits={"train": three, "val": three, "test": three}, notes=arrays.notes)
-    net = _net(_prepared(create_strategy("attribute_multitask"), arrays3), spec)
+    net = _built(create_strategy("attribute_multitask"), arrays3)
     assert [h.out_features for h in net.attr_heads] == [2, 3, 2, 2]
 
 
@@ -133,6 +133,8 @@ def test_refused_without_attributes():
     with pytest.raises(IncompatibleStrategyError, match=r"breastmnist.*missing: \['attributes'\]"):
         create_strategy("attribute_multitask").check_compatible(_spec("breastmnist"))
     assert create_strategy("attribute_multitask").incompatibility(_spec("busi_binary")) is None
+    with pytest.raises(ValueError, match=r"option 'weight' must be >= 0"):
+        create_strategy("attribute_multitask", weight=-1.0)
 
 
 # ----------------------------------------------------------------------------- BUSI derived attributes

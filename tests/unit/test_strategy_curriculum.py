@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from dkbench.data.loading import load_dataset
 from dkbench.data.spec import DatasetSpec
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import StrategyContext, create_strategy
+from dkbench.strategies import BuildContext, StepContext, create_strategy
 from dkbench.strategies.catalogue.curriculum import curriculum_order, pacing_fraction
 
 
@@ -26,6 +26,10 @@ class _Sized:
 
     def __len__(self):
         return self.n
+
+
+SPEC = DatasetSpec(name="plain", task="binary", num_classes=2, in_chans=1, spatial_dims=2, size=28)
+TRAIN = StepContext.for_stage("train", SPEC)
 
 
 def _strategy(difficulty, max_epochs=10, seed=0, labels=None, **options):
@@ -152,21 +156,26 @@ def test_teacher_difficulty_is_trained_once_and_cached(tmp_path, monkeypatch):
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     assert "difficulty" not in arrays.splits["train"].extras
     calls = []
-    real_train = train_module.train
-    monkeypatch.setattr(train_module, "train", lambda c: calls.append(c) or real_train(c))
+    real_fit = train_module._fit_and_record
+    monkeypatch.setattr(train_module, "_fit_and_record", lambda c, *a: calls.append(c) or real_fit(c, *a))
 
-    def prepare():
+    def build():
         s = create_strategy(cfg.strategy.method, **cfg.strategy.options)
-        s.prepare(StrategyContext(
+        prestages = train_module.train_prestages(s, cfg)  # the runner trains the teacher first
+        torch.manual_seed(0)  # ... then seeds the run
+        ctx = BuildContext(
             arrays=arrays, cache_dir=Path(cfg.paths.cache_dir), seed=0,
             make_backbone=_backbone_factory(cfg, arrays.spec, {}),
-            config=OmegaConf.to_container(cfg, resolve=True), compose=compose_config))
-        return s
+            config=OmegaConf.to_container(cfg, resolve=True), prestages=prestages)
+        return s, s.build_net(ctx)
 
-    rng_state = torch.random.get_rng_state()
-    first = prepare()
-    # the nested teacher run leaves the main run's random streams as they were
-    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    first, net = build()
+    # scoring the train split with the teacher draws no random numbers (its network is built on
+    # the meta device): the network is the one a run without a teacher builds from the same seed
+    torch.manual_seed(0)
+    plain = create_strategy("baseline").build_net(BuildContext(arrays=arrays, make_backbone=_backbone_factory(cfg, arrays.spec, {})))
+    for a, b in zip(net.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
     assert first.difficulty_source == "teacher" and len(calls) == 1
     teacher_cfg = calls[0]
     assert teacher_cfg.strategy.method == "baseline" and teacher_cfg.trainer.max_epochs == 1
@@ -174,14 +183,19 @@ def test_teacher_difficulty_is_trained_once_and_cached(tmp_path, monkeypatch):
     assert (teacher_dir / "DONE").exists() and Path(first.teacher["run_dir"]) == teacher_dir
     cached = list(teacher_dir.glob("difficulty_*.npy"))
     assert [p.name for p in cached] == [f"difficulty_{first.teacher['config_hash']}.npy"]
-    d = first.difficulty
+    d = first.difficulty.numpy()
     assert d.shape == (96,) and np.all(d >= 0) and d.std() > 0  # per-sample cross-entropy
+    np.testing.assert_array_equal(np.load(cached[0], allow_pickle=False), d)
     assert first.max_epochs == 4 and first.metadata()["class_balanced"] is True
+    # the scores are state of the strategy: a buffer, saved in (and restored from) checkpoints
+    state = first.state_dict()
+    assert state["difficulty"].dtype == torch.float64 and torch.equal(state["difficulty"], first.difficulty)
+    assert sorted(state["order"].tolist()) == list(range(96))
 
     stamp = (teacher_dir / "metrics.json").stat().st_mtime_ns
-    second = prepare()  # another run of the same cell (or a resume): no teacher, no scoring
+    second, _ = build()  # another run of the same cell (or a resume): no teacher, no scoring
     assert len(calls) == 1 and (teacher_dir / "metrics.json").stat().st_mtime_ns == stamp
-    np.testing.assert_array_equal(second.difficulty, d)
+    np.testing.assert_array_equal(second.difficulty.numpy(), d)
     assert second.teacher["cached"] is True and second.metadata()["difficulty_source"] == "teacher"
     assert second.teacher["val/auroc"] == first.teacher["val/auroc"] is not None
 
@@ -212,13 +226,10 @@ def test_teacher_trains_where_the_run_does(tmp_path, accelerator, devices):
                           f"trainer.accelerator={accelerator}",
                           f"trainer.devices={devices}",
                           f"paths.root_dir={tmp_path}"])
-    run = OmegaConf.to_container(cfg, resolve=True)
     strategy = create_strategy("curriculum", difficulty="teacher")
-    context = StrategyContext(arrays=None, cache_dir=tmp_path, seed=0, make_backbone=None, config=run,
-                              compose=compose_config, device=trainer_device(cfg.trainer))
-    teacher = strategy.teacher_config(context)
+    teacher = strategy.prestage_runs(cfg)["teacher"]
     assert teacher.trainer.accelerator == accelerator and teacher.trainer.devices == devices
-    assert trainer_device(teacher.trainer) == context.device
+    assert trainer_device(teacher.trainer) == trainer_device(cfg.trainer)
 
 
 def test_train_metrics_read_nothing_back_from_the_device(monkeypatch):
@@ -227,9 +238,29 @@ def test_train_metrics_read_nothing_back_from_the_device(monkeypatch):
     s, sampler = _strategy(np.linspace(0, 1, 20))
     s.on_train_epoch_start(0, 10)
     batch = {"index": torch.arange(4)}
-    s.extra_metrics({}, batch, "train")  # first step of the epoch: the pool fraction moves to the device
-    with no_host_reads(monkeypatch):
-        metrics = s.extra_metrics({}, batch, "train")
+    with no_host_reads(monkeypatch):  # the fraction is a buffer set at the epoch start
+        metrics = s.extra_metrics({}, batch, TRAIN)
     assert set(metrics) == {"curriculum_pool_fraction", "curriculum_difficulty"}
+    assert float(metrics["curriculum_pool_fraction"]) == pytest.approx(0.3)
+    assert float(metrics["curriculum_difficulty"]) == pytest.approx(np.linspace(0, 1, 20)[:4].mean())
     s.on_train_epoch_start(9, 10)  # a new epoch: a new fraction
-    assert float(s.extra_metrics({}, batch, "train")["curriculum_pool_fraction"]) == 1.0
+    assert float(s.extra_metrics({}, batch, TRAIN)["curriculum_pool_fraction"]) == 1.0
+    assert s.extra_metrics({}, batch, StepContext.for_stage("val", SPEC)) == {}
+
+
+def test_scores_and_order_are_buffers_restored_by_load_state_dict():
+    difficulty = np.array([0.3, 0.1, 0.9, 0.5])
+    s, _ = _strategy(difficulty)
+    state = s.state_dict()
+    assert set(state) >= {"difficulty", "order"}
+    assert state["order"].tolist() == [1, 0, 3, 2]  # easiest first
+    np.testing.assert_array_equal(state["difficulty"].numpy(), difficulty)
+    restored, _ = _strategy(np.zeros(4))  # a rebuilt strategy, then the checkpoint's state
+    restored.load_state_dict(state)
+    assert torch.equal(restored.difficulty, s.difficulty) and torch.equal(restored.order, s.order)
+
+
+def test_options_are_checked():
+    for bad in ({"start_fraction": 0.0}, {"pacing": "cubic"}, {"difficulty": "expert"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            create_strategy("curriculum", **bad)

@@ -15,18 +15,13 @@ import pytest
 import torch
 
 from dkbench.backbones import Backbone, create_backbone
-from dkbench.data.spec import DatasetSpec
+from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.geometry import components
+from dkbench.geometry.boxes import clamp_box, crop_resize
+from dkbench.geometry.components import component_labels
 from dkbench.metrics.classification import per_sample_loss
-from dkbench.strategies import create_strategy
-from dkbench.strategies.catalogue.global_local import (
-    attention_box,
-    attention_map,
-    clamp_box,
-    crop_resize,
-    largest_component,
-)
-from dkbench.strategies import components
-from dkbench.strategies.components import component_labels
+from dkbench.strategies import BuildContext, StepContext, create_strategy
+from dkbench.strategies.catalogue.global_local import attention_box, attention_map
 
 SIZE = 32
 
@@ -85,7 +80,7 @@ def test_largest_connected_region_wins_over_a_smaller_hot_spot():
     small = 0.95 * torch.exp(-((xx - 50) ** 2 + (yy - 10) ** 2) / (2 * 2.0**2))
     heat = (main + small)[None, None]
     assert ((heat > 0.7) & (xx > 40)).any()  # the small spot passes the threshold too
-    keep = largest_component(heat > 0.7)
+    keep, _ = components.largest_component(heat > 0.7)
     assert keep.any() and not (keep & (xx > 40)).any()
     box = attention_box(heat, 0.7)
     assert (_centre(box) - torch.tensor([[20.0, 40.0]])).abs().max() <= 1.0
@@ -112,13 +107,40 @@ def test_crop_boxes_stay_inside_the_image_and_crop_what_they_say():
         assert (hi <= box[:, axis + 2] + 1e-4).all() and (box[:, axis + 2] - hi <= tol[:, axis]).all()
 
 
+def _context(spec: DatasetSpec, make_backbone) -> BuildContext:
+    split = SplitArrays(image=np.zeros((2, 1, SIZE, SIZE), np.uint8), label=np.zeros(2, np.int64),
+                        ids=np.array(["a", "b"]))
+    return BuildContext(arrays=DatasetArrays(spec, {"train": split, "val": split, "test": split}),
+                        make_backbone=make_backbone)
+
+
+def test_empty_attention_region_crops_the_whole_image():
+    """Nothing above the threshold (a flat heat map): the box is the whole image, 2-D and 3-D."""
+    assert attention_box(torch.zeros(2, 1, 16, 24), 0.7).tolist() == [[0.0, 0.0, 24.0, 16.0]] * 2
+    assert attention_box(torch.zeros(1, 1, 4, 6, 8), 0.7).tolist() == [[0.0, 0.0, 0.0, 8.0, 6.0, 4.0]]
+
+
+def test_options_are_typed_and_loss_weights_complete():
+    assert create_strategy("global_local", loss_weights={"local": 0}).options.loss_weights == {
+        "global": 1.0, "local": 0.0, "fusion": 1.0}
+    for bad, match in [({"loss_weights": {"lcoal": 1.0}}, "loss_weights"), ({"tau": 1.0}, "tau"),
+                       ({"crop_source": "box"}, "crop_source"), ({"min_crop": 2.0}, "min_crop")]:
+        with pytest.raises(ValueError, match=match):
+            create_strategy("global_local", **bad)
+
+
 def _net(cells, **options):
     strategy = create_strategy("global_local", min_crop=0.0, **options)
-    # a local tinycnn as wide as the fake global branch
+    # the run's factory builds the global branch first, then the local one: here the fake
+    # global branch, then a local tinycnn as wide as it
     local = create_backbone("tinycnn", in_chans=1, img_size=64, widths=(8, 8, 8, HotSpot.num_features))
-    strategy._make_backbone = lambda: local
-    net = strategy.build_net(HotSpot(cells), _spec(("bbox", "mask")))
+    built = iter([HotSpot(cells), local])
+    net = strategy.build_net(_context(_spec(("bbox", "mask")), lambda **overrides: next(built)))
     return strategy, net
+
+
+def _step(stage: str) -> StepContext:
+    return StepContext.for_stage(stage, _spec(("bbox", "mask")))
 
 
 def test_local_branch_reads_the_attention_crop_and_fusion_uses_both_branches():
@@ -139,8 +161,13 @@ def test_local_branch_reads_the_attention_crop_and_fusion_uses_both_branches():
     assert net.fusion_head.in_features == 2 * HotSpot.num_features
     assert out["embedding"].shape == (2, 2 * HotSpot.num_features)
     label = torch.tensor([0, 1])
-    terms = strategy.loss_terms(per_sample_loss(out["logits"], label, "binary"), out, {"label": label}, "train")
+    terms = strategy.loss_terms(per_sample_loss(out["logits"], label, "binary"), out, {"label": label}, _step("train"))
     assert set(terms) == {"fusion", "global", "local"}
+    # the auxiliary terms are the run's task loss (step.task_loss) of each branch's own head
+    torch.testing.assert_close(terms["local"], per_sample_loss(out["logits_local"], label, "binary").mean())
+    doubled = StepContext.for_stage("train", _spec(), task_loss=lambda logits, y: 2 * per_sample_loss(logits, y, "binary"))
+    aux = strategy.loss_terms(per_sample_loss(out["logits"], label, "binary"), out, {"label": label}, doubled)
+    torch.testing.assert_close(aux["global"], 2 * terms["global"])
     torch.stack(list(terms.values())).sum().backward()
     for branch in (net.global_backbone, net.local_backbone):
         grads = [p.grad for p in branch.parameters() if p.requires_grad]
@@ -276,12 +303,12 @@ def test_a_training_step_reads_nothing_back_from_the_device(monkeypatch):
         batch = {"image": torch.randn(3, 1, 64, 64), "label": label, "bbox": bbox}
         with no_host_reads(monkeypatch):
             out = net(batch)
-            terms = strategy.loss_terms(per_sample_loss(out["logits"], label, "binary"), out, batch, "train")
+            terms = strategy.loss_terms(per_sample_loss(out["logits"], label, "binary"), out, batch, _step("train"))
             torch.stack(list(terms.values())).sum().backward()
-            metrics = strategy.extra_metrics(out, batch, "train")
+            metrics = strategy.extra_metrics(out, batch, _step("train"))
         assert set(metrics) == {"crop_area", "crop_search_converged"} and float(metrics["crop_search_converged"]) == 1
         net.eval()
         with torch.no_grad():
             evaluated = net(batch)
         torch.testing.assert_close(evaluated["crop_box"], out["crop_box"])  # same region either way
-        assert {"crop_lesion_iou", "crop_centre_in_lesion"} <= set(strategy.extra_metrics(evaluated, batch, "val"))
+        assert {"crop_lesion_iou", "crop_centre_in_lesion"} <= set(strategy.extra_metrics(evaluated, batch, _step("val")))

@@ -5,8 +5,8 @@ statistics and follow the augmentation of the batch."""
 from __future__ import annotations
 
 import json
+from typing import get_args
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +16,8 @@ from dkbench.data.loading import load_dataset, spec_from_config
 from dkbench.data.transforms import AugmentConfig, augment_batch
 from dkbench.features import MAP_NAMES, feature_maps
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import StrategyContext, create_strategy
+from dkbench.strategies import BuildContext, StepContext, create_strategy
+from dkbench.strategies.catalogue.handcrafted_input import MapName
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +27,23 @@ def probe():
     return load_dataset(cfg.dataset, cfg.paths.data_dir)
 
 
-def _prepared(arrays, tmp_path, **options):
+def _built(arrays, tmp_path, **options):
+    """The strategy after `build_net` (train statistics computed) and the network it built."""
     strategy = create_strategy("handcrafted_input", **options)
-    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=tmp_path, seed=0, make_backbone=None,
-                                     config={"data": {"mean": 0.5, "std": 0.5}}))
-    return strategy
+    spec = arrays.spec
+    kwargs = {"in_chans": spec.in_chans, "spatial_dims": spec.spatial_dims, "img_size": spec.size,
+              **strategy.backbone_kwargs(spec)}  # the run's factory applies the strategy's overrides
+
+    def make(**overrides):
+        return create_backbone("tinycnn", **{**kwargs, **overrides})
+
+    net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=make, cache_dir=tmp_path, seed=0,
+                                          config={"data": {"mean": 0.5, "std": 0.5}}))
+    return strategy, net
+
+
+def _step(stage, arrays):
+    return StepContext.for_stage(stage, arrays.spec)
 
 
 def _batch(arrays, split="val", n=6):
@@ -38,10 +51,10 @@ def _batch(arrays, split="val", n=6):
 
 
 def test_channels_are_the_image_then_the_extractors_maps_standardised_on_train(probe, tmp_path):
-    strategy = _prepared(probe, tmp_path)
+    strategy, net = _built(probe, tmp_path)
     assert strategy.backbone_kwargs(probe.spec) == {"in_chans": 1 + len(MAP_NAMES)}
     batch = _batch(probe)
-    out = strategy.transform_batch(batch, "val")
+    out = strategy.transform_batch(batch, _step("val", probe))
     assert out["image"].shape == (6, 1 + len(MAP_NAMES), 64, 64)
     torch.testing.assert_close(out["image"][:, :1], batch["image"])  # the image is untouched, first
     raw_val = feature_maps(torch.from_numpy(probe.splits["val"].image[:6]).float())  # the extractor on raw uint8
@@ -52,34 +65,47 @@ def test_channels_are_the_image_then_the_extractors_maps_standardised_on_train(p
     torch.testing.assert_close(strategy.map_std.flatten().double(), std, rtol=1e-4, atol=1e-6)
     expected = (raw_val.double() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     torch.testing.assert_close(out["image"][:, 1:].double(), expected, rtol=1e-4, atol=1e-4)
-    # the network sees all channels: a backbone built with these kwargs takes the batch
-    net = create_backbone("tinycnn", spatial_dims=2, img_size=64, **strategy.backbone_kwargs(probe.spec))
-    assert net(out["image"]).shape == (6, net.num_features)
+    # the network build_net made (with the strategy's backbone kwargs) sees all channels
+    assert net(out)["embedding"].shape == (6, net.backbone.num_features)
     assert json.dumps(strategy.metadata())  # serialisable, lists channel order
     assert strategy.metadata()["channels"] == ["image", *MAP_NAMES]
 
 
+def test_map_statistics_are_buffers_in_the_state_dict(probe, tmp_path):
+    """Saved in checkpoints and moved with the module: a resumed run standardises as before."""
+    strategy, _ = _built(probe, tmp_path)
+    state = strategy.state_dict()
+    assert {"map_mean", "map_std"} <= set(state)
+    torch.testing.assert_close(state["map_mean"], strategy.map_mean, rtol=0, atol=0)
+    assert state["map_std"].shape == (1, len(MAP_NAMES), 1, 1)
+
+
 def test_a_subset_of_maps_gives_those_channels_in_order(probe, tmp_path):
-    strategy = _prepared(probe, tmp_path, maps=["local_entropy", "sobel"])
+    strategy, _ = _built(probe, tmp_path, maps=["local_entropy", "sobel"])
     assert strategy.backbone_kwargs(probe.spec) == {"in_chans": 3}
-    full = _prepared(probe, tmp_path)
+    full, _ = _built(probe, tmp_path)
     batch = _batch(probe)
-    sub, all_maps = strategy.transform_batch(batch, "test")["image"], full.transform_batch(batch, "test")["image"]
+    step = _step("test", probe)
+    sub, all_maps = strategy.transform_batch(batch, step)["image"], full.transform_batch(batch, step)["image"]
     torch.testing.assert_close(sub[:, 1:], all_maps[:, [3, 1]])
-    assert create_strategy("handcrafted_input", maps=["nope"]).incompatibility(probe.spec) is not None
+    with pytest.raises(ValueError, match=r"option 'maps' must be"):
+        create_strategy("handcrafted_input", maps=["nope"])
+    with pytest.raises(ValueError, match=r"option 'maps' must be a non-empty subset"):
+        create_strategy("handcrafted_input", maps=[])
+    assert get_args(MapName) == MAP_NAMES  # the option's choices are the extractor's maps
     vol = spec_from_config(compose_config(["dataset=adrenalmnist3d"]).dataset)
     assert "2D" in create_strategy("handcrafted_input").incompatibility(vol)
 
 
 def test_maps_follow_the_augmentation(probe, tmp_path):
     """Computed from the batch after augmentation: the maps of a flipped image are the flipped maps."""
-    strategy = _prepared(probe, tmp_path, maps=["sobel", "local_std", "local_entropy"])
+    strategy, _ = _built(probe, tmp_path, maps=["sobel", "local_std", "local_entropy"])
     batch = _batch(probe, "train", 8)
     flipped = augment_batch(batch, AugmentConfig(hflip=True), "binary", torch.Generator().manual_seed(0))
     which = [not torch.equal(flipped["image"][i], batch["image"][i]) for i in range(8)]
     assert any(which) and not all(which)
-    a = strategy.transform_batch(flipped, "train")["image"]
-    b = strategy.transform_batch(batch, "train")["image"]
+    a = strategy.transform_batch(flipped, _step("train", probe))["image"]
+    b = strategy.transform_batch(batch, _step("train", probe))["image"]
     for i in range(8):  # a map looked up by sample index would not be flipped
         torch.testing.assert_close(a[i], b[i].flip(-1) if which[i] else b[i], atol=1e-5, rtol=1e-5)
 

@@ -1,5 +1,6 @@
 """location_prior (SURVEY.md family G): the extra channel is the mean TRAIN mask (val/test masks never
-enter it), appended after the untouched image channels, and the backbone gets one more channel."""
+enter it), appended after the untouched image channels, and the backbone gets one more channel.
+The prior is a buffer of the strategy (on the run's device, in its checkpoints)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from dkbench.backbones import create_backbone
 from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
-from dkbench.strategies import STRATEGIES, StrategyContext, create_strategy
+from dkbench.strategies import STRATEGIES, BuildContext, StepContext, create_strategy
 
 SIZE = 16
 SPEC = DatasetSpec(name="toy_seg", task="segmentation", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE,
@@ -33,10 +35,27 @@ def toy_arrays(seed: int = 0, in_chans: int = 1) -> DatasetArrays:
     return DatasetArrays(spec, {"train": split(20, "tr"), "val": split(6, "va"), "test": split(6, "te")})
 
 
-def prepared(arrays: DatasetArrays, tmp_path, **options):
+def built(arrays: DatasetArrays, tmp_path, **options):
+    """(strategy, network) after `build_net`; the backbone is built as the runner builds it, with
+    the strategy's backbone_kwargs (a tiny dense U-Net: segmentation needs full-resolution features)."""
     strategy = create_strategy("location_prior", **options)
-    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=tmp_path, seed=0, make_backbone=None))
-    return strategy
+    spec = arrays.spec
+
+    def make_backbone(**overrides):
+        return create_backbone("unet", **{"in_chans": spec.in_chans, "spatial_dims": 2, "img_size": SIZE,
+                                          "channels": (4, 8), "strides": (2,), "features": 4,
+                                          **strategy.backbone_kwargs(spec), **overrides})
+
+    net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=make_backbone, cache_dir=tmp_path, seed=0))
+    return strategy, net
+
+
+def prepared(arrays: DatasetArrays, tmp_path, **options):
+    return built(arrays, tmp_path, **options)[0]
+
+
+def step(stage: str = "train") -> StepContext:
+    return StepContext.for_stage(stage, SPEC)
 
 
 def batch_of(n: int = 4, chans: int = 1, dtype: torch.dtype = torch.float32) -> dict:
@@ -52,15 +71,17 @@ def test_registered_refuses_classification_and_adds_one_input_channel():
     assert strategy.incompatibility(SPEC) is None
     assert strategy.backbone_kwargs(SPEC) == {"in_chans": 2}
     assert strategy.backbone_kwargs(DatasetSpec(**{**SPEC.__dict__, "in_chans": 3})) == {"in_chans": 4}
-    assert "scaling" in create_strategy("location_prior", scaling="nope").incompatibility(SPEC)
+    with pytest.raises(ValueError, match="option 'scaling' must be one of"):
+        create_strategy("location_prior", scaling="nope")
 
 
 def test_channel_is_the_mean_train_mask_and_the_image_is_untouched(tmp_path):
     arrays = toy_arrays()
-    strategy = prepared(arrays, tmp_path)
+    strategy, net = built(arrays, tmp_path)
     mean_train = arrays.splits["train"].label.astype(np.float64).mean(0)[0]
     batch = batch_of(4)
-    out = strategy.transform_batch(batch, "train")
+    out = strategy.transform_batch(batch, step())
+    assert net(out)["logits"].shape == (4, 2, SIZE, SIZE)  # the network reads image + prior channels
     assert out["image"].shape == (4, 2, SIZE, SIZE)
     assert torch.equal(out["image"][:, :1], batch["image"])  # image channels first, unchanged
     assert batch["image"].shape[1] == 1  # the caller's batch is not modified in place
@@ -86,12 +107,28 @@ def test_only_train_masks_shape_the_prior(tmp_path):
 def test_standardise_option_device_dtype_and_multichannel(tmp_path):
     arrays = toy_arrays(in_chans=3)
     strategy = prepared(arrays, tmp_path, scaling="standardise")
-    out = strategy.transform_batch(batch_of(2, chans=3, dtype=torch.float64), "val")
+    out = strategy.transform_batch(batch_of(2, chans=3, dtype=torch.float64), step("val"))
     assert out["image"].shape == (2, 4, SIZE, SIZE) and out["image"].dtype == torch.float64
     prior = out["image"][0, 3]
     assert abs(float(prior.mean())) < 1e-6 and abs(float(prior.std(unbiased=False)) - 1) < 1e-6
     # a batch of another size gets the prior resized, not a shape error
     big = {"image": torch.randn(1, 3, 2 * SIZE, 2 * SIZE)}
-    assert strategy.transform_batch(big, "test")["image"].shape == (1, 4, 2 * SIZE, 2 * SIZE)
-    with pytest.raises(RuntimeError, match="prepare"):
-        create_strategy("location_prior").transform_batch(batch_of(1), "train")
+    assert strategy.transform_batch(big, step("test"))["image"].shape == (1, 4, 2 * SIZE, 2 * SIZE)
+
+
+def test_prior_is_a_buffer_in_the_state_dict(tmp_path):
+    """The prior follows the strategy to the run's device (here: a dtype move) and into
+    checkpoints; a checkpoint restores it."""
+    strategy = prepared(toy_arrays(), tmp_path)
+    state = strategy.state_dict()
+    assert set(state) == {"prior"} and state["prior"].shape == (1, 1, SIZE, SIZE)
+    assert dict(strategy.named_buffers())["prior"] is strategy.prior
+    other = toy_arrays(seed=3)
+    restored = prepared(other, tmp_path)
+    assert not torch.equal(restored.prior, strategy.prior)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.prior, strategy.prior)
+    strategy.to(torch.float64)  # Module.to moves (and casts) buffers: no per-batch copy is needed
+    assert strategy.prior.dtype == torch.float64
+    out = strategy.transform_batch(batch_of(2, dtype=torch.float64), step())
+    torch.testing.assert_close(out["image"][0, 1], strategy.prior[0, 0])

@@ -18,7 +18,7 @@ from dkbench.data.readers.probe import METADATA_NAMES, generate_split, resolve_o
 from dkbench.data.spec import DatasetArrays, SplitArrays
 from dkbench.metrics.classification import per_sample_loss
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import IncompatibleStrategyError, StrategyContext, create_strategy
+from dkbench.strategies import BuildContext, IncompatibleStrategyError, StepContext, create_strategy
 from dkbench.strategies.base import ClassifierNet
 from dkbench.strategies.catalogue.metadata_fusion import train_statistics
 
@@ -33,10 +33,17 @@ def _backbone(size=SIZE):
     return create_backbone("tinycnn", in_chans=1, spatial_dims=2, img_size=size, widths=(8, 16, 32, 32))
 
 
-def _prepared(arrays, **options):
+def _built(arrays, **options):
+    """(strategy after `build_net`, the network it built on a seeded small tinycnn)."""
     strategy = create_strategy("metadata_fusion", **options)
-    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=None, seed=0, make_backbone=None))
-    return strategy
+    torch.manual_seed(0)
+    net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=lambda **kw: _backbone(), cache_dir=None, seed=0))
+    return strategy, net
+
+
+def _standardised(strategy, spec, batch, stage="test"):
+    """The batch the network sees: the strategy's transform_batch adds the standardised metadata."""
+    return strategy.transform_batch(batch, StepContext.for_stage(stage, spec))
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +62,12 @@ def probe():
 @pytest.mark.parametrize("fusion", ["concat", "late"])
 def test_prediction_depends_on_metadata_through_the_branch(probe, fusion):
     spec, arrays, batches = probe
-    torch.manual_seed(0)
-    net = _prepared(arrays, fusion=fusion).build_net(_backbone(), spec).eval()
+    strategy, net = _built(arrays, fusion=fusion)
+    net.eval()
     batch = batches["test"]
     older = {**batch, "metadata": batch["metadata"] + torch.tensor([20.0, 0.0])}
     palpable = {**batch, "metadata": batch["metadata"] * torch.tensor([1.0, 0.0]) + torch.tensor([0.0, 1.0])}
+    batch, older, palpable = (_standardised(strategy, spec, b) for b in (batch, older, palpable))
     with torch.no_grad():
         base = net(batch)["logits"]
         assert not torch.allclose(base, net(older)["logits"])
@@ -80,41 +88,53 @@ def test_fusion_learns_what_the_image_cannot_say(probe):
     image-only network cannot (the lesions carry no label information here)."""
     spec, arrays, batches = probe
 
-    def fit(net) -> float:
+    def fit(net, train, val) -> float:
         opt = torch.optim.Adam(net.parameters(), lr=1e-2)
         for _ in range(25):
-            loss = per_sample_loss(net(batches["train"])["logits"], batches["train"]["label"], "binary").mean()
+            loss = per_sample_loss(net(train)["logits"], train["label"], "binary").mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
         net.eval()
         with torch.no_grad():
-            prob = net(batches["val"])["logits"].softmax(1)[:, 1]
-        return binary_auroc(prob, batches["val"]["label"]).item()
+            prob = net(val)["logits"].softmax(1)[:, 1]
+        return binary_auroc(prob, val["label"]).item()
 
+    strategy, net = _built(arrays)
+    fused = fit(net, _standardised(strategy, spec, batches["train"], "train"),
+                _standardised(strategy, spec, batches["val"], "val"))
     torch.manual_seed(0)
-    fused = fit(_prepared(arrays).build_net(_backbone(), spec))
-    torch.manual_seed(0)
-    image_only = fit(ClassifierNet(_backbone(), 2))
+    image_only = fit(ClassifierNet(_backbone(), 2), batches["train"], batches["val"])
     assert fused > 0.8 and image_only < 0.7, (fused, image_only)
 
 
 def test_standardisation_uses_train_statistics_only(probe):
-    spec, arrays, _ = probe
+    spec, arrays, batches = probe
     shifted = {}
     for s, a in arrays.splits.items():  # val / test metadata far off: must not move the statistics
         meta = a.extras["metadata"] if s == "train" else a.extras["metadata"] + 1000.0
         shifted[s] = SplitArrays(a.image, a.label, a.ids, {**a.extras, "metadata": meta})
-    strategy = _prepared(DatasetArrays(spec=spec, splits=shifted, notes=arrays.notes))
+    strategy, _ = _built(DatasetArrays(spec=spec, splits=shifted, notes=arrays.notes))
     train = arrays.splits["train"].extras["metadata"].astype(np.float64)
-    np.testing.assert_allclose(strategy.mean, train.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(strategy.std, train.std(0), rtol=1e-5)
-    net = strategy.build_net(_backbone(), spec)
-    z = net.standardise(torch.from_numpy(arrays.splits["train"].extras["metadata"]))
+    np.testing.assert_allclose(strategy.metadata_mean.numpy(), train.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(strategy.metadata_std.numpy(), train.std(0), rtol=1e-5)
+    z = _standardised(strategy, spec, batches["train"], "train")["metadata_standardised"]
     torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
     meta = strategy.metadata()["standardisation"]
     assert meta["source"] == "train split only" and meta["mean"] == pytest.approx(train.mean(0).tolist(), rel=1e-5)
+
+
+def test_statistics_are_buffers_in_the_state_dict(probe):
+    """Saved in checkpoints and moved with the module: a resumed run standardises as before."""
+    _, arrays, _ = probe
+    strategy, _ = _built(arrays)
+    state = strategy.state_dict()
+    assert {"metadata_mean", "metadata_std"} <= set(state)
+    torch.testing.assert_close(state["metadata_mean"], strategy.metadata_mean, rtol=0, atol=0)
+    # a missing value becomes the train mean (0 after standardisation)
+    z = strategy.standardise(torch.tensor([[float("nan"), 1.0]]))
+    assert z[0, 0].item() == 0.0
 
 
 def test_constant_and_missing_columns():
@@ -129,7 +149,10 @@ def test_refused_without_metadata():
     msg = str(err.value)
     assert "breastmnist" in msg and "missing: ['metadata']" in msg and "patient data" in msg
     assert strategy.incompatibility(_spec("probe")) is None
-    assert "fusion" in create_strategy("metadata_fusion", fusion="sum").incompatibility(_spec("probe"))
+    with pytest.raises(ValueError, match=r"option 'fusion' must be one of \['concat', 'late'\]"):
+        create_strategy("metadata_fusion", fusion="sum")
+    with pytest.raises(ValueError, match=r"option 'layers' must be >= 1"):
+        create_strategy("metadata_fusion", layers=0)
 
 
 def test_tiny_run_records_train_statistics(tiny_run):

@@ -12,9 +12,9 @@ from dkbench.backbones import create_backbone
 from dkbench.data.datamodule import InMemoryDataset
 from dkbench.data.loading import spec_from_config
 from dkbench.data.readers.probe import generate_split, resolve_options
-from dkbench.metrics.classification import per_sample_loss
+from dkbench.data.spec import DatasetArrays
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import IncompatibleStrategyError, create_strategy
+from dkbench.strategies import BuildContext, IncompatibleStrategyError, StepContext, create_strategy
 from dkbench.strategies.catalogue.multitask_seg import hard_dice, soft_dice_loss
 
 
@@ -31,16 +31,26 @@ def probe_batch() -> dict:
 
 def _net(strategy, arch="tinycnn", size=64, dataset="probe"):
     torch.manual_seed(0)
-    return strategy.build_net(create_backbone(arch, in_chans=1, spatial_dims=2, img_size=size), _spec(dataset))
+    spec = _spec(dataset)
+
+    def make_backbone(**overrides):
+        return create_backbone(arch, **{"in_chans": 1, "spatial_dims": 2, "img_size": size, **overrides})
+
+    return strategy.build_net(BuildContext(arrays=DatasetArrays(spec, {}), make_backbone=make_backbone))
+
+
+def _step(stage: str, dataset: str = "probe") -> StepContext:
+    return StepContext.for_stage(stage, _spec(dataset))
 
 
 def _train(strategy, net, batch, steps):
     """Full-batch Adam on the strategy's joint loss; returns per-step (cls, seg) losses."""
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     history = []
+    step = _step("train")
     for _ in range(steps):
         out = net(batch)
-        terms = strategy.loss_terms(per_sample_loss(out["logits"], batch["label"], "binary"), out, batch, "train")
+        terms = strategy.loss_terms(step.task_loss(out["logits"], batch["label"]), out, batch, step)
         dice, bce = strategy.seg_losses(out, batch)
         history.append((terms["task"].item(), (dice + bce).item()))
         opt.zero_grad()
@@ -63,7 +73,7 @@ def test_seg_term_alone_reaches_decoder_and_encoder(probe_batch):
     strategy = create_strategy("multitask_seg")
     net = _net(strategy)
     out = net(probe_batch)
-    seg = strategy.loss_terms(torch.zeros(32), out, probe_batch, "train")["seg"]
+    seg = strategy.loss_terms(torch.zeros(32), out, probe_batch, _step("train"))["seg"]
     seg.backward()
     for part in (net.decoder, net.backbone):
         grads = [p.grad for p in part.parameters()]
@@ -83,7 +93,7 @@ def test_both_heads_train_and_dice_beats_trivial_masks(probe_batch):
     (cls0, seg0), (cls1, seg1) = history[0], history[-1]
     assert cls1 < 0.5 * cls0 and seg1 < 0.8 * seg0
     with torch.no_grad():  # batch statistics: 25 steps are too few for BatchNorm's running ones
-        dice = strategy.extra_metrics(net(probe_batch), probe_batch, "test")["seg_dice"].item()
+        dice = strategy.extra_metrics(net(probe_batch), probe_batch, _step("test"))["seg_dice"].item()
     assert dice > trivial + 0.2, (dice, trivial)
 
     # control: the same training without the seg term leaves the decoder at chance
@@ -91,7 +101,7 @@ def test_both_heads_train_and_dice_beats_trivial_masks(probe_batch):
     net0 = _net(control)
     _train(control, net0, probe_batch, steps=25)
     with torch.no_grad():
-        dice0 = control.extra_metrics(net0(probe_batch), probe_batch, "test")["seg_dice"].item()
+        dice0 = control.extra_metrics(net0(probe_batch), probe_batch, _step("test"))["seg_dice"].item()
     assert dice > dice0 + 0.3, (dice, dice0)
 
 
@@ -101,6 +111,34 @@ def test_empty_masks_use_bce_only_and_dice_convention():
     assert soft_dice_loss(logits, empty).item() == 0.0  # no lesion: Dice term off, BCE supervises
     assert hard_dice(logits, empty).tolist() == [1.0, 1.0]  # empty truth, empty prediction
     assert hard_dice(-logits, empty).tolist() == [0.0, 0.0]  # empty truth, false positives
+
+
+def test_dice_terms_equal_the_pre_v2_formulas():
+    """soft_dice_loss / hard_dice now use dkbench.metrics.segmentation (soft_dice, per_image_scores):
+    bit-for-bit the values of the former local formulas, written out here."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 1, 20, 20, generator=gen) * 3
+    mask = (torch.rand(6, 1, 20, 20, generator=gen) < 0.3).float()
+    mask[1] = 0  # an image without a lesion: out of the Dice mean
+    mask[2] = 0  # … and with an empty prediction below: hard Dice 1
+    logits[2] = -5.0
+    prob, target = torch.sigmoid(logits).flatten(1), mask.flatten(1)
+    dice = (2 * (prob * target).sum(1) + 0.5) / (prob.sum(1) + target.sum(1) + 0.5)
+    has_lesion = (target.sum(1) > 0).float()
+    assert torch.equal(soft_dice_loss(logits, mask, 0.5), ((1 - dice) * has_lesion).sum() / has_lesion.sum())
+    pred = (prob > 0.5).float()
+    total = pred.sum(1) + target.sum(1)
+    expected = torch.where(total > 0, 2 * (pred * target).sum(1) / total.clamp_min(1), torch.ones_like(total))
+    assert torch.equal(hard_dice(logits, mask), expected) and float(expected[2]) == 1.0
+
+
+def test_options_are_typed_and_checked():
+    strategy = create_strategy("multitask_seg", seg_weight=2, decoder_stages=1)
+    assert strategy.options.seg_weight == 2.0 and isinstance(strategy.options.seg_weight, float)
+    assert len(_net(strategy).decoder.blocks) == 1
+    for option, value in (("seg_weight", -1.0), ("decoder_channels", 0), ("decoder_stages", -1), ("dice_smooth", -1.0)):
+        with pytest.raises(ValueError, match=f"option '{option}' must be"):
+            create_strategy("multitask_seg", **{option: value})
 
 
 def test_incompatible_without_masks():

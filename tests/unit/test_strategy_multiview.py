@@ -13,7 +13,7 @@ import torch
 
 from dkbench.backbones import create_backbone
 from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
-from dkbench.strategies import StrategyContext, create_strategy
+from dkbench.strategies import BuildContext, create_strategy
 from dkbench.strategies.catalogue.multiview import centre_slices, slab_bounds, volume_to_views
 
 VIEWS = frozenset({"views", "mask"})
@@ -25,7 +25,7 @@ def _spec(name="probe", provides=VIEWS, dims=2, size=16, in_chans=1) -> DatasetS
 
 
 def _build(spec, available=None, **options):
-    """prepare() with a context like the runner's (views array + backbone factory), then build."""
+    """build_net with a context like the runner's (views array + backbone factory)."""
     strategy = create_strategy("multiview", **options)
     shape = (2, spec.in_chans) + (spec.size,) * spec.spatial_dims
     extras = {"views": np.zeros((2, available, spec.in_chans, spec.size, spec.size), np.uint8)} if available else {}
@@ -38,8 +38,8 @@ def _build(spec, available=None, **options):
     def make(**overrides):
         return create_backbone("tinycnn", **{**base, **overrides})
 
-    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=Path("/nonexistent"), seed=0, make_backbone=make))
-    return strategy, strategy.build_net(make(), spec)
+    return strategy, strategy.build_net(BuildContext(arrays=arrays, make_backbone=make,
+                                                     cache_dir=Path("/nonexistent"), seed=0))
 
 
 def _capture(backbone, store, key):
@@ -113,6 +113,30 @@ def test_channel_fusion_stacks_views_as_channels_in_order():
     assert net.backbones[0].in_chans == 4 and net.n_views == 2
 
 
+def test_backbones_are_built_in_the_order_of_earlier_versions():
+    """The random stream a seed gives: the run's backbone first (channel fusion: then the V·C
+    one, the view count being known from the data only), per-view branches after it, the head
+    last. Same weights as building them by hand in that order."""
+    spec = _spec(in_chans=2)
+
+    def make(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": 2, "spatial_dims": 2, "img_size": 16, **overrides})
+
+    for options, order in [({"fusion": "channels"}, [{}, {"in_chans": 6}]),
+                           ({"fusion": "late", "shared": False}, [{}, {}, {}]),
+                           ({"fusion": "late", "shared": True}, [{}])]:
+        torch.manual_seed(0)
+        _, net = _build(spec, available=3, **options)
+        torch.manual_seed(0)
+        expected = [make(**overrides) for overrides in order]
+        kept = expected[-1:] if options["fusion"] == "channels" else expected
+        head = torch.nn.Linear(net.head.in_features, net.head.out_features)
+        for built, reference in zip(net.backbones, kept, strict=True):
+            for a, b in zip(built.state_dict().values(), reference.state_dict().values(), strict=True):
+                assert torch.equal(a, b), options
+        assert torch.equal(net.head.weight, head.weight), options
+
+
 def test_volume_becomes_centre_slices_in_order_for_a_2d_backbone():
     assert centre_slices(28, 3) == [13, 14, 15] and centre_slices(7, 3) == [2, 3, 4]
     assert centre_slices(8, 4) == [2, 3, 4, 5] and centre_slices(5, 1) == [2]
@@ -159,6 +183,9 @@ def test_incompatibility_names_the_reason():
     assert "source=volume" in create_strategy("multiview", source="volume").incompatibility(_spec())
     with pytest.raises(ValueError, match="fusion"):
         create_strategy("multiview", fusion="early")
+    for bad in ({"axis": 3}, {"n_slabs": 0}, {"slices": 0}, {"n_views": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            create_strategy("multiview", **bad)
 
 
 def test_tiny_run_on_probe_views(tiny_run):

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from dkbench.backbones import create_backbone
-from dkbench.data.datamodule import bbox_from_mask
+from dkbench.geometry.boxes import box_from_mask
 from dkbench.data.loading import spec_from_config
 from dkbench.data.readers.probe import generate_split, marker_present
+from dkbench.data.spec import DatasetArrays, SplitArrays
 from dkbench.data.transforms import normalize
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import create_strategy
+from dkbench.strategies import BuildContext, StepContext, create_strategy
 from dkbench.strategies.catalogue.roi_input import (
     ROIPredictor,
     crop_boxes,
@@ -30,6 +31,20 @@ from dkbench.strategies.catalogue.roi_input import (
 )
 
 PROBE_OPTS = {"shortcut": {"enabled": True}}
+SPEC = spec_from_config(compose_config(["dataset=probe"]).dataset)
+TRAIN, VAL, TEST = (StepContext.for_stage(stage, SPEC) for stage in ("train", "val", "test"))
+
+
+def _arrays(n: int = 16, size: int = 64) -> DatasetArrays:
+    splits = {}
+    for split in ("train", "val", "test"):
+        arr = generate_split(n, size=size, split=split, options=PROBE_OPTS)
+        splits[split] = SplitArrays(arr.image, arr.label, arr.ids, extras={"mask": arr.extras["mask"]})
+    return DatasetArrays(SPEC, splits)
+
+
+def _make_backbone(**overrides):
+    return create_backbone("tinycnn", **{"in_chans": 1, "spatial_dims": 2, "img_size": 64, **overrides})
 
 
 def _probe_batch(n: int = 16, split: str = "train") -> dict:
@@ -39,27 +54,26 @@ def _probe_batch(n: int = 16, split: str = "train") -> dict:
         "image": normalize(torch.from_numpy(arr.image), 0.5, 0.5),
         "label": torch.from_numpy(arr.label),
         "mask": mask,
-        "bbox": bbox_from_mask(mask),
+        "bbox": box_from_mask(mask),
         "raw": arr.image,
     }
 
 
 def _net(strategy):
-    spec = spec_from_config(compose_config(["dataset=probe"]).dataset)
     torch.manual_seed(0)
-    net = strategy.build_net(create_backbone("tinycnn", in_chans=1, spatial_dims=2, img_size=64), spec)
+    net = strategy.build_net(BuildContext(arrays=_arrays(2), make_backbone=_make_backbone))
     return net.eval()
 
 
 def _outside(batch: dict, strategy) -> torch.Tensor:
     """(B,1,H,W) bool: pixels the strategy's ROI must hide (outside the dilated region / crop box)."""
     shape = tuple(batch["image"].shape[2:])
-    if strategy.mode == "mask":
+    if strategy.options.mode == "mask":
         from dkbench.strategies.catalogue.roi_input import dilate, dilation_px
-        seen = dilate((batch["mask"] > 0).float(), dilation_px(strategy.dilate, shape))
+        seen = dilate((batch["mask"] > 0).float(), dilation_px(strategy.options.dilate, shape))
     else:
         from dkbench.strategies.catalogue.roi_input import box_region
-        seen = box_region(crop_boxes(batch["bbox"], shape, strategy.margin), shape)
+        seen = box_region(crop_boxes(batch["bbox"], shape, strategy.options.margin), shape)
     return seen == 0
 
 
@@ -75,8 +89,8 @@ def test_pixels_outside_the_roi_cannot_change_the_prediction(mode, fill):
     noise = torch.randn(batch["image"].shape, generator=gen) * 3
     perturbed = dict(batch, image=torch.where(outside, batch["image"] + noise, batch["image"]))
     with torch.no_grad():
-        ref = net(strategy.transform_batch(batch, "test"))["logits"]
-        out = net(strategy.transform_batch(perturbed, "test"))["logits"]
+        ref = net(strategy.transform_batch(batch, TEST))["logits"]
+        out = net(strategy.transform_batch(perturbed, TEST))["logits"]
         # the raw network, without the ROI, does react to the same perturbation
         raw_ref, raw_out = net(batch)["logits"], net(perturbed)["logits"]
     assert torch.equal(ref, out)
@@ -84,7 +98,7 @@ def test_pixels_outside_the_roi_cannot_change_the_prediction(mode, fill):
 
     inside = dict(batch, image=torch.where(~outside, batch["image"] + noise, batch["image"]))
     with torch.no_grad():
-        moved = net(strategy.transform_batch(inside, "test"))["logits"]
+        moved = net(strategy.transform_batch(inside, TEST))["logits"]
     assert (moved - ref).abs().max() > 1e-3  # what is inside still matters
 
 
@@ -97,8 +111,8 @@ def test_the_shortcut_marker_is_removed_by_the_roi(mode):
     erased = batch["image"].clone()
     erased[:, :, :4, :4] = -1.0  # the marker square painted black on every image
     assert not torch.equal(erased, batch["image"])
-    a = strategy.transform_batch(batch, "train")["image"]
-    b = strategy.transform_batch(dict(batch, image=erased), "train")["image"]
+    a = strategy.transform_batch(batch, TRAIN)["image"]
+    b = strategy.transform_batch(dict(batch, image=erased), TRAIN)["image"]
     assert torch.equal(a, b)  # the network cannot tell whether the marker was there
     if mode == "mask":
         assert torch.equal(a[:, :, :4, :4], torch.zeros_like(a[:, :, :4, :4]))
@@ -107,7 +121,7 @@ def test_the_shortcut_marker_is_removed_by_the_roi(mode):
 def test_crop_mode_zooms_on_the_lesion_and_moves_the_mask_with_it():
     strategy = create_strategy("roi_input", mode="crop", margin=0.0, min_crop=0.0)
     batch = _probe_batch(8)
-    out = strategy.transform_batch(batch, "test")
+    out = strategy.transform_batch(batch, TEST)
     frac_before = batch["mask"].float().flatten(1).mean(1)
     frac_after = out["mask"].float().flatten(1).mean(1)
     assert (frac_after > 2 * frac_before).all()  # the lesion fills much more of the frame
@@ -126,10 +140,10 @@ def test_images_without_a_lesion_keep_the_whole_image():
     strategy = create_strategy("roi_input", mode="mask")
     batch = _probe_batch(4)
     batch["mask"] = torch.zeros_like(batch["mask"])
-    batch["bbox"] = bbox_from_mask(batch["mask"])
-    assert torch.equal(strategy.transform_batch(batch, "test")["image"], batch["image"])
+    batch["bbox"] = box_from_mask(batch["mask"])
+    assert torch.equal(strategy.transform_batch(batch, TEST)["image"], batch["image"])
     crop = create_strategy("roi_input", mode="crop")
-    assert torch.allclose(crop.transform_batch(batch, "test")["image"], batch["image"], atol=1e-5)
+    assert torch.allclose(crop.transform_batch(batch, TEST)["image"], batch["image"], atol=1e-5)
 
 
 def test_roi_predictor_learns_the_lesion_and_is_used_at_test_time_only():
@@ -142,19 +156,19 @@ def test_roi_predictor_learns_the_lesion_and_is_used_at_test_time_only():
     assert ev["dice"] > 0.4 and ev["dice"] > untrained["dice"] + 0.25
 
     strategy = create_strategy("roi_input", mode="mask", test_roi="predicted")
-    strategy.predictor = net
+    strategy.predictor = net.requires_grad_(False)
     mask = torch.from_numpy(val.extras["mask"][:16])
-    batch = {"image": normalize(torch.from_numpy(val.image[:16]), 0.5, 0.5), "mask": mask, "bbox": bbox_from_mask(mask)}
+    batch = {"image": normalize(torch.from_numpy(val.image[:16]), 0.5, 0.5), "mask": mask, "bbox": box_from_mask(mask)}
     no_truth = {"image": batch["image"]}
-    test_img = strategy.transform_batch(no_truth, "test")["image"]  # needs no ground truth
-    assert torch.equal(strategy.transform_batch(batch, "val")["image"], test_img)
-    given = create_strategy("roi_input", mode="mask").transform_batch(batch, "test")["image"]
+    test_img = strategy.transform_batch(no_truth, TEST)["image"]  # needs no ground truth
+    assert torch.equal(strategy.transform_batch(batch, VAL)["image"], test_img)
+    given = create_strategy("roi_input", mode="mask").transform_batch(batch, TEST)["image"]
     assert not torch.equal(test_img, given)
     # training always uses the ground-truth region
-    assert torch.equal(strategy.transform_batch(batch, "train")["image"], given)
+    assert torch.equal(strategy.transform_batch(batch, TRAIN)["image"], given)
     # the marker corner lies outside the predicted region as well
     assert (test_img[:, :, :4, :4] == 0).all()
-    cov = strategy.transform_batch(batch, "test")["roi_coverage"]
+    cov = strategy.transform_batch(batch, TEST)["roi_coverage"]
     assert cov.mean() > 0.5  # most of each true lesion is inside the predicted region
 
 
@@ -177,6 +191,18 @@ def test_tiny_run_states_the_test_roi_and_logs_coverage(tiny_run):
     assert metrics["test/roi_coverage"] == pytest.approx(1.0)
     assert 0.0 <= metrics["test/attention_overlap"] <= 1.0
     assert np.isfinite(metrics["test/auroc"])
+
+
+def test_tiny_run_with_the_predicted_roi(tiny_run):
+    """The pre-stage inside a run: the predictor is trained (and cached) in build_net, moves with
+    the model, and only the ROI it predicts reaches the network at val/test time."""
+    metrics, run_dir = tiny_run("strategy=roi_input_predicted", "strategy.options.predictor_epochs=2")
+    meta = json.loads((run_dir / "metadata.json").read_text())["strategy"]
+    assert meta["test_roi"] == "predicted" and "predicted" in meta["roi_claim"]
+    stats = meta["roi_predictor"]
+    assert 0.0 <= stats["val_dice"] <= 1.0 and stats["trained_on"] == "train split masks"
+    assert stats["cache"].endswith(".pt") and json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/roi_coverage"] <= 1.0 and np.isfinite(metrics["test/auroc"])
 
 
 def _predicted_region_reference(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -214,16 +240,12 @@ def test_batched_predicted_region_equals_the_per_image_loop(size):
 
 
 def test_pre_stage_trains_on_the_context_device_and_caches_cpu_tensors(tmp_path, monkeypatch):
-    from dkbench.data.spec import DatasetArrays, SplitArrays
-    from dkbench.strategies import StrategyContext
+    import hashlib
+    import json as json_module
+
     from dkbench.strategies.catalogue import roi_input as module
 
-    spec = spec_from_config(compose_config(["dataset=probe"]).dataset)
-    splits = {}
-    for split in ("train", "val", "test"):
-        arr = generate_split(16, size=32, split=split, options=PROBE_OPTS)
-        splits[split] = SplitArrays(arr.image, arr.label, arr.ids, extras={"mask": arr.extras["mask"]})
-    arrays = DatasetArrays(spec, splits)
+    arrays = _arrays(16, 32)
     seen = []
 
     def train_spy(*args, **kwargs):
@@ -237,18 +259,42 @@ def test_pre_stage_trains_on_the_context_device_and_caches_cpu_tensors(tmp_path,
     monkeypatch.setattr(module, "train_roi_predictor", train_spy)
     monkeypatch.setattr(module, "evaluate_predictor", evaluate_spy)
     device = torch.device("cpu")
-    strategy = create_strategy("roi_input", test_roi="predicted", predictor_epochs=1)
-    strategy.prepare(StrategyContext(arrays=arrays, cache_dir=tmp_path, seed=0, make_backbone=None, device=device))
+
+    def build():
+        strategy = create_strategy("roi_input", test_roi="predicted", predictor_epochs=1)
+        net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=_make_backbone, cache_dir=tmp_path,
+                                              seed=0, device=device))
+        return strategy, net
+
+    strategy, net = build()
     assert seen == [("train", device), ("evaluate", device)]
     assert all(p.device.type == "cpu" for p in strategy.predictor.parameters())
+    # a frozen submodule of the strategy: in its state_dict (checkpoints), never trained, and
+    # kept in eval mode when the run switches the model to training mode
+    assert "predictor.out.weight" in strategy.state_dict()
+    assert not any(p.requires_grad for p in strategy.predictor.parameters())
+    assert not set(map(id, strategy.parameters())) & set(map(id, net.parameters()))
+    strategy.train()
+    assert strategy.training and not strategy.predictor.training
+    # the cache file: the key of earlier versions, written atomically (no temporary file left)
+    payload = {"version": module.PREDICTOR_VERSION, "dataset": SPEC.name, "checksum": arrays.checksum, "seed": 0,
+               "mean": 0.5, "std": 0.5, "epochs": 1, "width": 16, "lr": 2e-3, "batch_size": 32}
+    key = hashlib.sha256(json_module.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     (cached,) = (tmp_path / "roi_input").glob("*.pt")
-    state = torch.load(cached, weights_only=False)["state_dict"]  # no map_location: as saved
+    assert cached.name == f"{SPEC.name}-{key}.pt"
+    assert not list((tmp_path / "roi_input").glob("*.tmp")) and not list((tmp_path / "roi_input").glob(".*"))
+    state = torch.load(cached, weights_only=True)["state_dict"]  # no map_location: as saved
     assert state and all(v.device.type == "cpu" for v in state.values())
     # the same seed trains the same weights whichever way the device is named (CPU generators)
-    again = train_roi_predictor(splits["train"].image, splits["train"].extras["mask"], mean=0.5, std=0.5, seed=0,
-                                epochs=1, device="cpu")
+    again = train_roi_predictor(arrays.splits["train"].image, arrays.splits["train"].extras["mask"], mean=0.5,
+                                std=0.5, seed=0, epochs=1, device="cpu")
     for key, value in strategy.predictor.state_dict().items():
         torch.testing.assert_close(value, again.state_dict()[key])
+    # a second build loads the cached predictor (weights only), trains nothing, same stats
+    loaded, _ = build()
+    assert len(seen) == 2 and loaded.metadata()["roi_predictor"] == strategy.metadata()["roi_predictor"]
+    for key, value in strategy.predictor.state_dict().items():
+        assert torch.equal(value, loaded.predictor.state_dict()[key])
 
 
 @pytest.mark.parametrize("mode,region", [("mask", "mask"), ("mask", "bbox"), ("crop", "mask")])
@@ -260,5 +306,5 @@ def test_a_training_batch_is_reduced_without_host_reads(monkeypatch, mode, regio
     batch.pop("raw")
     strategy = create_strategy("roi_input", mode=mode, region=region, fill="roi_mean")
     with no_host_reads(monkeypatch):
-        out = strategy.transform_batch(batch, "train")
+        out = strategy.transform_batch(batch, TRAIN)
     assert out["image"].shape == batch["image"].shape

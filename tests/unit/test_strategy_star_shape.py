@@ -14,7 +14,7 @@ from matplotlib.path import Path
 from dkbench.data.spec import DatasetSpec
 from dkbench.losses.star_shape import centroids, inward_neighbour_index, star_shape_loss
 from dkbench.metrics.segmentation import one_hot
-from dkbench.strategies import STRATEGIES, create_strategy
+from dkbench.strategies import STRATEGIES, StepContext, create_strategy
 
 SIZE = 48
 SPEC = DatasetSpec(name="toy_seg", task="segmentation", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE,
@@ -52,7 +52,10 @@ def test_registered_and_refuses_classification():
     reason = create_strategy("star_shape").incompatibility(CLS_SPEC)
     assert reason and "segmentation" in reason and "multiclass" in reason
     assert create_strategy("star_shape").incompatibility(SPEC) is None
-    assert "form" in create_strategy("star_shape", form="nope").incompatibility(SPEC)
+    with pytest.raises(ValueError, match=r"option 'form' must be one of \['monotone', 'paper'\]"):
+        create_strategy("star_shape", form="nope")
+    with pytest.raises(ValueError, match="option 'weight' must be >= 0"):
+        create_strategy("star_shape", weight=-1.0)
 
 
 def test_neighbour_is_one_quantised_step_toward_the_centre():
@@ -107,7 +110,8 @@ def test_empty_ground_truth_adds_nothing_and_gradient_flows():
     strategy = create_strategy("star_shape", weight=2.0)
     per_image = strategy.star_penalty(logits, target)
     assert float(per_image[0].detach()) > 0 and float(per_image[1].detach()) == 0.0
-    terms = strategy.loss_terms(torch.tensor([0.3, 0.5]), {"logits": logits}, {"label": target}, "train")
+    terms = strategy.loss_terms(torch.tensor([0.3, 0.5]), {"logits": logits}, {"label": target},
+                                StepContext.for_stage("train", SPEC))
     assert set(terms) == {"task", "star"}
     torch.testing.assert_close(terms["star"], 2.0 * per_image.mean())
     terms["star"].backward()

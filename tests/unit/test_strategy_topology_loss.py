@@ -4,12 +4,13 @@ volumetric Dice; the soft skeleton of a binary line lies inside the line; identi
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dkbench.data.spec import DatasetSpec
 from dkbench.losses import soft_cldice_loss, soft_skeleton
 from dkbench.metrics.segmentation import one_hot
-from dkbench.strategies import STRATEGIES, create_strategy
+from dkbench.strategies import STRATEGIES, StepContext, create_strategy
 
 SIZE = 32
 SPEC = DatasetSpec(name="toy_seg", task="segmentation", num_classes=2, in_chans=1, spatial_dims=2, size=SIZE,
@@ -39,6 +40,9 @@ def test_registered_and_refuses_classification():
     reason = create_strategy("topology_loss").incompatibility(CLS_SPEC)
     assert reason and "segmentation" in reason
     assert create_strategy("topology_loss").incompatibility(SPEC) is None
+    for option, value in (("weight", -0.5), ("iterations", -1), ("smooth", 0.0)):
+        with pytest.raises(ValueError, match=f"option '{option}' must be"):
+            create_strategy("topology_loss", **{option: value})
 
 
 def test_soft_skeleton_of_a_thick_line_lies_inside_it():
@@ -71,7 +75,8 @@ def test_loss_term_weighted_per_image_and_differentiable():
     logits = torch.randn(2, 2, SIZE, SIZE, requires_grad=True)
     per_image = strategy.cldice_loss(logits, target)
     assert per_image.shape == (2,)
-    terms = strategy.loss_terms(torch.tensor([1.0, 3.0]), {"logits": logits}, {"label": target}, "train")
+    terms = strategy.loss_terms(torch.tensor([1.0, 3.0]), {"logits": logits}, {"label": target},
+                                StepContext.for_stage("train", SPEC))
     assert set(terms) == {"task", "cldice"}
     torch.testing.assert_close(terms["task"], torch.tensor(2.0))
     torch.testing.assert_close(terms["cldice"], 0.25 * per_image.mean())

@@ -19,8 +19,8 @@ import dkbench.runner.train as train_mod
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.compose import compose_config
 from dkbench.runner.run_folder import RunFolder, locked
-from dkbench.strategies import StrategyContext, create_strategy
-from dkbench.strategies.catalogue import transfer_medical
+from dkbench.data.loading import load_dataset
+from dkbench.strategies import BuildContext, create_strategy
 
 SOURCE_EPOCHS = "strategy.options.source_epochs=1"
 
@@ -80,24 +80,22 @@ def test_source_is_trained_once_for_a_sweep_of_targets(tiny_run, tmp_path, fits)
         assert (run / "DONE").exists() and (run / "predictions.csv").exists()
 
 
-def _context(cfg, cache: Path) -> StrategyContext:
-    return StrategyContext(arrays=None, cache_dir=cache, seed=int(cfg.seed), make_backbone=None,
-                           config=OmegaConf.to_container(cfg, resolve=True), compose=compose_config)
-
-
-def test_target_starts_from_the_source_checkpoint(tmp_path, fits, monkeypatch):
+def test_target_starts_from_the_source_checkpoint(tmp_path, fits):
     data = _fake_pneumoniamnist(tmp_path / "data")
     cfg = compose_config(["dataset=probe", "backbone=tinycnn", "strategy=transfer_medical", SOURCE_EPOCHS,
                           "trainer.max_epochs=1", "ui.progress_bar=false", f"paths.root_dir={tmp_path}",
                           f"paths.data_dir={data}"])
-    spec = spec_from_config(cfg.dataset)
+    arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    spec = arrays.spec
 
     def build():
-        pl.seed_everything(0, verbose=False)
         strategy = create_strategy("transfer_medical", **dict(cfg.strategy.options))
-        strategy.prepare(_context(cfg, Path(cfg.paths.cache_dir)))
-        make = train_mod._backbone_factory(cfg, spec, strategy.backbone_kwargs(spec))
-        return strategy, strategy.build_net(make(), spec)
+        prestages = train_mod.train_prestages(strategy, cfg)  # as the runner does, before seeding
+        pl.seed_everything(0, verbose=False)
+        ctx = BuildContext(arrays=arrays, make_backbone=train_mod._backbone_factory(cfg, spec, strategy.backbone_kwargs(spec)),
+                           seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache_dir),
+                           config=OmegaConf.to_container(cfg, resolve=True), prestages=prestages)
+        return strategy, strategy.build_net(ctx)
 
     strategy, trained_now = build()  # trains the source
     assert fits == ["pneumoniamnist"]
@@ -109,9 +107,8 @@ def test_target_starts_from_the_source_checkpoint(tmp_path, fits, monkeypatch):
     scratch = train_mod._backbone_factory(cfg, spec, {})().state_dict()
     assert not all(torch.equal(v, scratch[k]) for k, v in built.items())  # not a random init
 
-    # cached: a second target neither retrains nor waits forever on a busy source folder, and
-    # builds the same network (the source run's re-seeding does not leak into the target)
-    monkeypatch.setattr(transfer_medical, "LOCK_POLL_S", 0.05)
+    # cached: a second target does not retrain; while another process holds the source folder it
+    # waits on the lock (woken by the kernel, no polling) and then builds the same network
     held = threading.Event()
 
     def hold_lock():
@@ -141,3 +138,12 @@ def test_sources_sharing_images_with_the_target_are_refused():
     assert "probe" in create_strategy("transfer_medical", source="probe").incompatibility(spec("probe_3class"))
     assert "3D" in default.incompatibility(spec("adrenalmnist3d"), "resnet18_28")
     assert "unknown source" in create_strategy("transfer_medical", source="nosuch").incompatibility(spec("probe"))
+
+
+def test_options_are_typed_and_checked():
+    cfg = compose_config(["strategy=transfer_medical", "strategy.options.source_overrides=['data.batch_size=128']"])
+    strategy = create_strategy(cfg.strategy.method, **OmegaConf.to_container(cfg.strategy.options))
+    assert strategy.options.source_overrides == ("data.batch_size=128",)
+    assert strategy.metadata()["options"]["source_overrides"] == ["data.batch_size=128"]  # a list in metadata.json
+    with pytest.raises(ValueError, match="source_epochs"):
+        create_strategy("transfer_medical", source_epochs=0)

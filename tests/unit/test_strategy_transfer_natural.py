@@ -15,7 +15,7 @@ from dkbench.backbones import create_backbone, pretrained_weights_file
 from dkbench.backbones.weights import adapt_stem_weight, read_checkpoint
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.compose import compose_config
-from dkbench.strategies import create_strategy
+from dkbench.strategies import BuildContext, create_strategy
 
 LITE0 = "efficientnet_lite0"
 
@@ -33,11 +33,20 @@ def breast_spec():
     return spec_from_config(compose_config(["dataset=breastmnist"]).dataset)  # 1 channel, 28 px
 
 
+class _Arrays:
+    """A dataset with only its spec: build_net reads nothing else here."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
 def _build(strategy, spec, backbone=LITE0):
-    """What train.py does: the strategy's backbone kwargs, then build_net."""
-    bb = create_backbone(backbone, in_chans=spec.in_chans, spatial_dims=spec.spatial_dims, img_size=spec.size,
-                         **strategy.backbone_kwargs(spec))
-    return strategy.build_net(bb, spec)
+    """What train.py does: a backbone factory with the strategy's backbone kwargs, then build_net."""
+    def make(**overrides):
+        return create_backbone(backbone, **{"in_chans": spec.in_chans, "spatial_dims": spec.spatial_dims,
+                                            "img_size": spec.size, **strategy.backbone_kwargs(spec), **overrides})
+
+    return strategy.build_net(BuildContext(arrays=_Arrays(spec), make_backbone=make))
 
 
 def _file_state(backbone) -> dict[str, torch.Tensor]:
@@ -133,3 +142,13 @@ def test_linear_probe_end_to_end_leaves_imagenet_backbone_untouched(tiny_run):
     meta = json.loads((run_dir / "metadata.json").read_text())["strategy"]
     assert meta["mode"].startswith("linear probe")
     assert meta["pretrained_weights"]["sha256"] and meta["pretrained_weights"]["file"].endswith(".pth")
+
+
+def test_linear_variant_inherits_the_fine_tune_options():
+    """transfer_natural_linear.yaml sets freeze only; the rest comes from transfer_natural.yaml."""
+    cfg = compose_config(["strategy=transfer_natural_linear", "backbone.weights=/some/file.pth"])
+    assert cfg.strategy.name == "transfer_natural_linear" and cfg.strategy.method == "transfer_natural"
+    options = create_strategy(cfg.strategy.method, **dict(cfg.strategy.options)).options
+    assert options.freeze is True and options.allow_download is False and options.dropout == 0.0
+    assert options.local_weights == "/some/file.pth"
+    assert create_strategy("transfer_natural").options.freeze is False

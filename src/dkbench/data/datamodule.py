@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dkbench.data.spec import DatasetArrays, SplitArrays
 from dkbench.data.transforms import AugmentConfig, augment_batch, normalize
+from dkbench.geometry.boxes import box_from_mask
 
 #: Extras kept as image-like uint8 tensors and normalised like the image.
 IMAGE_LIKE = ("views",)
@@ -145,22 +146,6 @@ class InMemoryDataset(Dataset):
         return self.__getitems__([i])
 
 
-def bbox_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B,1,H,W) {0,1} → (B,4) float (x_min, y_min, x_max, y_max), max exclusive; NaN if empty."""
-    m = mask.flatten(1, -3).amax(1) > 0  # (B,H,W)
-    rows, cols = m.any(-1), m.any(-2)
-    h, w = m.shape[-2:]
-    ar_h = torch.arange(h, device=m.device)
-    ar_w = torch.arange(w, device=m.device)
-    big = 10**9  # a Python scalar: a device tensor made from it would be a host→device copy
-    y0 = torch.where(rows, ar_h, big).amin(-1)
-    y1 = torch.where(rows, ar_h, -1).amax(-1) + 1
-    x0 = torch.where(cols, ar_w, big).amin(-1)
-    x1 = torch.where(cols, ar_w, -1).amax(-1) + 1
-    box = torch.stack([x0, y0, x1, y1], -1).float()
-    return torch.where(rows.any(-1, keepdim=True), box, torch.full_like(box, float("nan")))
-
-
 class DKDataModule(pl.LightningDataModule):
     """Serves train / val / test batches of a loaded dataset.
 
@@ -272,7 +257,7 @@ class DKDataModule(pl.LightningDataModule):
             generator = self.generator_for(batch["image"].device)
             batch = augment_batch(batch, self.augment, self.spec.task, generator)
             if "bbox" in batch and "mask" in batch:
-                batch["bbox"] = bbox_from_mask(batch["mask"])
+                batch["bbox"] = box_from_mask(batch["mask"])  # NaN rows: no lesion
         if self.channels_last:
             batch = to_channels_last(batch)
         return batch

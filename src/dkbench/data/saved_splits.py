@@ -132,7 +132,7 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 def masks_to_bbox(masks: np.ndarray) -> np.ndarray:
     """(N, [1,] H, W) masks → float32 (N, 4) boxes (x_min, y_min, x_max, y_max), max exclusive.
 
-    Rows of empty masks are NaN.
+    Rows of empty masks are NaN (`dkbench.geometry.boxes.box_from_mask`).
     """
     m = np.asarray(masks)
     if m.ndim == 4:
@@ -141,20 +141,12 @@ def masks_to_bbox(masks: np.ndarray) -> np.ndarray:
         m = m[:, 0]
     if m.ndim != 3:
         raise ValueError(f"masks_to_bbox expects (N, H, W) or (N, 1, H, W), got shape {m.shape}")
-    h, w = m.shape[1:]
-    rows = m.any(axis=2)  # (N, H)
-    cols = m.any(axis=1)  # (N, W)
-    box = np.stack(
-        [
-            cols.argmax(axis=1),
-            rows.argmax(axis=1),
-            w - cols[:, ::-1].argmax(axis=1),
-            h - rows[:, ::-1].argmax(axis=1),
-        ],
-        axis=1,
-    ).astype(np.float32)
-    box[~rows.any(axis=1)] = np.nan
-    return box
+    import torch  # lazy: split files and specs are read without torch (the sweep planner)
+
+    from dkbench.geometry.boxes import box_from_mask
+
+    # the one box-from-mask rule: NaN rows for empty masks
+    return box_from_mask(torch.from_numpy(np.ascontiguousarray(m[:, None] != 0))).numpy().astype(np.float32)
 
 
 def check_masks(masks: np.ndarray, images: np.ndarray, path: Path | str) -> None:

@@ -14,10 +14,8 @@ misses): a sweep's test counts it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 
 from dkbench.data.spec import SPLITS, DatasetArrays
 from dkbench.features.radiomics import RadiomicsConfig, extract_features, feature_names
-from dkbench.locking import file_lock
+from dkbench.storage import arrays_digest, atomic_file, content_key, file_lock
 
 log = logging.getLogger("dkbench.features")
 
@@ -52,22 +50,8 @@ class CachedFeatures:
         return len(self.names)
 
 
-def data_digest(arrays: DatasetArrays, with_masks: bool) -> str:
-    h = hashlib.sha256()
-    h.update(f"{arrays.spec.name}|{arrays.checksum}|{arrays.spec.size}".encode())
-    for split in SPLITS:
-        s = arrays.splits[split]
-        h.update(f"|{split}|{s.image.shape}|{s.image.dtype}|".encode())
-        h.update("\x00".join(map(str, s.ids)).encode())
-        h.update(np.ascontiguousarray(s.image).tobytes())
-        if with_masks:
-            h.update(np.ascontiguousarray(s.extras["mask"]).tobytes())
-    return h.hexdigest()
-
-
 def cache_key(arrays: DatasetArrays, cfg: RadiomicsConfig) -> str:
-    payload = json.dumps({"data": data_digest(arrays, cfg.use_mask), "features": cfg.as_dict()}, sort_keys=True)
-    return f"{arrays.spec.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+    return content_key(arrays.spec.name, {"data": arrays_digest(arrays, cfg.use_mask), "features": cfg.as_dict()})
 
 
 def _load(path: Path, arrays: DatasetArrays, key: str) -> CachedFeatures | None:
@@ -111,12 +95,11 @@ def load_or_extract(arrays: DatasetArrays, cfg: RadiomicsConfig, cache_dir: str 
         seconds = time.perf_counter() - started
         _EXTRACTIONS += 1
         names = feature_names(cfg)
-        tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
-        np.savez(
-            tmp, names=np.asarray(names), seconds=np.float64(seconds), config=json.dumps(cfg.as_dict()),
-            **splits, **{f"ids_{s}": np.asarray(arrays.splits[s].ids).astype(str) for s in SPLITS},
-        )
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as fh:
+            np.savez(
+                fh, names=np.asarray(names), seconds=np.float64(seconds), config=json.dumps(cfg.as_dict()),
+                **splits, **{f"ids_{s}": np.asarray(arrays.splits[s].ids).astype(str) for s in SPLITS},
+            )
         n = sum(len(v) for v in splits.values())
         log.info("radiomics features: %d images x %d features in %.1f s -> %s", n, len(names), seconds, path)
         return CachedFeatures(splits, names, key, path, computed=True, seconds=seconds)

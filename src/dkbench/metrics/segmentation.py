@@ -60,6 +60,16 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, lambda_dice: float 
     return lambda_dice * dice + lambda_ce * ce
 
 
+def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """(B, C) soft Dice coefficient per image and channel of probabilities vs {0,1} targets,
+    both (B, C, *spatial): (2·Σpt + smooth) / (Σp + Σt + smooth). Equals 1 − MONAI's
+    ``DiceLoss(include_background=True, smooth_nr=smooth, smooth_dr=smooth, reduction="none")``
+    (tested); plain torch so that a classification run's auxiliary Dice does not import MONAI."""
+    p, t = prob.flatten(2), target.flatten(2).to(prob.dtype)
+    inter = (p * t).sum(-1)
+    return (2 * inter + smooth) / (p.sum(-1) + t.sum(-1) + smooth)
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, *spatial) or (B, 1, *spatial) integer labels → (B, K, *spatial) float one-hot."""
     if labels.ndim >= 3 and labels.shape[1] == 1:

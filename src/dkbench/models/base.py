@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from dkbench.data.spec import DatasetSpec
-from dkbench.strategies.base import Strategy
+from dkbench.losses.task import TaskLoss
+from dkbench.strategies.base import StepContext, Strategy
 
 
 class TaskModule(pl.LightningModule):
@@ -31,11 +32,16 @@ class TaskModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
+        task_loss: TaskLoss | None = None,
     ):
         super().__init__()
         self.net = net
         self.spec = spec
+        #: a child module: the strategy's buffers (tables, priors, pacing state) follow the
+        #: network to the device and into every checkpoint
         self.strategy = strategy
+        #: the run's per-sample task loss, the same object strategies get in their contexts
+        self.loss_fn = task_loss or TaskLoss(spec.task)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -47,7 +53,20 @@ class TaskModule(pl.LightningModule):
     # --- task-specific -------------------------------------------------------------------
     def task_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         """(B,) unreduced task loss, so strategies can weight samples."""
-        raise NotImplementedError
+        return self.loss_fn(outputs["logits"], batch["label"])
+
+    def scores_hd95(self, stage: str) -> bool:
+        """Whether a stage computes HD95 (segmentation overrides)."""
+        return False
+
+    def step_context(self, stage: str) -> StepContext:
+        trainer = self._trainer  # None outside a Trainer (direct calls in tests)
+        max_epochs = getattr(trainer, "max_epochs", None)  # None: a Trainer without an epoch limit
+        return StepContext(
+            stage=stage, spec=self.spec, task_loss=self.loss_fn, device=self.device,
+            epoch=self.current_epoch, max_epochs=int(max_epochs) if max_epochs is not None else 1,
+            hd95=self.scores_hd95(stage), net=self.net,
+        )
 
     def extra_logs(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
         """Task-level scalars logged for every strategy (e.g. attention overlap)."""
@@ -61,26 +80,27 @@ class TaskModule(pl.LightningModule):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.net(batch)
 
-    def _step(self, batch: dict, stage: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
-        batch = self.strategy.transform_batch(batch, stage)
+    def _step(self, batch: dict, step: StepContext) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+        batch = self.strategy.transform_batch(batch, step)
         outputs = self.net(batch)
-        terms = self.strategy.loss_terms(self.task_loss(outputs, batch), outputs, batch, stage)
+        terms = self.strategy.loss_terms(self.task_loss(outputs, batch), outputs, batch, step)
         return batch, outputs, terms
 
     def on_train_epoch_start(self) -> None:
         self.strategy.on_train_epoch_start(self.current_epoch, self.trainer.max_epochs)
 
-    def _log_extra(self, outputs: dict, batch: dict, stage: str) -> None:
+    def _log_extra(self, outputs: dict, batch: dict, step: StepContext) -> None:
         n = batch["image"].shape[0]
-        extra = dict(self.strategy.extra_metrics(outputs, batch, stage))
-        for name, value in self.extra_logs(outputs, batch, stage).items():
+        extra = dict(self.strategy.extra_metrics(outputs, batch, step))
+        for name, value in self.extra_logs(outputs, batch, step.stage).items():
             extra.setdefault(name, value)
         for name, value in extra.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"{step.stage}/{name}", value, on_step=False, on_epoch=True, batch_size=n)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        batch, outputs, terms = self._step(batch, "train")
-        self._log_extra(outputs, batch, "train")
+        step = self.step_context("train")
+        batch, outputs, terms = self._step(batch, step)
+        self._log_extra(outputs, batch, step)
         loss = torch.stack(list(terms.values())).sum()
         n = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
@@ -90,9 +110,10 @@ class TaskModule(pl.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict, stage: str) -> tuple[dict, dict]:
-        batch, outputs, terms = self._step(batch, stage)
-        outputs = self.strategy.postprocess(outputs, batch)
-        self._log_extra(outputs, batch, stage)
+        step = self.step_context(stage)
+        batch, outputs, terms = self._step(batch, step)
+        outputs = self.strategy.postprocess(outputs, batch, step)
+        self._log_extra(outputs, batch, step)
         loss = torch.stack(list(terms.values())).sum()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
         self.score(outputs, batch, stage)
@@ -102,7 +123,9 @@ class TaskModule(pl.LightningModule):
         self._evaluate(batch, "val")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        # the network's parameters only: a strategy's own modules (a frozen shape model, a
+        # predictor) are state, trained in their pre-stage if at all
+        optimizer = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

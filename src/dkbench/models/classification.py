@@ -16,7 +16,7 @@ from torch import nn
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.attention import attention_overlap
 from dkbench.models.base import TaskModule
-from dkbench.metrics.classification import make_metrics, metric_inputs, per_sample_loss, probabilities
+from dkbench.metrics.classification import make_metrics, metric_inputs, probabilities
 from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy
 
 
@@ -31,9 +31,6 @@ class ClassificationModule(TaskModule):
         self.val_metrics = make_metrics(spec.task, spec.num_classes, "val")
         self.test_metrics = make_metrics(spec.task, spec.num_classes, "test")
         self._test_rows: list[dict[str, np.ndarray]] = []
-
-    def task_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
-        return per_sample_loss(outputs["logits"], batch["label"], self.spec.task)
 
     def extra_logs(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
         if stage == "train":

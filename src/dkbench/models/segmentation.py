@@ -23,10 +23,10 @@ from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.segmentation import (
     SEGMENTATION_METRICS,
     VALIDATION_METRICS,
-    dice_ce_loss,
     per_image_scores,
     predicted_labels,
 )
+from dkbench.losses.task import TaskLoss
 from dkbench.models.base import TaskModule
 from dkbench.strategies.base import Strategy
 
@@ -40,6 +40,7 @@ class SegmentationModule(TaskModule):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         val_hd95: bool = False,
+        task_loss: TaskLoss | None = None,
         **kwargs: Any,
     ):
         if spec.task != "segmentation":
@@ -47,15 +48,15 @@ class SegmentationModule(TaskModule):
                 f"SegmentationModule got dataset '{spec.name}', a {spec.task} task; use model=classification "
                 f"(segmentation datasets select model=segmentation themselves)"
             )
-        super().__init__(net, spec, strategy, **kwargs)
-        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        # the DiceCE weights: the runner passes the TaskLoss it built from the same model config
+        task_loss = task_loss or TaskLoss(spec.task, float(lambda_dice), float(lambda_ce))
+        super().__init__(net, spec, strategy, task_loss=task_loss, **kwargs)
         self.val_hd95 = bool(val_hd95)
-        strategy.val_hd95 = self.val_hd95  # strategies' own HD95 variants (e.g. hd95_raw) follow it
         self._scores: dict[str, list[torch.Tensor]] = {}
         self._test_rows: list[dict[str, Any]] = []
 
-    def task_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
-        return dice_ce_loss(outputs["logits"], batch["label"], self.lambda_dice, self.lambda_ce)
+    def scores_hd95(self, stage: str) -> bool:
+        return "hd95" in self.metric_names(stage)  # strategies' own HD95 variants follow it
 
     @staticmethod
     def prediction(outputs: dict) -> torch.Tensor:

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 
-from dkbench.runner.run_folder import atomic_file, fsync_dir
+from dkbench.storage import atomic_file, fsync_dir
 
 log = logging.getLogger("dkbench")
 
@@ -185,7 +185,7 @@ class PeriodicLastCheckpoint(Checkpoint):
             # the full trainer state (optimizer, loops, callbacks); every rank calls it, rank 0 writes.
             # It holds only tensors and plain containers, so the runner reads it back with
             # `weights_only=True` on resume (tests/integration/test_checkpointing.py checks it)
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state a resume needs (optimizer, loops)
             if trainer.is_global_zero:
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())

@@ -1,7 +1,7 @@
 """The torch device a run's Trainer will use, resolved from `cfg.trainer` before the Trainer exists.
 
 Pre-stages (ROI predictor, shape autoencoder, curriculum teacher scoring) run in
-`strategy.prepare`, before Lightning picks a device, so they need the same answer up front:
+`Strategy.build_net`, before Lightning picks a device, so they need the same answer up front:
 
 - ``accelerator: auto`` → ``cuda`` if CUDA is available, else ``cpu`` (simplified: Lightning's
   ``auto`` would also pick Apple MPS or TPUs; dkbench runs on CUDA or the CPU);

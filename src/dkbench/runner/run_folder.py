@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,9 +22,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dkbench.storage import atomic_file, atomic_write_text, fsync_dir  # noqa: F401  (re-exported: run folders write through them)
+
 #: Config sections that do not change results (where files go, how they are logged).
 NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite_name", "keep_checkpoints", "threads",
-                    "placement",
+                    "placement", "prestage_only",
                     "checkpoint")  # how often last.ckpt is saved; `speed` stays in: see runner/speed.py
 RESULT_FILES = ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE")
 #: `status.json` holds one of these (plus `config_hash`, and `reason` / `error` where relevant).
@@ -48,45 +49,6 @@ def config_hash(cfg: DictConfig) -> str:
     """12 hex digits over the resolved config minus paths/logging: same hash ⇔ same experiment."""
     payload = json.dumps(identity_config(cfg), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def fsync_dir(folder: Path) -> None:
-    """Makes a rename durable (the directory entry), where the OS allows opening a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
-    """The one home of atomic writes: yields a handle on a temporary file beside `path`; on
-    success it is flushed, fsynced and renamed over `path` (then the folder is fsynced), on any
-    failure (an exception, Ctrl-C, a full disk) it is removed, so `path` is either the old file
-    or the complete new one, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_file(path, "w") as fh:
-        fh.write(text)
 
 
 class RunFolder:
@@ -168,17 +130,18 @@ class RunLockedError(RuntimeError):
 
 
 @contextmanager
-def locked(run: RunFolder) -> Iterator[None]:
+def locked(run: RunFolder, wait: bool = False) -> Iterator[None]:
     """Exclusive lock on a run folder for the duration of a run.
 
     `flock` is released by the kernel when the holder dies (even by SIGKILL), so a crash
     leaves no stale lock; a second sweep that reaches the same cell fails cleanly instead of
-    writing into it.
+    writing into it. ``wait=True`` (pre-stage runs that several cells share) blocks until the
+    holder is finished instead, woken by the kernel (no polling); the caller then finds it DONE.
     """
     run.path.mkdir(parents=True, exist_ok=True)
     fh = open(run.file(".lock"), "a+")
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         holder = fh.read().strip() or "unknown"

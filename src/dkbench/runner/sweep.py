@@ -1,7 +1,9 @@
 """Planning and reporting a suite sweep (used by the `dkbench_suite` Hydra sweeper).
 
 `plan_cells` decides, for every cell, one of: incompatible (recorded with its reason, never
-launched), done (same config hash already finished: skipped, files untouched), or pending.
+launched), done (same config hash already finished: skipped, files untouched), or pending. It
+also collects the pending cells' pre-stage runs (`Strategy.prestage_runs`: a source model, a
+curriculum teacher), once per run folder and config hash, which the sweeper launches first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ from dkbench.strategies import strategy_from_config
 log = logging.getLogger("dkbench.sweep")
 
 
+@dataclass(frozen=True)
+class Prestage:
+    """An unfinished pre-stage run, launched as the job of a cell that needs it (`prestage_only`)."""
+
+    cell: Cell
+    role: str
+    run_dir: str
+    config_hash: str
+
+    @property
+    def overrides(self) -> list[str]:
+        return [*self.cell.overrides, f"prestage_only={self.role}"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} of {self.cell.label} → {self.run_dir}"
+
+
 @dataclass
 class SweepPlan:
     suite: dict
@@ -36,6 +56,8 @@ class SweepPlan:
     pending: list[Cell] = field(default_factory=list)
     done: list[Cell] = field(default_factory=list)
     incompatible: list[tuple[Cell, str]] = field(default_factory=list)
+    #: unfinished pre-stage runs of the pending cells, one per (run folder, config hash)
+    prestages: list[Prestage] = field(default_factory=list)
 
 
 def _valid_names() -> dict[str, list[str]]:
@@ -49,10 +71,12 @@ def _valid_names() -> dict[str, list[str]]:
 def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig]) -> SweepPlan:
     validate_suite(suite, _valid_names())
     plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
+    seen: set[tuple[str, str]] = set()
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
         spec = spec_from_config(cfg.dataset)
-        reason = strategy_from_config(cfg.strategy).incompatibility(spec, cfg.backbone.arch)
+        strategy = strategy_from_config(cfg.strategy)
+        reason = strategy.incompatibility(spec, cfg.backbone.arch)
         if reason is None:
             reason = task_incompatibility(cfg.backbone.arch, spec.task)
         run = RunFolder(cfg.paths.run_dir)
@@ -67,6 +91,11 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
             if run.path.exists() and run.done_hash is None and any(run.path.iterdir()):
                 log.warning("%s: unfinished or corrupt run folder, it will be (re)run", cell.label)
             plan.pending.append(cell)
+            for role, prestage_cfg in strategy.prestage_runs(cfg).items():
+                key = (str(prestage_cfg.paths.run_dir), config_hash(prestage_cfg))
+                if key not in seen and not RunFolder(key[0]).is_done(key[1]):
+                    plan.prestages.append(Prestage(cell, role, *key))
+                seen.add(key)
     if not plan.pending and not plan.done:
         reasons = "\n  ".join(f"{c.label}: {r}" for c, r in plan.incompatible)
         raise ValueError(f"suite '{suite['name']}' has no compatible cell:\n  {reasons}")
@@ -90,11 +119,21 @@ class SweepProgress:
             f"{len(p.done)} already done (skipped), {len(p.incompatible)} incompatible",
             flush=True,
         )
+        if p.prestages:
+            print(f"  {len(p.prestages)} pre-stage run(s) first (shared by the cells that need them):", flush=True)
+            for prestage in p.prestages:
+                print(f"    {prestage.label}", flush=True)
         grouped: dict[tuple[str, str], list[int]] = {}
         for cell, reason in p.incompatible:  # one line per dataset × backbone × strategy
             grouped.setdefault((cell.label.rsplit("/seed_", 1)[0], reason), []).append(cell.seed)
         for (label, reason), seeds in grouped.items():
             print(f"  incompatible {label} (seeds {seeds}): {reason}", flush=True)
+
+    def record_prestages(self, prestages: list[Prestage], returns: list[Any]) -> None:
+        for prestage, ret in zip(prestages, returns, strict=True):
+            outcome = _outcome(ret)
+            detail = outcome.get("summary") or outcome.get("error", "")
+            print(f"[pre-stage] {outcome['status']:<6} {prestage.label}  {detail}", flush=True)
 
     def record(self, batch: list[Cell], returns: list[Any], seconds: float, parallel: int) -> None:
         for cell, ret in zip(batch, returns, strict=True):
@@ -131,14 +170,19 @@ def _outcome(job_return: Any) -> dict[str, Any]:
 
 @placed  # holds a GPU slot (runner/placement.py) for the job; does nothing without a GPU
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
-    """The task of one sweep job: train, and turn a failure into a recorded result."""
+    """The task of one sweep job: train (the cell, or with `prestage_only` one of its pre-stage
+    runs), and turn a failure into a recorded result."""
     from dkbench import mark_job_start
 
     job_started_at = mark_job_start()  # before the lazy import below: it is this job's overhead
     from dkbench.runner.train import train
 
+    role = cfg.get("prestage_only")
+    if role is not None:
+        prestage_cfg = strategy_from_config(cfg.strategy).prestage_runs(cfg)[str(role)]
+        cfg, job_started_at = prestage_cfg, None
     try:
-        metrics = train(cfg, job_started_at=job_started_at)
+        metrics = train(cfg, job_started_at=job_started_at, wait=role is not None)
     except Exception as err:  # recorded in the run folder by train(); the sweep goes on
         log.exception("cell failed: %s", cfg.paths.run_dir)
         return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}

@@ -25,7 +25,7 @@ from dkbench import mark_job_start
 from dkbench.backbones import create_backbone
 from dkbench.backbones.registry import task_incompatibility
 from dkbench.data.datamodule import DKDataModule
-from dkbench.data.loading import load_dataset
+from dkbench.data.loading import load_dataset, spec_from_config
 from dkbench.leaderboard.collect import selected_val_metrics
 from dkbench.runner.compose import compose_config
 from dkbench.runner.devices import trainer_device
@@ -34,8 +34,9 @@ from dkbench.runner.checkpointing import BEST_WEIGHTS, LAST, BestWeights, Checkp
 from dkbench.runner.environment import git_sha, hardware, package_versions
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
 from dkbench.runner.speed import SpeedSettings, apply_module_settings, apply_process_settings
-from dkbench.strategies import StrategyContext, strategy_from_config
-from dkbench.strategies.base import IncompatibleStrategyError
+from dkbench.losses.task import TaskLoss
+from dkbench.strategies import BuildContext, strategy_from_config
+from dkbench.strategies.base import IncompatibleStrategyError, Strategy
 
 
 
@@ -47,6 +48,7 @@ for _pattern in (
     ".*does not have many workers.*",
     ".*LeafSpec.*",
     ".*Checkpoint directory .* exists and is not empty.*",
+    ".*module\(s\) in eval mode at the start of training.*",  # a strategy's frozen submodule (ROI predictor)
 ):
     warnings.filterwarnings("ignore", message=_pattern)
 
@@ -78,7 +80,8 @@ def _backbone_factory(cfg: DictConfig, spec, strategy_kwargs: dict[str, Any]):
 
 
 def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
-    """The task module from `configs/model/*.yaml`: its class, optimizer and scheduler partials."""
+    """The task module from `configs/model/*.yaml`: its class, optimizer and scheduler partials
+    (`parts`: net, spec, strategy, task_loss)."""
     options = {k: v for k, v in model_cfg.items() if k not in ("_target_", "optimizer", "scheduler", "monitor")}
     return get_class(model_cfg._target_)(
         **parts,
@@ -88,16 +91,27 @@ def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
     )
 
 
-def train(cfg: DictConfig, *, job_started_at: float | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, *, job_started_at: float | None = None, wait: bool = False) -> dict[str, Any]:
     """Run one experiment; returns the metrics dict written to metrics.json.
 
     `job_started_at`: when the calling job began (a sweep's `run_cell` marks it); by default
-    this call is the job and marks it itself."""
+    this call is the job and marks it itself. `wait`: if another process holds the run folder,
+    wait for it (then find the run done) instead of refusing — for pre-stage runs cells share."""
     if job_started_at is None:
         job_started_at = mark_job_start()
     run = RunFolder(cfg.paths.run_dir)
-    with locked(run):
+    with locked(run, wait=wait):
         return _train_locked(cfg, run, job_started_at)
+
+
+def train_prestages(strategy: Strategy, cfg: DictConfig) -> dict[str, Path]:
+    """The strategy's pre-stage runs, each finished (trained now, or found DONE): role → folder."""
+    folders = {}
+    for role, prestage_cfg in strategy.prestage_runs(cfg).items():
+        log.info("pre-stage %s of %s: %s", role, cfg.strategy.name, prestage_cfg.paths.run_dir)
+        train(prestage_cfg, wait=True)
+        folders[role] = Path(prestage_cfg.paths.run_dir)
+    return folders
 
 
 def _train_locked(cfg: DictConfig, run: RunFolder, job_started_at: float) -> dict[str, Any]:
@@ -124,32 +138,38 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     # typed settings first: a bad value fails before any data is loaded
     speed = SpeedSettings.from_config(cfg.get("speed"))
     ckpt_settings = CheckpointSettings.from_config(cfg.get("checkpoint"))
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    strategy = strategy_from_config(cfg.strategy)
+    declared = spec_from_config(cfg.dataset)  # compatibility before any data or pre-stage work
+    strategy.check_compatible(declared, cfg.backbone.arch)
+    backbone_reason = task_incompatibility(cfg.backbone.arch, declared.task)
+    if backbone_reason:
+        raise IncompatibleStrategyError(backbone_reason)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    # pre-stage runs (source model, teacher) first: ordinary runs that seed themselves, so this
+    # run seeds afterwards and its random stream is the same whether they trained now or not
+    prestages = train_prestages(strategy, cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     apply_process_settings(speed)
 
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     spec = arrays.spec
-    strategy = strategy_from_config(cfg.strategy)
-    strategy.check_compatible(spec, cfg.backbone.arch)
-    backbone_reason = task_incompatibility(cfg.backbone.arch, spec.task)
-    if backbone_reason:
-        raise IncompatibleStrategyError(backbone_reason)
-    make_backbone = _backbone_factory(cfg, spec, strategy.backbone_kwargs(spec))
-    strategy.prepare(
-        StrategyContext(
+    strategy.check_compatible(spec, cfg.backbone.arch)  # what the loaded data really provides
+    task_loss = TaskLoss.from_model_options(spec.task, cfg.model)  # one loss object for the run
+    net = strategy.build_net(
+        BuildContext(
             arrays=arrays,
-            cache_dir=Path(cfg.paths.cache_dir),
+            make_backbone=_backbone_factory(cfg, spec, strategy.backbone_kwargs(spec)),
             seed=int(cfg.seed),
-            make_backbone=make_backbone,
+            cache_dir=Path(cfg.paths.cache_dir),
+            task_loss=task_loss,
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
             compose=compose_config,
             device=trainer_device(cfg.trainer),  # pre-stages train where the Trainer will
+            prestages=prestages,
         )
     )
-    net = strategy.build_net(make_backbone(), spec)
-    module = build_module(cfg.model, net=net, spec=spec, strategy=strategy)
+    module = build_module(cfg.model, net=net, spec=spec, strategy=strategy, task_loss=task_loss)
     apply_module_settings(module, speed)
 
     datamodule = DKDataModule(

@@ -1,6 +1,7 @@
 """Strategies: how domain knowledge enters training (../shared/SURVEY.md, row by row)."""
 
-from dkbench.strategies.base import IncompatibleStrategyError, Strategy, StrategyContext
+from dkbench.strategies.base import BuildContext, IncompatibleStrategyError, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import STRATEGIES, register_strategy
 
 
@@ -18,4 +19,5 @@ def strategy_from_config(strategy_cfg) -> Strategy:
     return create_strategy(strategy_cfg.method, **plain)
 
 
-__all__ = ["STRATEGIES", "IncompatibleStrategyError", "Strategy", "StrategyContext", "create_strategy", "register_strategy", "strategy_from_config"]
+__all__ = ["STRATEGIES", "BuildContext", "IncompatibleStrategyError", "OptionError", "StepContext", "Strategy",
+           "StrategyOptions", "create_strategy", "register_strategy", "strategy_from_config"]

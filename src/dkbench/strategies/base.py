@@ -4,9 +4,11 @@ The task modules call these hooks and never branch on a strategy's name, so a ne
 one subclass + one YAML. Each hook's default is plain supervised training; a strategy
 overrides only the hooks its knowledge needs:
 
+- `Options`          a frozen dataclass of the strategy's typed options (`self.options`);
 - `backbone_kwargs`  change how the backbone is built (pretrained weights, 2.5D input channels);
-- `prepare`          cached pre-stage (source pre-training, feature extraction, shape AE);
-- `build_net`        wrap or extend the network (extra heads, fusion branches, decoders);
+- `build_net(ctx)`   build the network from `ctx.make_backbone` (extra heads, fusion branches,
+                     decoders) and compute what the strategy keeps from the data (feature
+                     tables, priors, pre-stage outputs) as registered buffers / modules;
 - `on_train_epoch_start`  pacing that depends on the epoch (self-paced thresholds);
 - `train_sampler`    change which samples are drawn (curriculum);
 - `transform_batch`  change a batch before the forward pass (ROI crops, extra channels);
@@ -14,10 +16,16 @@ overrides only the hooks its knowledge needs:
 - `postprocess`      change outputs before metrics (decision-level fusion, clean-up);
 - `extra_metrics`    strategy-specific numbers logged as val/… and test/… (auxiliary Dice, …);
 - `metadata`         facts the run folder must record (e.g. which ROI is used at test time).
+
+Per-step hooks receive a `StepContext` (stage, task, spec, the run's task loss, device, epoch),
+so no strategy stores the task or a factory for later. A `Strategy` is an `nn.Module`, a child
+of the LightningModule: its buffers and modules move to the run's device with the network and
+are saved in (and restored from) every checkpoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +37,9 @@ from torch.utils.data import Sampler
 from dkbench.backbones.base import Backbone, IncompatibleInputError
 from dkbench.backbones.registry import dense_backbones
 from dkbench.data.spec import DatasetArrays, DatasetSpec
+from dkbench.losses.task import TaskLoss
 from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.options import StrategyOptions, parse_options
 
 CLASSIFICATION_TASKS = frozenset({"binary", "multiclass", "multilabel"})
 SEGMENTATION_TASKS = frozenset({"segmentation"})
@@ -41,13 +51,17 @@ class IncompatibleStrategyError(ValueError):
 
 
 @dataclass
-class StrategyContext:
-    """What a pre-stage may use: the data, a way to build backbones, a cache folder, the device."""
+class BuildContext:
+    """What `build_net` may use: the data, the backbone factory, the run's task loss, a cache
+    folder and the device the Trainer will use."""
 
     arrays: DatasetArrays
-    cache_dir: Path
-    seed: int
-    make_backbone: Any  # (**overrides) -> Backbone, with the run's settings + backbone_kwargs
+    #: (**overrides) -> Backbone, with the run's backbone settings + the strategy's backbone_kwargs
+    make_backbone: Callable[..., Backbone]
+    seed: int = 0
+    cache_dir: Path | None = None
+    #: the run's per-sample task loss (model.lambda_* for segmentation); from the spec if not given
+    task_loss: TaskLoss | None = None
     config: dict = field(default_factory=dict)
     #: (overrides) -> composed run config, e.g. to pre-train on another dataset
     compose: Any = None
@@ -55,6 +69,46 @@ class StrategyContext:
     #: networks train and infer there, then hand back / cache CPU tensors, so cache files do not
     #: depend on it. CPU by default (tests, and callers that build a context by hand).
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: role → folder of a finished pre-stage run (`Strategy.prestage_runs`), trained by the runner
+    prestages: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task_loss is None:
+            self.task_loss = TaskLoss(self.spec.task)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.arrays.spec
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a per-step hook needs besides the batch and the outputs."""
+
+    stage: str  # "train" | "val" | "test"
+    spec: DatasetSpec
+    task_loss: TaskLoss
+    device: torch.device
+    epoch: int = 0
+    max_epochs: int = 1
+    #: whether this stage scores HD95 (segmentation: at test; at validation only with model.val_hd95),
+    #: so a strategy's own HD95 variants (hd95_raw) cost a distance transform only where the task's does
+    hd95: bool = False
+    #: the network being trained / tested (e.g. to score the val split with the tested weights)
+    net: nn.Module | None = None
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def training(self) -> bool:
+        return self.stage == "train"
+
+    @classmethod
+    def for_stage(cls, stage: str, spec: DatasetSpec, device: torch.device | str = "cpu", **kwargs: Any) -> StepContext:
+        """A context with the spec's default task loss (tests, and code outside a run)."""
+        return cls(stage, spec, kwargs.pop("task_loss", None) or TaskLoss(spec.task), torch.device(device), **kwargs)
 
 
 class ClassifierNet(nn.Module):
@@ -99,8 +153,9 @@ def task_net(backbone: Backbone, spec: DatasetSpec, dropout: float = 0.0) -> nn.
     return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), dropout)
 
 
-class Strategy:
-    """Base class; subclasses set `name`, `requires`, `tasks`, `citation` and override hooks."""
+class Strategy(nn.Module):
+    """Base class; subclasses set `name`, `requires`, `tasks`, `citation`, `Options` and override
+    hooks. State kept across batches lives in registered buffers / modules (`register_buffer`)."""
 
     name: ClassVar[str] = ""
     #: Keys of DatasetSpec.provides the strategy needs.
@@ -108,13 +163,12 @@ class Strategy:
     tasks: ClassVar[frozenset[str]] = CLASSIFICATION_TASKS
     #: The paper the strategy follows (SURVEY.md's representative method).
     citation: ClassVar[str] = ""
-    #: Whether validation computes HD95 (the segmentation module sets it from ``model.val_hd95``);
-    #: a strategy reporting HD95 variants of its own (e.g. ``hd95_raw``) follows it, so that by
-    #: default validation costs no CPU distance transforms.
-    val_hd95: bool = False
+    #: The typed options (a frozen dataclass extending StrategyOptions).
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
 
     def __init__(self, **options: Any):
-        self.options = options
+        super().__init__()
+        self.options = parse_options(self.Options, options, self.name or type(self).__name__)
 
     # --- compatibility -------------------------------------------------------------------
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
@@ -144,11 +198,19 @@ class Strategy:
         """Overrides for `create_backbone` (e.g. `pretrained=True`, `in_chans=3, spatial_dims=2`)."""
         return {}
 
-    def prepare(self, context: StrategyContext) -> None:
-        """Run (or load from cache) a pre-stage before the network is built."""
+    def prestage_runs(self, run: Any) -> dict[str, Any]:
+        """Ordinary dkbench runs this strategy needs finished before it builds its network (a
+        source model to transfer from, a curriculum teacher): role → composed run config, from
+        the run's config `run`. The runner trains them first, each once per config hash and shared
+        by every cell that composes the same one (a sweep plans them as jobs of their own), and
+        passes their folders to `build_net` as ``ctx.prestages[role]``. They seed themselves and
+        run before this run seeds, so this run's random stream does not depend on them."""
+        return {}
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        return task_net(backbone, spec, self.options.get("dropout", 0.0))
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        """The network, built once before training. Data-derived state (tables, priors,
+        pre-stage outputs) is computed here too and registered on `self`."""
+        return task_net(ctx.make_backbone(), ctx.spec, self.options.dropout)
 
     def train_sampler(self, dataset: Any) -> Sampler | None:
         """A sampler for the training split. Keep its length constant across epochs (Lightning
@@ -158,19 +220,20 @@ class Strategy:
     def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
         """Called by the module at the start of every training epoch."""
 
-    def transform_batch(self, batch: dict, stage: str) -> dict:
+    def transform_batch(self, batch: dict, step: StepContext) -> dict:
         return batch
 
-    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
         """Named loss terms; the module sums them. Default: the mean task loss."""
         return {"task": per_sample_loss.mean()}
 
-    def postprocess(self, outputs: dict, batch: dict) -> dict:
+    def postprocess(self, outputs: dict, batch: dict, step: StepContext) -> dict:
         return outputs
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         """Scalars averaged over the epoch's batches and logged as `<stage>/<name>`."""
         return {}
 
     def metadata(self) -> dict[str, Any]:
-        return {"strategy": self.name, "citation": self.citation, "options": dict(self.options)}
+        return {"strategy": self.name, "citation": self.citation, "options": self.options.as_dict()}

@@ -75,13 +75,19 @@ class SuiteSweeper(Sweeper):
         plan = plan_cells(suite, arguments, load)
         progress = SweepProgress(plan)
         progress.report_plan()
-        pending = plan.pending
         size = self._batch_size()
         results = []
+        if plan.prestages:  # pre-stage runs first, so no cell waits for another cell's pre-stage
+            jobs = [p.overrides for p in plan.prestages]
+            returns = self.launcher.launch(jobs, initial_job_idx=0)
+            progress.record_prestages(plan.prestages, returns)
+            results.append(returns)
+        pending = plan.pending
         for start in range(0, len(pending), size):
             batch = pending[start : start + size]
             began = time.time()
-            returns = self.launcher.launch([list(c.overrides) for c in batch], initial_job_idx=start)
+            returns = self.launcher.launch([list(c.overrides) for c in batch],
+                                           initial_job_idx=len(plan.prestages) + start)
             progress.record(batch, returns, time.time() - began, parallel=size)
             results.append(returns)
         progress.report_end()

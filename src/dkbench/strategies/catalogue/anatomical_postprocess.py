@@ -9,7 +9,7 @@ learning-based biomedical image segmentation", Nature Methods 18:203-211, 2021),
 largest connected component of each foreground class when that helps on validation.
 
 Training is unchanged (plain task loss). At val/test `postprocess` takes the argmax label map and,
-per image and foreground class (scipy.ndimage, 2D or 3D):
+per image and foreground class (2D or 3D):
 
 - ``largest_component`` (default true): keeps the largest connected component (``connectivity``:
   ``full`` = 8-neighbour in 2D / 26 in 3D, as MONAI's KeepLargestConnectedComponent; ``face`` =
@@ -25,10 +25,15 @@ per image and foreground class (scipy.ndimage, 2D or 3D):
 The scores of the cleaned map are the run's Dice/IoU/HD95; `extra_metrics` also reports the scores
 of the raw argmax (``dice_raw``, ``iou_raw``, ``hd95_raw``) and the fraction of pixels the clean-up
 changed (``changed_fraction``), so the leaderboard shows what post-processing did. Like ``hd95``,
-``hd95_raw`` is computed at test time only unless ``model.val_hd95`` asks for it at validation.
+``hd95_raw`` is computed only where the stage scores HD95 (`StepContext.hd95`: test time, and
+validation with ``model.val_hd95``).
 
-The clean-up runs on the CPU with scipy, once per batch: one transfer there and back and one
-`ndimage` call per class for the whole batch (images are kept apart by the structuring element).
+The largest component is found on the label map's device by `dkbench.geometry.components`
+(exact: iterated to its fixed point; ties go to the first component in raster order, as with
+scipy's `ndimage.label`). Hole filling is a different operation (a flood fill of the background
+from the image border) that the project has no torch version of: it stays with scipy on the CPU,
+one transfer there and back and one `binary_fill_holes` call per class for the whole batch
+(images are kept apart by the structuring element).
 
 Simplified: no validation-driven decision whether to apply each step (nnU-Net decides per class
 on cross-validation); the steps are options.
@@ -36,19 +41,20 @@ on cross-validation); the steps are options.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from dkbench.data.spec import DatasetSpec
+from dkbench.geometry.components import largest_component as largest_component_of
 from dkbench.metrics.segmentation import per_image_scores, predicted_labels
-from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import SEGMENTATION_TASKS, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
-
-CONNECTIVITIES = ("full", "face")
 
 
 @lru_cache(maxsize=1)
@@ -76,51 +82,41 @@ def _batch_structure(ndim: int, connectivity: int) -> np.ndarray:
     return out
 
 
-def clean_label_maps(labels: np.ndarray, num_classes: int, largest_component: bool = True,
-                     fill_holes: bool = True, connectivity: str = "full") -> np.ndarray:
-    """A batch of (B, *spatial) integer label maps → cleaned copy (same shape and dtype).
-
-    One scipy call per foreground class for the whole batch (the structuring element does not
-    connect images), instead of one per image and class. Largest component: labels are numbered
-    in raster order of the batch, i.e. image by image and, within an image, in scipy's order for
-    that image alone, so the first of equal-sized components still wins. Hole filling: dilating
-    the outside inwards never crosses the batch axis, which the element does not reach."""
+def fill_class_holes(labels: np.ndarray, num_classes: int, connectivity: str = "full") -> np.ndarray:
+    """(B, *spatial) integer label maps → copy with every foreground class's holes filled: the
+    background it encloses becomes that class (background connectivity dual to `connectivity`:
+    8-connected objects enclose 4-connected holes). One scipy call per class for the whole
+    batch: dilating the outside inwards never crosses the batch axis, which the element does
+    not reach."""
     out = labels.copy()
     ndim = labels.ndim - 1
-    fg_structure = _batch_structure(ndim, ndim if connectivity == "full" else 1)
-    # background connectivity dual to the foreground's: 8-connected objects enclose 4-connected holes
     bg_structure = _batch_structure(ndim, 1 if connectivity == "full" else ndim)
-    classes = range(1, max(int(num_classes), 2))
-    image_of = np.arange(len(labels)).reshape((-1,) + (1,) * ndim)
-    if largest_component:
-        for k in classes:
-            mask = out == k
-            components, n = ndimage.label(mask, structure=fg_structure)
-            if n > 1:
-                flat = components.ravel()
-                sizes = np.bincount(flat, minlength=n + 1)
-                owner = np.zeros(n + 1, np.int64)
-                owner[flat] = np.broadcast_to(image_of, components.shape).ravel()  # component → image
-                # per image, the largest component; ties: the lowest label = first in scan order
-                order = np.lexsort((np.arange(1, n + 1), -sizes[1:], owner[1:]))
-                first = np.ones(n, bool)
-                first[1:] = owner[1:][order][1:] != owner[1:][order][:-1]
-                keep = np.zeros(n + 1, bool)
-                keep[order[first] + 1] = True
-                out[mask & ~keep[components]] = 0
-    if fill_holes:
-        for k in classes:
-            mask = out == k
-            if mask.any():
-                holes = ndimage.binary_fill_holes(mask, structure=bg_structure) & ~mask & (out == 0)
-                out[holes] = k
+    for k in range(1, max(int(num_classes), 2)):
+        mask = out == k
+        if mask.any():
+            holes = ndimage.binary_fill_holes(mask, structure=bg_structure) & ~mask & (out == 0)
+            out[holes] = k
     return out
 
 
-def clean_label_map(labels: np.ndarray, num_classes: int, largest_component: bool = True,
-                    fill_holes: bool = True, connectivity: str = "full") -> np.ndarray:
-    """One image's (*spatial) integer label map → cleaned copy (same shape and dtype)."""
-    return clean_label_maps(labels[None], num_classes, largest_component, fill_holes, connectivity)[0]
+def clean_label_maps(labels: torch.Tensor, num_classes: int, largest_component: bool = True,
+                     fill_holes: bool = True, connectivity: str = "full") -> torch.Tensor:
+    """A batch of (B, *spatial) integer label maps → cleaned copy (same shape, device and dtype).
+
+    Largest component: per class on the maps' device (`dkbench.geometry.components`, exact),
+    the removed pixels become background; then hole filling per class with scipy on the host
+    (`fill_class_holes`), one transfer there and back for the batch."""
+    out = labels.clone()
+    if largest_component:
+        for k in range(1, max(int(num_classes), 2)):
+            mask = (out == k).unsqueeze(1)
+            keep, _ = largest_component_of(mask, connectivity, exact=True)
+            out.masked_fill_((mask & ~keep).squeeze(1), 0)
+    if fill_holes:
+        host = out.to(torch.uint8 if num_classes <= 256 else torch.long).cpu().numpy()
+        out = torch.from_numpy(fill_class_holes(host, num_classes, connectivity)).to(device=labels.device,
+                                                                                      dtype=labels.dtype)
+    return out
 
 
 @register_strategy("anatomical_postprocess")
@@ -133,63 +129,59 @@ class AnatomicalPostprocess(Strategy):
                 "self-configuring method for deep learning-based biomedical image segmentation, Nature Methods "
                 "18:203-211 (2021) (largest connected component)")
 
-    def _opt(self, key: str, default: Any) -> Any:
-        return self.options.get(key, default)
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: keep only the largest connected component of each foreground class
+        largest_component: bool = True
+        #: fill background enclosed by a class
+        fill_holes: bool = True
+        #: full: 8-neighbour (2D) / 26 (3D); face: 4 / 6
+        connectivity: Literal["full", "face"] = "full"
+        #: MONAI CRF-as-RNN refinement first (needs MONAI's compiled extension monai._C)
+        crf: bool = False
+        #: mean-field iterations when crf is true
+        crf_iterations: int = 5
 
-    @property
-    def connectivity(self) -> str:
-        return str(self._opt("connectivity", "full"))
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.crf_iterations < 1:
+                raise OptionError("crf_iterations", f"must be >= 1, got {self.crf_iterations}")
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
         if reason:
             return reason
-        if self.connectivity not in CONNECTIVITIES:
-            return (f"strategy '{self.name}': option connectivity '{self.connectivity}' is not one of "
-                    f"{list(CONNECTIVITIES)}")
-        if bool(self._opt("crf", False)):
+        if self.options.crf:
             why = crf_unavailable()
             if why:
                 return (f"strategy '{self.name}': option crf=true needs MONAI's CRF (monai.networks.blocks.CRF), "
                         f"which cannot run here: {why}. Set strategy.options.crf=false")
         return None
 
-    def prepare(self, context: StrategyContext) -> None:
-        self.check_compatible(context.arrays.spec)  # crf=true without MONAI's extension fails here, clearly
-        self.num_classes = int(context.arrays.spec.num_classes)
-
-    def _num_classes(self, logits: torch.Tensor) -> int:
-        return getattr(self, "num_classes", max(int(logits.shape[1]), 2))
-
-    def postprocess(self, outputs: dict, batch: dict) -> dict:
+    def postprocess(self, outputs: dict, batch: dict, step: StepContext) -> dict:
         logits = outputs["logits"]
-        if bool(self._opt("crf", False)):
+        if self.options.crf:
             why = crf_unavailable()
             if why:
                 raise RuntimeError(f"anatomical_postprocess: option crf=true, but {why}; "
                                    f"set strategy.options.crf=false")
-            crf = make_crf(int(self._opt("crf_iterations", 5))).to(logits.device)
+            crf = make_crf(self.options.crf_iterations).to(logits.device)
             with torch.no_grad():
                 refined = crf(logits.float(), batch["image"].float())
             labels = refined.argmax(1)
         else:
             labels = predicted_labels(logits)
-        # Connected components and hole filling stay with scipy (exact, C speed, any connectivity
-        # in 2D and 3D): the whole batch goes to the CPU once, as uint8, is cleaned with one call
-        # per class (`clean_label_maps`), and comes back once. This runs at val/test only.
-        host = labels.detach().to(torch.uint8 if self._num_classes(logits) <= 256 else torch.long).cpu().numpy()
-        cleaned = clean_label_maps(host, self._num_classes(logits),
-                                   largest_component=bool(self._opt("largest_component", True)),
-                                   fill_holes=bool(self._opt("fill_holes", True)), connectivity=self.connectivity)
-        return {**outputs, "pred": torch.from_numpy(cleaned).to(device=logits.device, dtype=torch.long)}
+        cleaned = clean_label_maps(labels.detach().long(), step.spec.num_classes,
+                                   largest_component=self.options.largest_component,
+                                   fill_holes=self.options.fill_holes, connectivity=self.options.connectivity)
+        return {**outputs, "pred": cleaned}
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        if stage == "train" or "pred" not in outputs:
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        if step.training or "pred" not in outputs:
             return {}
         raw = predicted_labels(outputs["logits"])
-        # hd95_raw follows the module's rule for hd95: test time, or validation if asked (val_hd95)
-        scores = per_image_scores(raw, batch["label"], self._num_classes(outputs["logits"]),
-                                  hd95=stage == "test" or self.val_hd95)
+        # hd95_raw follows the module's rule for hd95 (test time, or validation with val_hd95)
+        scores = per_image_scores(raw, batch["label"], step.spec.num_classes, hd95=step.hd95)
         metrics = {f"{name}_raw": values.mean() for name, values in scores.items()}
         metrics["changed_fraction"] = (outputs["pred"] != raw).float().mean()
         return metrics

@@ -16,9 +16,11 @@ Here the attention map is computed from the backbone's last feature map
   ``attention_overlap`` measures; it applies to any backbone and head;
 - ``cam: class`` — the class activation map of Zhou et al. (CVPR 2016) for the *target* class:
   the feature map weighted by the linear head's row of that class (binary with one logit: +w
-  for the positive label, −w for the negative one), then ReLU. Used when the network has a
-  ``head`` ``nn.Linear`` on the pooled features (`ClassifierNet`); otherwise, and for multilabel
-  tasks, the class-agnostic map is used instead (``cam_used`` in the metadata says which).
+  for the positive label, −w for the negative one), then ReLU. The network `build_net` builds
+  for it (`ClassCAMNet`, a `ClassifierNet`) returns its head's weight with its outputs
+  (``outputs["head_weight"]``), so the strategy keeps no reference to the network; multilabel
+  tasks have no single target class and use the class-agnostic map instead (``cam_used`` in the
+  metadata says which).
 
 The expert region is the lesion mask (``region: mask``) or its box filled (``region: bbox``),
 dilated by ``dilate`` × the image side (the lesion's margin is evidence too). Losses
@@ -48,21 +50,25 @@ validation / test time, but only the training loss is optimised.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.attention import activation_map
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy
+from dkbench.metrics.classification import num_outputs
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, ClassifierNet, StepContext, Strategy
 from dkbench.strategies.catalogue.roi_input import expert_region
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
-LOSSES = ("kl", "energy", "bce")
-CAMS = ("agnostic", "class")
+Loss = Literal["kl", "energy", "bce"]
+Cam = Literal["agnostic", "class"]
+#: tasks with a single target class per image, i.e. a class CAM to supervise
+SINGLE_LABEL_TASKS = ("binary", "multiclass")
 _EPS = 1e-6
 
 
@@ -80,7 +86,7 @@ def class_cam(feature_map: torch.Tensor, head_weight: torch.Tensor, label: torch
     if task == "binary" and head_weight.shape[0] == 1:
         sign = label.reshape(-1).float() * 2 - 1
         w = head_weight[0][None] * sign[:, None]  # (B,C)
-    elif task in ("binary", "multiclass"):
+    elif task in SINGLE_LABEL_TASKS:
         w = head_weight[label.reshape(-1).long()]  # (B,C)
     else:
         raise ValueError(f"class CAM needs a single target class; task is {task}")
@@ -89,7 +95,7 @@ def class_cam(feature_map: torch.Tensor, head_weight: torch.Tensor, label: torch
     return _upsample(cam.float(), size)
 
 
-def alignment_loss(cam: torch.Tensor, region: torch.Tensor, loss: str = "kl") -> torch.Tensor:
+def alignment_loss(cam: torch.Tensor, region: torch.Tensor, loss: Loss = "kl") -> torch.Tensor:
     """Per-image misalignment of a non-negative attention map with a {0,1} region (both
     (B,1,*spatial)); NaN where the region is empty."""
     att = cam.flatten(1).float()
@@ -104,8 +110,16 @@ def alignment_loss(cam: torch.Tensor, region: torch.Tensor, loss: str = "kl") ->
         q = att / (att.sum(1, keepdim=True) + _EPS)
         value = (p * (torch.log(p + _EPS) - torch.log(q + _EPS))).sum(1)
     else:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        raise ValueError(f"loss must be one of ['kl', 'energy', 'bce'], got {loss!r}")
     return torch.where(reg.sum(1) > 0, value, torch.full_like(value, float("nan")))
+
+
+class ClassCAMNet(ClassifierNet):
+    """`ClassifierNet` (same modules, same initialisation) whose outputs also carry its linear
+    head's weight, from which the loss builds the target-class CAM."""
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {**super().forward(batch), "head_weight": self.head.weight}
 
 
 @register_strategy("attention_supervision")
@@ -117,61 +131,65 @@ class AttentionSupervision(Strategy):
                 "Li et al., Attention based glaucoma detection: a large-scale database and CNN model "
                 "(AG-CNN), CVPR 2019")
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: weight of the attention term added to the task loss
+        weight: float = 1.0
+        #: kl: KL(region ‖ CAM) (AG-CNN) | energy: 1 − CAM mass inside | bce: BCE(CAM/max, region)
+        loss: Loss = "kl"
+        #: agnostic: channel mean of ReLU'd features | class: target-class CAM of the linear head
+        cam: Cam = "agnostic"
+        #: mask: the lesion mask | bbox: the lesion box, filled
+        region: Literal["mask", "bbox"] = "mask"
+        #: region dilation radius as a fraction of the image side
+        dilate: float = 0.04
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.weight < 0:
+                raise OptionError("weight", f"must be >= 0, got {self.weight}")
+            if self.dilate < 0:
+                raise OptionError("dilate", f"must be >= 0, got {self.dilate}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        o = self.options
-        self.weight = float(o.get("weight", 1.0))
-        self.loss = str(o.get("loss", "kl"))
-        self.cam = str(o.get("cam", "agnostic"))
-        self.region = str(o.get("region", "mask"))
-        self.dilate = float(o.get("dilate", 0.04))
-        if self.loss not in LOSSES:
-            raise ValueError(f"attention_supervision: loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.cam not in CAMS:
-            raise ValueError(f"attention_supervision: cam must be one of {CAMS}, got {self.cam!r}")
-        if self.region not in ("mask", "bbox"):
-            raise ValueError(f"attention_supervision: region must be 'mask' or 'bbox', got {self.region!r}")
-        self._head: nn.Linear | None = None
-        self._task = "binary"
-        self.cam_used = self.cam
+        #: the map supervised (metadata.json): the class CAM needs a single-label task; set by `build_net`
+        self.cam_used: str = self.options.cam
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
         if reason:
             return reason
-        if self.region == "bbox" and ("bbox" not in spec.provides or spec.spatial_dims != 2):
+        if self.options.region == "bbox" and ("bbox" not in spec.provides or spec.spatial_dims != 2):
             return (f"strategy 'attention_supervision' with region=bbox needs 2-D boxes; dataset "
                     f"'{spec.name}' provides {sorted(spec.provides)} ({spec.spatial_dims}-D)")
         return None
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        return self.bind(super().build_net(backbone, spec), spec)
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        """The task's classifier; for the class CAM of a single-label task, one that returns its
+        head's weight with its outputs (`ClassCAMNet`)."""
+        spec = ctx.spec
+        class_cam_possible = self.options.cam == "class" and spec.task in SINGLE_LABEL_TASKS
+        self.cam_used = "class" if class_cam_possible else "agnostic"
+        if not class_cam_possible:
+            return super().build_net(ctx)
+        return ClassCAMNet(ctx.make_backbone(), num_outputs(spec.task, spec.num_classes), self.options.dropout)
 
-    def bind(self, net: nn.Module, spec: DatasetSpec) -> nn.Module:
-        """Decide which CAM to supervise for this network: the target-class CAM needs a linear
-        head on the pooled last feature map (`net.head`) and a single-label task."""
-        self._task = spec.task
-        head = getattr(net, "head", None)
-        backbone = getattr(net, "backbone", None)
-        usable = (isinstance(head, nn.Linear) and spec.task in ("binary", "multiclass")
-                  and head.in_features == getattr(backbone, "num_features", -1))
-        self._head = head if usable else None
-        self.cam_used = "class" if (self.cam == "class" and usable) else "agnostic"
-        return net
-
-    def attention(self, outputs: dict, batch: dict) -> torch.Tensor:
-        """The supervised map (B,1,*input size), differentiable w.r.t. features (and head)."""
+    def attention(self, outputs: dict, batch: dict, step: StepContext) -> torch.Tensor:
+        """The supervised map (B,1,*input size), differentiable w.r.t. features (and head): the
+        target-class CAM where the network returns its head's weight, else the agnostic map."""
         size = tuple(batch["image"].shape[2:])
         fmap = outputs["feature_map"]
-        if self.cam_used == "class" and self._head is not None:
-            return class_cam(fmap, self._head.weight, batch["label"], self._task, size)
+        head_weight = outputs.get("head_weight")
+        if head_weight is not None:
+            return class_cam(fmap, head_weight, batch["label"], step.task, size)
         return activation_map(fmap, size)
 
-    def attention_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
+    def attention_loss(self, outputs: dict, batch: dict, step: StepContext) -> torch.Tensor:
         """Mean alignment loss over the batch's images with a lesion (0, in the graph, if none)."""
-        region = expert_region(batch, self.region, self.dilate)
-        cam = self.attention(outputs, batch)
-        per_image = alignment_loss(cam, region, self.loss)
+        region = expert_region(batch, self.options.region, self.options.dilate)
+        cam = self.attention(outputs, batch, step)
+        per_image = alignment_loss(cam, region, self.options.loss)
         # a masked mean on the device: `if valid.any()` / `per_image[valid]` would each stop the
         # host every training step until the device caught up. NaN marks the images without a
         # lesion; `where` gives them zero weight and zero gradient (their value is finite before
@@ -180,13 +198,16 @@ class AttentionSupervision(Strategy):
         total = torch.where(valid, per_image, torch.zeros_like(per_image)).sum()
         return total / valid.sum().clamp_min(1)  # no lesion in the batch: 0, still in the graph
 
-    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        return {"task": per_sample_loss.mean(), "attention": self.weight * self.attention_loss(outputs, batch)}
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
+        return {"task": per_sample_loss.mean(),
+                "attention": self.options.weight * self.attention_loss(outputs, batch, step)}
 
     def metadata(self) -> dict[str, Any]:
+        o = self.options
         return {
             **super().metadata(),
             "cam_used": self.cam_used,
-            "attention_loss": f"{self.weight} * {self.loss}(CAM, {self.region} dilated by {self.dilate} x side), "
+            "attention_loss": f"{o.weight} * {o.loss}(CAM, {o.region} dilated by {o.dilate} x side), "
                               "mean over images with a lesion",
         }

@@ -31,6 +31,7 @@ samples with a known value, averaged over batches weighted by batch size) and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dkbench.backbones.base import Backbone
-from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 MISSING = -1
@@ -97,14 +98,26 @@ class AttributeMultitask(Strategy):
                 "for lung nodule malignancy classification (HSCNN), Expert Systems with Applications "
                 "128:84-95 (2019)")
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: weight of the mean attribute cross-entropy (value -1 = not applicable, ignored)
+        weight: float = 1.0
+        #: HSCNN hierarchy: the diagnosis head also sees the attribute heads' softmax probabilities
+        feed_attributes: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.weight < 0:
+                raise OptionError("weight", f"must be >= 0, got {self.weight}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.attribute_names: list[str] = []
         self.attribute_classes: list[int] = []
         self.majority_rate: dict[str, float] = {}
 
-    def prepare(self, context: StrategyContext) -> None:
-        splits = context.arrays.splits
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        splits = ctx.arrays.splits
         train = np.asarray(splits["train"].extras["attributes"])
         if train.ndim != 2:
             raise ValueError(f"attribute_multitask: attributes must be (N, A), got shape {train.shape}")
@@ -112,28 +125,25 @@ class AttributeMultitask(Strategy):
                                 for s in splits.values()])
         # the number of values is the attribute's schema (not a statistic): max over all splits
         self.attribute_classes = [max(2, int(every[:, a].max()) + 1) for a in range(train.shape[1])]
-        names = list(context.arrays.notes.get("attribute_names") or [])
+        names = list(ctx.arrays.notes.get("attribute_names") or [])
         self.attribute_names = names if len(names) == train.shape[1] else [f"a{a}" for a in range(train.shape[1])]
         for a, name in enumerate(self.attribute_names):  # for reading attr_acc against chance
             known = train[:, a][train[:, a] != MISSING]
             self.majority_rate[name] = float(np.bincount(known).max() / len(known)) if len(known) else float("nan")
+        return AttributeNet(ctx.make_backbone(), num_outputs(ctx.spec.task, ctx.spec.num_classes),
+                            self.attribute_classes, feed_attributes=self.options.feed_attributes,
+                            dropout=self.options.dropout)
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        if not self.attribute_classes:
-            raise RuntimeError("attribute_multitask: prepare() must run before build_net()")
-        return AttributeNet(backbone, num_outputs(spec.task, spec.num_classes), self.attribute_classes,
-                            feed_attributes=bool(self.options.get("feed_attributes", True)),
-                            dropout=float(self.options.get("dropout", 0.0)))
-
-    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
         terms = {"task": per_sample_loss.mean()}
         attr = attribute_loss(outputs["attr_logits"], batch["attributes"]) + per_sample_loss.sum() * 0.0
-        terms["attributes"] = float(self.options.get("weight", 1.0)) * attr
+        terms["attributes"] = self.options.weight * attr
         return terms
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        if stage == "train":  # reading which attributes a batch knows would sync every step
+        if step.training:  # reading which attributes a batch knows would sync every step
             return out
         for a, logits in enumerate(outputs["attr_logits"]):
             target = batch["attributes"][:, a].long()

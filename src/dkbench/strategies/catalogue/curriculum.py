@@ -10,14 +10,18 @@ Difficulty (higher = harder), in this order (`options.difficulty: auto`):
 
 1. ``dataset``: the dataset's own ``difficulty`` extra (the probe's lesion size/contrast score);
 2. ``teacher``: Hacohen & Weinshall's "self-taught" scoring — a plain baseline run of the same
-   dataset / backbone / seed for ``teacher_epochs`` epochs (its own run folder under
+   dataset / backbone / seed for ``teacher_epochs`` epochs (a pre-stage run the runner trains
+   first, `prestage_runs`: its own run folder under
    ``<cache_dir>/curriculum/<dataset>/<backbone>/seed_<k>``), whose best-validation checkpoint
-   scores every TRAIN sample by its task loss. The scores are cached in that folder as
-   ``difficulty_<teacher config hash>.npy``, so later runs (other pacings, resumes) neither
-   retrain nor rescore.
+   scores every TRAIN sample by the run's task loss (segmentation: the run's DiceCE weights,
+   which the teacher also trains with). The scores are cached in that folder as
+   ``difficulty_<teacher config hash>.npy`` (written atomically, under a lock that cells
+   sharing the teacher wait on), so later runs (other pacings, resumes) neither retrain nor
+   rescore.
 
-metadata.json records which source was used (``difficulty_source``) and the pool size of
-every epoch actually trained.
+The scores and the curriculum order are buffers of the strategy (on the run's device, in every
+checkpoint); metadata.json records which source was used (``difficulty_source``) and the pool
+size of every epoch actually trained.
 
 Pacing (``pacing``): with progress t = min(1, epoch / (full_at · max_epochs)) and start
 fraction s, p(t) = s + (1 - s) t (``linear``), sqrt(s² + (1 - s²) t) (``root``, Platanios
@@ -40,52 +44,44 @@ partly reflect memorisation; keep ``teacher_epochs`` small.
 
 from __future__ import annotations
 
-import copy
 import json
-import logging
 import math
-import os
-import tempfile
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Sampler
 
 from dkbench.data.spec import DatasetSpec
-from dkbench.metrics.classification import per_sample_loss
-from dkbench.strategies.prestage import preserved_rng
-from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, Strategy, StrategyContext
+from dkbench.storage import atomic_file, file_lock
+from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
-log = logging.getLogger("dkbench")
-
-PACINGS = ("linear", "root", "step")
-DIFFICULTY_SOURCES = ("auto", "dataset", "teacher")
+Pacing = Literal["linear", "root", "step"]
 
 
 def pacing_fraction(
-    epoch: int, max_epochs: int, pacing: str = "linear", start_fraction: float = 0.3,
+    epoch: int, max_epochs: int, pacing: Pacing = "linear", start_fraction: float = 0.3,
     full_at: float = 0.7, steps: int = 3,
 ) -> float:
     """Fraction p(epoch) of the train split (easiest first) in the pool at `epoch` (0-based)."""
-    if pacing not in PACINGS:
-        raise ValueError(f"curriculum: pacing must be one of {PACINGS}, got {pacing!r}")
     s = float(start_fraction)
-    if not 0.0 < s <= 1.0:
-        raise ValueError(f"curriculum: start_fraction must be in (0, 1], got {s}")
     full_epoch = float(full_at) * int(max_epochs)
     t = 1.0 if full_epoch <= 0 else min(1.0, max(0.0, epoch / full_epoch))
     if pacing == "linear":
         p = s + (1.0 - s) * t
     elif pacing == "root":
         p = math.sqrt(s * s + (1.0 - s * s) * t)
-    else:
+    elif pacing == "step":
         n = max(1, int(steps))
         p = s + (1.0 - s) * math.floor(t * n + 1e-9) / n
+    else:
+        raise ValueError(f"curriculum: pacing must be 'linear', 'root' or 'step', got {pacing!r}")
     return min(1.0, p)
 
 
@@ -166,57 +162,60 @@ class CurriculumSampler(Sampler[int]):
 
 
 
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @register_strategy("curriculum")
 class Curriculum(Strategy):
     name = "curriculum"
     requires = frozenset()  # labels only: the dataset's difficulty is used when it has one
-    #: segmentation too: the teacher's per-image DiceCE ranks the images; pools are not
-    #: class-stratified there (a label is a mask)
+    #: segmentation too: the teacher's per-image task loss (the run's DiceCE) ranks the images;
+    #: pools are not class-stratified there (a label is a mask)
     tasks = ALL_TASKS
     citation = (
         "Jiménez-Sánchez et al., Medical-based Deep Curriculum Learning for Improved Fracture "
         "Classification, MICCAI 2019; pacing: Hacohen & Weinshall, ICML 2019"
     )
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: auto: the dataset's `difficulty` when it provides one, else the teacher's loss
+        difficulty: Literal["auto", "dataset", "teacher"] = "auto"
+        #: how the pool fraction p grows with the epoch
+        pacing: Pacing = "linear"
+        #: p at epoch 0
+        start_fraction: float = 0.3
+        #: p reaches 1 at this fraction of trainer.max_epochs
+        full_at: float = 0.7
+        #: class-stratified pools (not for multilabel or segmentation)
+        balance_classes: bool = True
+        #: step pacing only: equal increments from start_fraction to 1
+        steps: int = 3
+        #: teacher path: epochs of the baseline run whose per-sample train loss is the difficulty
+        teacher_epochs: int = 5
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 < self.start_fraction <= 1.0:
+                raise OptionError("start_fraction", f"must be in (0, 1], got {self.start_fraction}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.pacing = str(options.get("pacing", "linear"))
-        self.start_fraction = float(options.get("start_fraction", 0.3))
-        self.full_at = float(options.get("full_at", 0.7))
-        self.steps = int(options.get("steps", 3))
-        self.source_option = str(options.get("difficulty", "auto"))
-        self.teacher_epochs = int(options.get("teacher_epochs", 5))
-        self.balance_classes = bool(options.get("balance_classes", True))
-        if self.source_option not in DIFFICULTY_SOURCES:
-            raise ValueError(f"curriculum: difficulty must be one of {DIFFICULTY_SOURCES}, got {self.source_option!r}")
-        pacing_fraction(0, 1, self.pacing, self.start_fraction, self.full_at, self.steps)  # validate
+        #: difficulty of every train sample (higher = harder); float64, as the order is ranked from it
+        self.register_buffer("difficulty", torch.empty(0, dtype=torch.float64))
+        #: the train indices from easiest to hardest (class-stratified with balance_classes)
+        self.register_buffer("order", torch.empty(0, dtype=torch.int64))
+        #: the current epoch's pool fraction, set at the epoch start: logged every step without a
+        #: host→device copy
+        self.register_buffer("epoch_pool_fraction", torch.tensor(0.0))
         self.seed = 0
         self.max_epochs: int | None = None
-        self.epoch = 0
-        self.difficulty: np.ndarray | None = None
         self.difficulty_source: str | None = None
-        self.labels: np.ndarray | None = None
+        self.class_balanced = False
         self.teacher: dict[str, Any] = {}
         self.sampler: CurriculumSampler | None = None
-        self._difficulty_t: torch.Tensor | None = None
 
     # --- compatibility -------------------------------------------------------------------
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
-        if reason is None and self.source_option == "dataset" and "difficulty" not in spec.provides:
+        if reason is None and self.options.difficulty == "dataset" and "difficulty" not in spec.provides:
             reason = (
                 f"strategy '{self.name}' with options.difficulty=dataset needs a dataset that provides "
                 f"'difficulty'; '{spec.name}' does not (use difficulty=auto or teacher for a teacher-loss ranking)"
@@ -226,76 +225,78 @@ class Curriculum(Strategy):
     # --- pacing --------------------------------------------------------------------------
     def pool_fraction(self, epoch: int) -> float:
         if self.max_epochs is None:
-            raise RuntimeError("curriculum: max_epochs unknown (prepare() or on_train_epoch_start() sets it)")
-        return pacing_fraction(epoch, self.max_epochs, self.pacing, self.start_fraction, self.full_at, self.steps)
+            raise RuntimeError("curriculum: max_epochs unknown (build_net() or on_train_epoch_start() sets it)")
+        o = self.options
+        return pacing_fraction(epoch, self.max_epochs, o.pacing, o.start_fraction, o.full_at, o.steps)
 
     def set_difficulty(self, difficulty: np.ndarray, source: str, labels: np.ndarray | None = None) -> None:
         """Difficulty over the train split (higher = harder); `labels` for class-stratified pools."""
         difficulty = np.asarray(difficulty, dtype=np.float64)
         if difficulty.ndim != 1 or not np.all(np.isfinite(difficulty)):
             raise ValueError("curriculum: difficulty must be a finite 1-D array over the train split")
-        self.difficulty = difficulty
+        labels = np.asarray(labels) if labels is not None and self.options.balance_classes else None
+        self.class_balanced = labels is not None and labels.ndim == 1
+        self.difficulty = torch.from_numpy(difficulty)
+        self.order = torch.from_numpy(curriculum_order(difficulty, labels).astype(np.int64))  # easiest first
         self.difficulty_source = source
-        self.labels = None if labels is None else np.asarray(labels)
-        self._difficulty_t = torch.as_tensor(difficulty, dtype=torch.float32)
 
     # --- hooks ---------------------------------------------------------------------------
-    def prepare(self, context: StrategyContext) -> None:
-        self.seed = int(context.seed)
-        trainer = (context.config or {}).get("trainer") or {}
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        self.seed = int(ctx.seed)
+        trainer = ctx.config.get("trainer") or {}
         if trainer.get("max_epochs") is not None:
             self.max_epochs = int(trainer["max_epochs"])
-        spec = context.arrays.spec
-        train = context.arrays.splits["train"]
+        spec = ctx.spec
+        train = ctx.arrays.splits["train"]
+        labels = None if spec.task in SEGMENTATION_TASKS else train.label  # a mask is not a class
         has_own = "difficulty" in spec.provides and "difficulty" in train.extras
-        if self.source_option == "dataset" or (self.source_option == "auto" and has_own):
+        if self.options.difficulty == "dataset" or (self.options.difficulty == "auto" and has_own):
             if not has_own:
                 raise ValueError(f"curriculum: dataset '{spec.name}' provides no difficulty")
-            self.set_difficulty(train.extras["difficulty"], "dataset", self._class_labels(spec, train.label))
+            self.set_difficulty(train.extras["difficulty"], "dataset", labels)
         else:
-            self.set_difficulty(self._teacher_difficulty(context), "teacher", self._class_labels(spec, train.label))
+            self.set_difficulty(self._teacher_difficulty(ctx), "teacher", labels)
+        return super().build_net(ctx)
 
-    @staticmethod
-    def _class_labels(spec: DatasetSpec, label: np.ndarray) -> np.ndarray | None:
-        """Labels to stratify pools by; none for segmentation (a label is a mask, not a class)."""
-        return None if spec.task in SEGMENTATION_TASKS else label
+    def _uses_teacher(self, spec: DatasetSpec) -> bool:
+        return self.options.difficulty == "teacher" or (
+            self.options.difficulty == "auto" and "difficulty" not in spec.provides)
+
+    def prestage_runs(self, run: Any) -> dict[str, Any]:
+        """The teacher, when the ranking comes from one: a pre-stage run the runner trains first
+        (once per teacher config, shared by every pacing and cell with the same config)."""
+        from dkbench.data.loading import spec_from_config
+
+        if not self._uses_teacher(spec_from_config(run.dataset)):
+            return {}
+        return {"teacher": self.teacher_config(run)}
 
     def train_sampler(self, dataset: Any) -> Sampler | None:
-        if self.difficulty is None:
-            raise RuntimeError("curriculum: prepare() must run before the train sampler is built")
-        if len(dataset) != len(self.difficulty):
-            raise ValueError(f"curriculum: {len(self.difficulty)} difficulty scores for {len(dataset)} train samples")
-        labels = self.labels if self.balance_classes else None
-        order = curriculum_order(self.difficulty, labels)  # easiest first
-        self.sampler = CurriculumSampler(order, self.pool_fraction, seed=self.seed)
+        if len(dataset) != len(self.order):
+            raise ValueError(f"curriculum: {len(self.order)} difficulty scores for {len(dataset)} train samples")
+        self.sampler = CurriculumSampler(self.order.cpu().numpy(), self.pool_fraction, seed=self.seed)
         return self.sampler
 
     def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
-        self.epoch = int(epoch)
         self.max_epochs = int(max_epochs)
+        if self.sampler is not None:
+            self.epoch_pool_fraction.fill_(self.sampler.pool_size(epoch) / len(self.sampler))
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        if stage != "train" or self._difficulty_t is None or self.sampler is None:
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        if not step.training or self.sampler is None:
             return {}
-        index = batch["index"]
-        if self._difficulty_t.device != index.device:
-            self._difficulty_t = self._difficulty_t.to(index.device)
-        cached = getattr(self, "_pool_fraction_t", None)
-        if cached is None or cached[0] != (self.epoch, index.device):
-            # built once per epoch: a host→device copy in every step would synchronise the stream
-            fraction = self.sampler.pool_size(self.epoch) / len(self.sampler)
-            cached = self._pool_fraction_t = ((self.epoch, index.device), torch.tensor(fraction, device=index.device))
         return {
-            "curriculum_pool_fraction": cached[1],
-            "curriculum_difficulty": self._difficulty_t[index].mean(),
+            "curriculum_pool_fraction": self.epoch_pool_fraction,
+            # float32, as logged before the scores were a float64 buffer
+            "curriculum_difficulty": self.difficulty[batch["index"]].float().mean(),
         }
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta["difficulty_source"] = self.difficulty_source
-        meta["class_balanced"] = bool(self.balance_classes and self.labels is not None and self.labels.ndim == 1)
-        if self.difficulty is not None:
-            d = self.difficulty
+        meta["class_balanced"] = self.class_balanced
+        if len(self.difficulty):
+            d = self.difficulty.cpu().numpy()
             meta["difficulty_summary"] = {"n": int(len(d)), "min": float(d.min()), "median": float(np.median(d)),
                                           "max": float(d.max())}
         if self.teacher:
@@ -307,107 +308,100 @@ class Curriculum(Strategy):
         return meta
 
     # --- teacher ("self-taught" scoring) -------------------------------------------------
-    def teacher_config(self, context: StrategyContext):
-        """The teacher's run config: the run's dataset, backbone, data, trainer and optimizer,
-        with the baseline strategy, `teacher_epochs` epochs and the default LR schedule. The whole
-        `trainer` block is inherited, so the teacher trains where the run does
-        (``trainer.accelerator=cpu`` keeps it off a GPU that happens to be present)."""
+    def teacher_config(self, run: Any):
+        """The teacher's run config from the run's config `run`: the run's dataset, backbone,
+        data, trainer, optimizer and task loss weights, with the baseline strategy,
+        `teacher_epochs` epochs and the default LR schedule. The whole `trainer` block is
+        inherited, so the teacher trains where the run does (``trainer.accelerator=cpu`` keeps it
+        off a GPU that happens to be present); the loss weights, so the teacher learns and scores
+        with the run's task loss and its config hash (which names the cached scores) changes with
+        them."""
         from omegaconf import OmegaConf
 
         from dkbench.runner.compose import compose_config
 
-        run = context.config or {}
-        compose = context.compose or compose_config
+        def plain(key: str) -> Any:  # resolved key by key: a sweep's `hydra` node only resolves in its job
+            value = OmegaConf.select(run, key)
+            return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
         # the run's dataset choice, so its config defaults apply (segmentation sets model=segmentation)
-        dataset_choice = (run.get("dataset") or {}).get("name")
-        cfg = compose(["strategy=baseline", *([f"dataset={dataset_choice}"] if dataset_choice else [])])
+        dataset_choice = plain("dataset.name")
+        cfg = compose_config(["strategy=baseline", *([f"dataset={dataset_choice}"] if dataset_choice else [])])
         OmegaConf.set_struct(cfg, False)
-        for key in ("dataset", "backbone", "data", "trainer", "monitor"):
+        for key in ("dataset", "backbone", "data", "trainer", "monitor", "threads", "ui"):
             if key in run:
-                cfg[key] = copy.deepcopy(run[key])
-        if "model" in run and "optimizer" in run["model"]:
-            cfg.model.optimizer = copy.deepcopy(run["model"]["optimizer"])
-        for key in ("threads", "ui"):
-            if key in run:
-                cfg[key] = copy.deepcopy(run[key])
-        cfg.trainer.max_epochs = self.teacher_epochs
-        cfg.seed = self.seed
+                cfg[key] = plain(key)
+        for key in ("optimizer", "lambda_dice", "lambda_ce"):
+            if OmegaConf.select(run, f"model.{key}") is not None:
+                cfg.model[key] = plain(f"model.{key}")
+        cfg.trainer.max_epochs = self.options.teacher_epochs
+        cfg.seed = int(run.seed)
         cfg.tag = ""
         cfg.keep_checkpoints = True  # the teacher's checkpoint scores the train split
         if cfg.get("logger"):
             cfg.logger = {k: v for k, v in cfg.logger.items() if k == "csv"}  # never a W&B run
-        if "paths" in run and run["paths"].get("data_dir"):
-            cfg.paths.data_dir = str(run["paths"]["data_dir"])
-        cfg.paths.cache_dir = str(context.cache_dir)
-        cfg.paths.run_dir = str(self.teacher_dir(context))
+        if plain("paths.data_dir"):
+            cfg.paths.data_dir = str(plain("paths.data_dir"))
+        cache_dir = Path(plain("paths.cache_dir"))
+        cfg.paths.cache_dir = str(cache_dir)
+        cfg.paths.run_dir = str(cache_dir / "curriculum" / str(dataset_choice) / str(plain("backbone.name"))
+                                / f"seed_{int(run.seed)}")
         OmegaConf.set_struct(cfg, True)
         return cfg
 
-    def teacher_dir(self, context: StrategyContext) -> Path:
-        run = context.config or {}
-        dataset = (run.get("dataset") or {}).get("name") or context.arrays.spec.name
-        backbone = (run.get("backbone") or {}).get("name") or "backbone"
-        return Path(context.cache_dir) / "curriculum" / str(dataset) / str(backbone) / f"seed_{self.seed}"
-
-    def _teacher_difficulty(self, context: StrategyContext) -> np.ndarray:
-        from dkbench.runner import train as train_module
-        from dkbench.runner.run_folder import RunLockedError, config_hash
-
-        cfg = self.teacher_config(context)
-        digest = config_hash(cfg)
-        run_dir = Path(cfg.paths.run_dir)
-        scores_path = run_dir / f"difficulty_{digest}.npy"
-        self.teacher = {"run_dir": str(run_dir), "config_hash": digest, "epochs": self.teacher_epochs,
-                        "scores": str(scores_path), "score": "per-sample task loss of the best-validation "
-                        "checkpoint on the train split", "cached": scores_path.exists()}
-        n_train = len(context.arrays.splits["train"])
-        if scores_path.exists():
-            scores = np.load(scores_path)
-            if len(scores) == n_train:
-                self._record_teacher_score(run_dir, cfg)
-                return scores
-        with preserved_rng():
-            while True:
-                try:
-                    train_module.train(cfg)
-                    break
-                except RunLockedError:  # another run is training this teacher: wait, then reuse it
-                    log.info("curriculum: teacher %s is being trained by another process; waiting", run_dir)
-                    time.sleep(10)
-            scores = self._score_train_split(context, run_dir)
-        _save_npy(scores_path, scores)
-        self._record_teacher_score(run_dir, cfg)
-        return scores
-
-    def _record_teacher_score(self, run_dir: Path, cfg: Any) -> None:
-        """The teacher's model-selection score (e.g. val/auroc), for metadata.json."""
+    def _teacher_difficulty(self, ctx: BuildContext) -> np.ndarray:
+        """The teacher's scores of the train split, cached in the teacher's run folder (trained
+        by the runner before this run: ``ctx.prestages["teacher"]``)."""
         from dkbench.runner.run_folder import RunFolder
 
-        if RunFolder(run_dir).done_hash != self.teacher.get("config_hash"):
-            return  # the folder now holds another teacher config (the cached scores are still ours)
+        run_dir = Path(ctx.prestages["teacher"])
+        digest = RunFolder(run_dir).done_hash
+        # named by the teacher run's config hash (the runner's identity of the teacher, loss
+        # weights included), so a cache written before keeps its name
+        scores_path = run_dir / f"difficulty_{digest}.npy"
+        n_train = len(ctx.arrays.splits["train"])
+        self.teacher = {"run_dir": str(run_dir), "config_hash": digest, "epochs": self.options.teacher_epochs,
+                        "scores": str(scores_path), "score": "per-sample task loss of the best-validation "
+                        "checkpoint on the train split", "cached": scores_path.exists()}
+        # cells that share the teacher: the first scores the train split, the others wait, then read
+        with file_lock(scores_path.with_suffix(".lock")):
+            scores = np.load(scores_path, allow_pickle=False) if scores_path.exists() else None  # never pickled objects
+            if scores is None or len(scores) != n_train:
+                scores = self._score_train_split(ctx, run_dir)
+                with atomic_file(scores_path, "wb") as fh:
+                    np.save(fh, scores)
+        self._record_teacher_score(run_dir)
+        return scores
+
+    def _record_teacher_score(self, run_dir: Path) -> None:
+        """The teacher's model-selection score (e.g. val/auroc), for metadata.json."""
         try:
             selection = json.loads((run_dir / "metrics.json").read_text())["selection"]
-            self.teacher[str(cfg.monitor.metric)] = selection["best_score"]
+            self.teacher[str(selection["monitor"])] = selection["best_score"]
         except (OSError, KeyError, ValueError):
             pass
 
-    def _score_train_split(self, context: StrategyContext, run_dir: Path) -> np.ndarray:
+    def _score_train_split(self, ctx: BuildContext, run_dir: Path) -> np.ndarray:
+        """Every train sample's loss under the teacher, with the run's task loss (`ctx.task_loss`:
+        for segmentation, the run's DiceCE weights)."""
         from dkbench.data.datamodule import InMemoryDataset
+        from dkbench.runner.checkpointing import BEST_WEIGHTS
         from dkbench.strategies import create_strategy
 
-        from dkbench.runner.checkpointing import BEST_WEIGHTS
-
-        spec = context.arrays.spec
+        spec = ctx.spec
         # the teacher's selected weights (best by validation, else its last), written once by the
         # runner as weights only: no pickled objects are loaded from the cache
         ckpt = run_dir / "checkpoints" / BEST_WEIGHTS
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        net = create_strategy("baseline").build_net(context.make_backbone(), spec)
-        net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-        device = context.device  # the run's device (trainer.accelerator), never "cuda if present"
+        # built on the meta device: no weights initialised, so no random numbers drawn from the
+        # run's (already seeded) stream; the teacher's weights are then assigned in place
+        with torch.device("meta"):
+            net = create_strategy("baseline").build_net(ctx)
+        net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, assign=True)
+        device = ctx.device  # the run's device (trainer.accelerator), never "cuda if present"
         net.to(device).eval()
-        data = (context.config or {}).get("data") or {}
-        ds = InMemoryDataset(context.arrays.splits["train"], spec.task, float(data.get("mean", 0.5)),
+        data = ctx.config.get("data") or {}
+        ds = InMemoryDataset(ctx.arrays.splits["train"], spec.task, float(data.get("mean", 0.5)),
                              float(data.get("std", 0.5)), frozenset(spec.label_derived)).to(device)
         step = int(data.get("eval_batch_size") or data.get("batch_size") or 256)
         losses = []
@@ -415,5 +409,5 @@ class Curriculum(Strategy):
             for start in range(0, len(ds), step):
                 batch = ds.__getitems__(list(range(start, min(start + step, len(ds)))))
                 logits = net(batch)["logits"].float()
-                losses.append(per_sample_loss(logits, batch["label"], spec.task).cpu())
+                losses.append(ctx.task_loss(logits, batch["label"]).cpu())
         return torch.cat(losses).numpy().astype(np.float64)

@@ -7,10 +7,12 @@ network's): the radiomics vector of `handcrafted_feature` (same cache, same trai
 standardisation, same mask rule: ``use_mask: auto`` uses the dataset's GROUND-TRUTH lesion
 masks for train, val AND test features when every image has a non-empty one, stated in
 metadata.json) trains a scikit-learn
-classifier in `prepare` (``classifier: logreg`` = L2 logistic regression with inverse
+classifier in `build_net` (``classifier: logreg`` = L2 logistic regression with inverse
 strength ``C``; ``gbm`` = HistGradientBoostingClassifier; multilabel: one-vs-rest). The CNN
-trains alone, with the plain task loss. Its probabilities are then combined in `postprocess`
-by the rule ``combine``:
+trains alone, with the plain task loss. The classifier's probabilities of every split are kept
+as buffers of the strategy (``clf_probs_train``, ``clf_probs_val``, ``clf_probs_test``; rows
+gathered with ``batch["index"]``), and combined with the CNN's in `postprocess` by the rule
+``combine``:
 
 - ``average`` (default): probs = (1 - alpha) * p_CNN + alpha * p_classifier, per class
   (alpha = ``alpha``, default 0.5), on val (model selection) and test;
@@ -27,7 +29,8 @@ Simplified: no feature selection; the classifier's hyper-parameters are fixed by
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,16 +40,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.multiclass import OneVsRestClassifier
 from torch import nn
 
-from dkbench.backbones.base import Backbone
 from dkbench.data.spec import SPLITS, DatasetSpec
 from dkbench.data.transforms import normalize
 from dkbench.metrics.classification import probabilities
-from dkbench.strategies.base import StrategyContext
-from dkbench.strategies.catalogue.handcrafted_feature import HandcraftedVectors
+from dkbench.strategies.base import BuildContext, StepContext, task_net
+from dkbench.strategies.catalogue.handcrafted_feature import HandcraftedVectors, RadiomicsOptions
+from dkbench.strategies.options import OptionError
 from dkbench.strategies.registry import register_strategy
-
-CLASSIFIERS = ("logreg", "gbm")
-COMBINE_RULES = ("average", "stacking")
 
 
 def _logit_inputs(p: np.ndarray, task: str) -> np.ndarray:
@@ -76,136 +76,134 @@ class HandcraftedDecision(HandcraftedVectors):
                 "analysis, MedIA 69:101985 (2021), §3.6 decision-level fusion; features after pyradiomics "
                 "(van Griethuysen et al., Cancer Research 77(21):e104, 2017)")
 
-    # --- options ----------------------------------------------------------------------
-    @property
-    def combine(self) -> str:
-        return str(self.options.get("combine", "average")).lower()
+    @dataclass(frozen=True)
+    class Options(RadiomicsOptions):
+        #: logreg: L2 logistic regression on the train-standardised features; gbm: HistGradientBoostingClassifier
+        classifier: Literal["logreg", "gbm"] = "logreg"
+        #: logreg inverse regularisation strength
+        C: float = 1.0
+        #: average: (1 - alpha) p_CNN + alpha p_classifier; stacking: logistic regression fitted on val
+        combine: Literal["average", "stacking"] = "average"
+        #: weight of the classifier in `average` (and on val during training with stacking)
+        alpha: float = 0.5
 
-    @property
-    def alpha(self) -> float:
-        return float(self.options.get("alpha", 0.5))
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.C <= 0:
+                raise OptionError("C", f"must be > 0, got {self.C}")
+            if not 0.0 <= self.alpha <= 1.0:
+                raise OptionError("alpha", f"must be in [0, 1], got {self.alpha}")
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
         if reason:
             return reason
-        if self.combine == "stacking" and spec.task == "multilabel":
+        if self.options.combine == "stacking" and spec.task == "multilabel":
             return f"strategy '{self.name}' with combine=stacking supports binary and multiclass tasks, not multilabel"
         return None
 
-    def _check_options(self) -> None:
-        classifier = str(self.options.get("classifier", "logreg")).lower()
-        if classifier not in CLASSIFIERS:
-            raise ValueError(f"handcrafted_decision: classifier '{classifier}' is not one of {list(CLASSIFIERS)}")
-        if self.combine not in COMBINE_RULES:
-            raise ValueError(f"handcrafted_decision: combine '{self.combine}' is not one of {list(COMBINE_RULES)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"handcrafted_decision: alpha must lie in [0, 1], got {self.alpha}")
-
-    def make_classifier(self, seed: int) -> Any:
-        o = self.options
-        if str(o.get("classifier", "logreg")).lower() == "gbm":
+    def make_classifier(self, task: str, seed: int) -> Any:
+        if self.options.classifier == "gbm":
             clf = HistGradientBoostingClassifier(random_state=seed)
         else:
-            clf = LogisticRegression(C=float(o.get("C", 1.0)), max_iter=5000)
-        return OneVsRestClassifier(clf) if self.spec.task == "multilabel" else clf
+            clf = LogisticRegression(C=self.options.C, max_iter=5000)
+        return OneVsRestClassifier(clf) if task == "multilabel" else clf
 
-    # --- pre-stage: the classifier ----------------------------------------------------------
-    def prepare(self, context: StrategyContext) -> None:
-        self._check_options()
-        super().prepare(context)
-        task, k = self.spec.task, self.spec.num_classes
-        self.classifier = self.make_classifier(context.seed)
-        self.classifier.fit(self.features["train"].numpy(), self.labels["train"])
-        self.clf_probs: dict[str, torch.Tensor] = {}
+    # --- the classifier, then the plain CNN --------------------------------------------------
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        features = self.standardised_features(ctx)
+        task, k = ctx.spec.task, ctx.spec.num_classes
+        labels = {s: np.asarray(ctx.arrays.splits[s].label) for s in SPLITS}
+        # the fitted classifier is needed only here: its probabilities of every split are the state
+        classifier = self.make_classifier(task, ctx.seed)
+        classifier.fit(features["train"].numpy(), labels["train"])
         for s in SPLITS:
-            p = self.classifier.predict_proba(self.features[s].numpy())
+            p = classifier.predict_proba(features[s].numpy())
             if task != "multilabel":  # columns → class indices (a class may be absent from train)
                 full = np.zeros((len(p), 2 if task == "binary" else k))
-                full[:, np.asarray(self.classifier.classes_, dtype=int)] = p
+                full[:, np.asarray(classifier.classes_, dtype=int)] = p
                 p = full
-            self.clf_probs[s] = torch.from_numpy(p.astype(np.float32))
-        self.clf_auroc = {s: _auroc(self.labels[s], self.clf_probs[s].numpy(), task) for s in ("train", "val", "test")}
-        data = (context.config or {}).get("data") or {}
-        self.data_mean, self.data_std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
-        self.eval_batch_size = int(data.get("eval_batch_size") or data.get("batch_size") or 256)
-        self.val_images = context.arrays.splits["val"].image
+            self.register_buffer(f"clf_probs_{s}", torch.from_numpy(p.astype(np.float32)))
+        self.classifier_repr = repr(classifier)
+        self.clf_auroc = {s: _auroc(labels[s], getattr(self, f"clf_probs_{s}").numpy(), task) for s in SPLITS}
+        if self.options.combine == "stacking":  # what the test-time stacker is fitted on
+            data = ctx.config.get("data") or {}
+            self.data_mean, self.data_std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
+            self.eval_batch_size = int(data.get("eval_batch_size") or data.get("batch_size") or 256)
+            self.val_images = ctx.arrays.splits["val"].image
+            self.val_labels = labels["val"]
         self.stacker: LogisticRegression | None = None
         self._stacker_fingerprint: torch.Tensor | None = None
-
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        self.net = super().build_net(backbone, spec)  # the plain CNN: it trains alone
-        return self.net
+        return task_net(ctx.make_backbone(), ctx.spec, self.options.dropout)  # the plain CNN: it trains alone
 
     # --- stacking: fitted on the CNN's val predictions of the weights being tested -----------
-    def _fingerprint(self) -> torch.Tensor:
+    @staticmethod
+    def _fingerprint(net: nn.Module) -> torch.Tensor:
         with torch.no_grad():
-            return torch.stack([t.detach().double().sum() for t in self.net.state_dict().values()
+            return torch.stack([t.detach().double().sum() for t in net.state_dict().values()
                                 if t.is_floating_point()]).cpu()
 
     @torch.no_grad()
-    def cnn_probs(self, images: np.ndarray, device: torch.device) -> np.ndarray:
+    def cnn_probs(self, net: nn.Module, images: np.ndarray, task: str, device: torch.device) -> np.ndarray:
         """The CNN's probabilities on raw uint8 images (normalised as the data module does)."""
         out = []
         for start in range(0, len(images), self.eval_batch_size):
             x = normalize(torch.from_numpy(np.ascontiguousarray(images[start:start + self.eval_batch_size])).to(device),
                           self.data_mean, self.data_std)
-            out.append(probabilities(self.net({"image": x})["logits"].float(), self.spec.task).cpu())
+            out.append(probabilities(net({"image": x})["logits"].float(), task).cpu())
         return torch.cat(out).numpy()
 
-    def fit_stacker(self, device: torch.device) -> None:
-        fingerprint = self._fingerprint()
+    def fit_stacker(self, step: StepContext) -> None:
+        net = step.net  # the task module's network, with the weights being tested
+        if net is None:
+            raise ValueError("handcrafted_decision: stacking needs the network in the step context (step.net)")
+        fingerprint = self._fingerprint(net)
         if self.stacker is not None and torch.equal(fingerprint, self._stacker_fingerprint):
             return
-        was_training = self.net.training
-        self.net.eval()
-        cnn_val = self.cnn_probs(self.val_images, device)
-        self.net.train(was_training)
-        x = np.concatenate([_logit_inputs(cnn_val, self.spec.task),
-                            _logit_inputs(self.clf_probs["val"].numpy(), self.spec.task)], 1)
-        self.stacker = LogisticRegression(max_iter=5000).fit(x, self.labels["val"])
+        was_training = net.training
+        net.eval()
+        cnn_val = self.cnn_probs(net, self.val_images, step.task, step.device)
+        net.train(was_training)
+        x = np.concatenate([_logit_inputs(cnn_val, step.task),
+                            _logit_inputs(self.clf_probs_val.cpu().numpy(), step.task)], 1)
+        self.stacker = LogisticRegression(max_iter=5000).fit(x, self.val_labels)
         self._stacker_fingerprint = fingerprint
 
     # --- hooks ---------------------------------------------------------------------------
-    def transform_batch(self, batch: dict, stage: str) -> dict:
-        batch = super().transform_batch(batch, stage)
-        batch["handcrafted_probs"] = self.rows(batch, stage, self.clf_probs)
-        batch["handcrafted_stage"] = stage
-        if stage == "test" and self.combine == "stacking":
-            self.fit_stacker(batch["image"].device)
-        return batch
-
-    def combined(self, cnn: torch.Tensor, clf: torch.Tensor, stage: str) -> torch.Tensor:
+    def combined(self, cnn: torch.Tensor, clf: torch.Tensor, step: StepContext) -> torch.Tensor:
         """The stated combination rule (see the module docstring)."""
-        if self.combine == "stacking" and stage == "test":
-            x = np.concatenate([_logit_inputs(cnn.detach().cpu().numpy(), self.spec.task),
-                                _logit_inputs(clf.detach().cpu().numpy(), self.spec.task)], 1)
+        if self.options.combine == "stacking" and step.stage == "test":
+            x = np.concatenate([_logit_inputs(cnn.detach().cpu().numpy(), step.task),
+                                _logit_inputs(clf.detach().cpu().numpy(), step.task)], 1)
             p = self.stacker.predict_proba(x)  # type: ignore[union-attr]
             full = np.zeros((len(p), cnn.shape[1]))
             full[:, np.asarray(self.stacker.classes_, dtype=int)] = p  # type: ignore[union-attr]
             return torch.from_numpy(full).to(cnn)
-        return (1 - self.alpha) * cnn + self.alpha * clf
+        alpha = self.options.alpha
+        return (1 - alpha) * cnn + alpha * clf
 
-    def postprocess(self, outputs: dict, batch: dict) -> dict:
-        cnn = probabilities(outputs["logits"].float(), self.spec.task)
-        clf = batch["handcrafted_probs"].to(cnn)
+    def postprocess(self, outputs: dict, batch: dict, step: StepContext) -> dict:
+        if self.options.combine == "stacking" and step.stage == "test":
+            self.fit_stacker(step)
+        cnn = probabilities(outputs["logits"].float(), step.task)
+        clf = self.split_rows("clf_probs", batch, step).to(cnn)
         outputs = dict(outputs)
-        outputs.update(cnn_probs=cnn, clf_probs=clf,
-                       probs=self.combined(cnn, clf, batch.get("handcrafted_stage", "val")))
+        outputs.update(cnn_probs=cnn, clf_probs=clf, probs=self.combined(cnn, clf, step))
         return outputs
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        if self.combine == "stacking":
+        alpha = self.options.alpha
+        if self.options.combine == "stacking":
             rule = ("stacking: logistic regression on [logit p_CNN, logit p_clf] (multiclass: log-probabilities) "
                     "fitted on the val split with the tested CNN weights; val during training: average with "
-                    f"alpha={self.alpha}")
+                    f"alpha={alpha}")
         else:
-            rule = f"average: probs = (1 - {self.alpha}) * p_CNN + {self.alpha} * p_classifier"
-        meta["decision_fusion"] = {"rule": rule, "classifier": str(self.options.get("classifier", "logreg"))}
-        if hasattr(self, "classifier"):
+            rule = f"average: probs = (1 - {alpha}) * p_CNN + {alpha} * p_classifier"
+        meta["decision_fusion"] = {"rule": rule, "classifier": self.options.classifier}
+        if hasattr(self, "classifier_repr"):  # after build_net
             meta["decision_fusion"]["classifier_auroc"] = self.clf_auroc  # the classifier alone, per split
-            meta["decision_fusion"]["classifier_repr"] = repr(self.classifier)
+            meta["decision_fusion"]["classifier_repr"] = self.classifier_repr
         if getattr(self, "stacker", None) is not None:
             meta["decision_fusion"]["stacker"] = {"coef": self.stacker.coef_.tolist(),
                                                   "intercept": self.stacker.intercept_.tolist()}

@@ -10,7 +10,11 @@ linear head reads both: head input = CNN dim + feature dim.
 - Features are computed once per (dataset, data digest, feature config) and cached under
   ``<cache_dir>/features/`` (`dkbench.features.cache`); every later run loads them.
 - Standardisation: z-scores with the TRAIN split's mean and std only (std 0 → 1), applied
-  unchanged to val and test.
+  unchanged to val and test. `build_net` keeps the standardised table of each split as a
+  buffer of the strategy (``features_train``, ``features_val``, ``features_test``; the
+  statistics as ``feature_mean`` / ``feature_std``), so the tables live on the run's device and
+  in its checkpoints; a batch's rows are gathered with ``batch["index"]`` (the row within the
+  split).
 - Masks (``use_mask``): ``auto`` (default) uses the dataset's lesion masks when it provides
   one for every image — intensity and texture inside the lesion plus shape descriptors of
   the lesion — for train, val AND test images. At test time that is the expert's outline of
@@ -29,11 +33,11 @@ selection; the fusion is a plain concatenation without a learned projection.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from dkbench.backbones.base import Backbone
@@ -41,38 +45,50 @@ from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec
 from dkbench.features.cache import CachedFeatures, load_or_extract
 from dkbench.features.radiomics import FEATURE_CLASSES, RadiomicsConfig
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
-STAGE_SPLITS = {"train": "train", "val": "val", "test": "test"}
 
+@dataclass(frozen=True)
+class RadiomicsOptions(StrategyOptions):
+    """The feature options shared by the feature- and decision-level strategies."""
 
-def plain_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Options as plain Python values (Hydra hands lists over as ListConfig) for metadata.json."""
-    return {k: OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v
-            for k, v in options.items()}
+    #: auto: the dataset's lesion masks when every image has a non-empty one; true: force; false: whole image
+    use_mask: bool | Literal["auto"] = "auto"
+    #: grey levels (fixed bin count) of the GLCM and of the first-order entropy histogram
+    levels: int = 32
+    #: GLCM pixel distances (each averaged over 0/45/90/135 degrees)
+    distances: tuple[int, ...] = (1, 2)
+    #: uniform LBP histogram: neighbours P (P + 2 bins) and radius R (px)
+    lbp_points: int = 8
+    lbp_radius: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.levels < 2:
+            raise OptionError("levels", f"must be >= 2, got {self.levels}")
+        if not self.distances or min(self.distances) < 1:
+            raise OptionError("distances", f"must be a non-empty list of distances >= 1, got {list(self.distances)}")
+        if self.lbp_points < 1:
+            raise OptionError("lbp_points", f"must be >= 1, got {self.lbp_points}")
+        if self.lbp_radius <= 0:
+            raise OptionError("lbp_radius", f"must be > 0, got {self.lbp_radius}")
 
 
 class HandcraftedVectors(Strategy):
     """Shared by the feature- and decision-level strategies: options → RadiomicsConfig, the
-    cached vectors standardised with train statistics, and a batch key ``handcrafted``
-    holding the batch's rows (looked up by split and ``batch["index"]``)."""
+    mask rule, and the cached vectors standardised with train statistics (`standardised_features`,
+    which registers the statistics as buffers)."""
 
     requires = frozenset()
     tasks = CLASSIFICATION_TASKS
-
-    def _mask_option(self) -> bool | str:
-        value = self.options.get("use_mask", "auto")
-        if isinstance(value, str) and value.lower() == "auto":
-            return "auto"
-        if isinstance(value, str):
-            raise ValueError(f"use_mask must be auto, true or false, got '{value}'")
-        return bool(value)
+    Options = RadiomicsOptions
 
     def resolve_mask(self, arrays: DatasetArrays) -> tuple[bool, str]:
         """(use masks?, why). ``auto`` uses them only if the dataset has them and no image's
         mask is empty: an empty expert mask tells a lesion-free image (a 'normal' class)."""
-        option = self._mask_option()
+        option = self.options.use_mask
         if "mask" not in arrays.spec.provides:
             return False, f"use_mask={option}: the dataset provides no masks"
         empty = {s: int((~arrays.splits[s].extras["mask"].reshape(len(arrays.splits[s]), -1).any(1)).sum())
@@ -84,7 +100,7 @@ class HandcraftedVectors(Strategy):
             return True, "auto: the dataset provides a lesion mask for every image"
         if option and any(empty.values()):
             return True, f"use_mask=true, WARNING: empty masks {empty} (shape_empty_mask reveals lesion-free images)"
-        return bool(option), f"use_mask={str(bool(option)).lower()}"
+        return option, f"use_mask={str(option).lower()}"
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
@@ -93,62 +109,35 @@ class HandcraftedVectors(Strategy):
         if spec.spatial_dims != 2:
             return (f"strategy '{self.name}' computes 2D radiomics features (scikit-image GLCM, LBP, "
                     f"regionprops); dataset '{spec.name}' is {spec.spatial_dims}D")
-        if self._mask_option() is True and "mask" not in spec.provides:
+        if self.options.use_mask is True and "mask" not in spec.provides:
             return (f"strategy '{self.name}' with use_mask=true needs lesion masks; dataset "
                     f"'{spec.name}' provides {sorted(spec.provides) or 'none'} (use use_mask=auto or false)")
         return None
 
     def radiomics_config(self, use_mask: bool) -> RadiomicsConfig:
         o = self.options
-        return RadiomicsConfig(
-            use_mask=use_mask,
-            levels=int(o.get("levels", 32)),
-            distances=tuple(int(d) for d in o.get("distances", (1, 2))),
-            lbp_points=int(o.get("lbp_points", 8)),
-            lbp_radius=float(o.get("lbp_radius", 1.0)),
-        )
+        return RadiomicsConfig(use_mask=use_mask, levels=o.levels, distances=o.distances,
+                               lbp_points=o.lbp_points, lbp_radius=o.lbp_radius)
 
-    def prepare(self, context: StrategyContext) -> None:
-        self.spec = context.arrays.spec
-        self.use_mask, self.mask_reason = self.resolve_mask(context.arrays)
-        self.cached: CachedFeatures = load_or_extract(context.arrays, self.radiomics_config(self.use_mask),
-                                                      context.cache_dir)
+    def standardised_features(self, ctx: BuildContext) -> dict[str, torch.Tensor]:
+        """Split → (N, F) float32 z-scores of the cached vectors with the TRAIN statistics, which
+        are registered as the buffers ``feature_mean`` / ``feature_std``."""
+        self.use_mask, self.mask_reason = self.resolve_mask(ctx.arrays)
+        self.cached: CachedFeatures = load_or_extract(ctx.arrays, self.radiomics_config(self.use_mask), ctx.cache_dir)
         raw = self.cached.splits
         mean = raw["train"].astype(np.float64).mean(0)
         std = raw["train"].astype(np.float64).std(0)
         std[std < 1e-8] = 1.0  # a constant training feature stays 0 after centring
-        self.feature_mean, self.feature_std = mean, std
-        self.features = {
-            s: torch.from_numpy(((raw[s] - mean) / std).astype(np.float32)) for s in SPLITS
-        }
-        self.labels = {s: np.asarray(context.arrays.splits[s].label) for s in SPLITS}
+        self.register_buffer("feature_mean", torch.from_numpy(mean))
+        self.register_buffer("feature_std", torch.from_numpy(std))
+        return {s: torch.from_numpy(((raw[s] - mean) / std).astype(np.float32)) for s in SPLITS}
 
-    @property
-    def feature_dim(self) -> int:
-        if not hasattr(self, "features"):
-            raise RuntimeError(f"strategy '{self.name}': prepare() must run before the features are used")
-        return self.cached.dim
-
-    def rows(self, batch: dict, stage: str, table: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The rows of `table[split]` for the batch's samples, on the batch's device."""
-        if stage not in STAGE_SPLITS:
-            raise ValueError(f"strategy '{self.name}': no feature split for stage '{stage}'")
-        if "index" not in batch:
-            raise KeyError(f"strategy '{self.name}' needs batch['index'] to look up its cached features")
-        device = batch["image"].device
-        rows = table[STAGE_SPLITS[stage]]
-        if rows.device != device:  # moved to the run's device once, then gathered there (no sync)
-            rows = table[STAGE_SPLITS[stage]] = rows.to(device)
-        return rows.index_select(0, torch.as_tensor(batch["index"]).long().to(device))
-
-    def transform_batch(self, batch: dict, stage: str) -> dict:
-        batch = dict(batch)
-        batch["handcrafted"] = self.rows(batch, stage, self.features)
-        return batch
+    def split_rows(self, table: str, batch: dict, step: StepContext) -> torch.Tensor:
+        """The batch's rows of the buffer ``<table>_<split>`` (gathered where the buffer lives)."""
+        rows: torch.Tensor = getattr(self, f"{table}_{step.stage}")
+        return rows.index_select(0, batch["index"].to(rows.device))
 
     def mask_statement(self) -> str:
-        if not hasattr(self, "use_mask"):
-            return "not prepared"
         if self.use_mask:
             return ("GROUND-TRUTH lesion masks used for train, val AND test features (intensity/texture "
                     "inside the lesion + shape2D of the lesion): at test time the expert outlined the "
@@ -156,8 +145,8 @@ class HandcraftedVectors(Strategy):
         return f"no masks: intensity and texture of the whole image ({self.mask_reason})"
 
     def metadata(self) -> dict[str, Any]:
-        meta = {**super().metadata(), "options": plain_options(self.options)}
-        if hasattr(self, "cached"):
+        meta = super().metadata()
+        if hasattr(self, "cached"):  # after build_net
             meta["features"] = {
                 "masks": self.mask_statement(),
                 "use_mask": self.use_mask,
@@ -201,9 +190,18 @@ class HandcraftedFeature(HandcraftedVectors):
                 "analysis, MedIA 69:101985 (2021), §3.6 feature-level fusion; features after pyradiomics "
                 "(van Griethuysen et al., Cancer Research 77(21):e104, 2017)")
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        return FeatureFusionNet(backbone, self.feature_dim, num_outputs(spec.task, spec.num_classes),
-                                float(self.options.get("dropout", 0.0)))
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        features = self.standardised_features(ctx)
+        for split, table in features.items():
+            self.register_buffer(f"features_{split}", table)
+        spec = ctx.spec
+        return FeatureFusionNet(ctx.make_backbone(), self.cached.dim, num_outputs(spec.task, spec.num_classes),
+                                self.options.dropout)
+
+    def transform_batch(self, batch: dict, step: StepContext) -> dict:
+        batch = dict(batch)
+        batch["handcrafted"] = self.split_rows("features", batch, step)
+        return batch
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(),

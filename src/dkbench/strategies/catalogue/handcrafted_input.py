@@ -11,7 +11,8 @@ in a ``window`` square) and the uniform LBP code (micro-texture). The backbone i
 in_chans = image channels + number of maps; channel order = image, then ``maps`` in order.
 
 Each map is standardised per channel with the mean and std of that map over the TRAIN split
-(computed in `prepare`, un-augmented images). The maps are computed on the fly in
+(computed in `build_net` from the un-augmented images and kept as the strategy's buffers
+``map_mean`` / ``map_std``, so they live on the run's device and in its checkpoints). The maps are computed on the fly in
 `transform_batch` from the batch's image with torch ops (they equal scikit-image's
 `filters.sobel`, `filters.rank.entropy` and `feature.local_binary_pattern`; the tests check
 it), so they always follow the augmentation (flips, rotations, shifts happen before
@@ -26,17 +27,21 @@ generic radiomics texture maps, not MV-KBC's nodule-specific patches.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from dkbench.data.spec import DatasetSpec
 from dkbench.data.transforms import normalize
 from dkbench.features.radiomics import MAP_NAMES, feature_maps
-from dkbench.strategies.base import ALL_TASKS, Strategy, StrategyContext
-from dkbench.strategies.catalogue.handcrafted_feature import plain_options
+from dkbench.strategies.base import ALL_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
+
+MapName = Literal["sobel", "local_std", "local_entropy", "lbp"]  # = MAP_NAMES
 
 
 @register_strategy("handcrafted_input")
@@ -48,15 +53,30 @@ class HandcraftedInput(Strategy):
                 "collaborative deep learning for benign-malignant lung nodule classification on chest CT, "
                 "IEEE TMI 38(4):991-1004 (2019); survey §3.6 input-level fusion")
 
-    @property
-    def maps(self) -> list[str]:
-        return [str(m) for m in self.options.get("maps", MAP_NAMES)]
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: extra channels after the image, in this order (a non-empty subset of the four)
+        maps: tuple[MapName, ...] = MAP_NAMES
+        #: side (px) of the square window of local_std and local_entropy
+        window: int = 7
+        #: grey-level bins of the local entropy histogram
+        entropy_levels: int = 8
+        #: uniform LBP: neighbours P (the map is the code / (P+1)) and radius R (px)
+        lbp_points: int = 8
+        lbp_radius: float = 1.0
 
-    def _map_kwargs(self) -> dict[str, Any]:
-        o = self.options
-        return {"maps": self.maps, "window": int(o.get("window", 7)),
-                "entropy_levels": int(o.get("entropy_levels", 8)),
-                "lbp_points": int(o.get("lbp_points", 8)), "lbp_radius": float(o.get("lbp_radius", 1.0))}
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.maps:
+                raise OptionError("maps", f"must be a non-empty subset of {list(MAP_NAMES)}, got []")
+            if self.window < 1:
+                raise OptionError("window", f"must be >= 1, got {self.window}")
+            if self.entropy_levels < 2:
+                raise OptionError("entropy_levels", f"must be >= 2, got {self.entropy_levels}")
+            if self.lbp_points < 1:
+                raise OptionError("lbp_points", f"must be >= 1, got {self.lbp_points}")
+            if self.lbp_radius <= 0:
+                raise OptionError("lbp_radius", f"must be > 0, got {self.lbp_radius}")
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
@@ -64,13 +84,10 @@ class HandcraftedInput(Strategy):
             return reason
         if spec.spatial_dims != 2:
             return f"strategy '{self.name}' computes 2D feature maps; dataset '{spec.name}' is {spec.spatial_dims}D"
-        unknown = [m for m in self.maps if m not in MAP_NAMES]
-        if unknown or not self.maps:
-            return f"strategy '{self.name}': maps {self.maps} must be a non-empty subset of {list(MAP_NAMES)}"
         return None
 
     def backbone_kwargs(self, spec: DatasetSpec) -> dict[str, Any]:
-        return {"in_chans": spec.in_chans + len(self.maps)}
+        return {"in_chans": spec.in_chans + len(self.options.maps)}
 
     # --- maps ------------------------------------------------------------------------------
     def gray255(self, image: torch.Tensor) -> torch.Tensor:
@@ -78,14 +95,18 @@ class HandcraftedInput(Strategy):
         return ((image.float() * self.data_std + self.data_mean) * 255.0).mean(1, keepdim=True)
 
     def raw_maps(self, image: torch.Tensor) -> torch.Tensor:
-        return feature_maps(self.gray255(image), **self._map_kwargs())
+        o = self.options
+        return feature_maps(self.gray255(image), maps=list(o.maps), window=o.window, entropy_levels=o.entropy_levels,
+                            lbp_points=o.lbp_points, lbp_radius=o.lbp_radius)
 
-    def prepare(self, context: StrategyContext) -> None:
-        data = (context.config or {}).get("data") or {}
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        data = ctx.config.get("data") or {}
+        # the data module's input normalisation, inverted to read grey levels from a batch
         self.data_mean, self.data_std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
-        train = context.arrays.splits["train"].image
-        total = np.zeros(len(self.maps))
-        total_sq = np.zeros(len(self.maps))
+        train = ctx.arrays.splits["train"].image
+        n_maps = len(self.options.maps)
+        total = np.zeros(n_maps)
+        total_sq = np.zeros(n_maps)
         count = 0
         for start in range(0, len(train), 256):  # per-channel mean / std over train pixels
             x = normalize(torch.from_numpy(np.ascontiguousarray(train[start:start + 256])), self.data_mean, self.data_std)
@@ -96,25 +117,22 @@ class HandcraftedInput(Strategy):
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
         std[std < 1e-8] = 1.0
-        self.map_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.map_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("map_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("map_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        return super().build_net(ctx)
 
     def standardised_maps(self, image: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "map_mean"):
-            raise RuntimeError("handcrafted_input: prepare() must run before maps are standardised")
-        m = self.raw_maps(image)
-        return (m - self.map_mean.to(m.device)) / self.map_std.to(m.device)
+        return (self.raw_maps(image) - self.map_mean) / self.map_std
 
-    def transform_batch(self, batch: dict, stage: str) -> dict:
+    def transform_batch(self, batch: dict, step: StepContext) -> dict:
         batch = dict(batch)
         image = batch["image"]
         batch["image"] = torch.cat([image, self.standardised_maps(image).to(image.dtype)], 1)
         return batch
 
     def metadata(self) -> dict[str, Any]:
-        meta = {**super().metadata(), "options": plain_options(self.options),
-                "channels": ["image"] + self.maps, "masks": "not used"}
-        if hasattr(self, "map_mean"):
+        meta = {**super().metadata(), "channels": ["image", *self.options.maps], "masks": "not used"}
+        if hasattr(self, "map_mean"):  # after build_net
             meta["map_standardisation"] = {
                 "statistics": "per map channel over all train-split pixels (un-augmented)",
                 "mean": self.map_mean.flatten().tolist(), "std": self.map_std.flatten().tolist(),

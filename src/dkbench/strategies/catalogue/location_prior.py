@@ -1,8 +1,9 @@
 """`location_prior`: where lesions usually sit, as an extra input channel (SURVEY.md family G).
 
 The anatomical location prior is the pixel-wise foreground frequency of the TRAIN split's masks
-(an atlas: the mean training mask), computed once in `prepare` and concatenated to every batch
-as one more image channel, so the network can weigh "is this a place where lesions occur?"
+(an atlas: the mean training mask), computed once in `build_net` (kept as a buffer, so it
+lives on the run's device and in its checkpoints) and concatenated to every batch as one more
+image channel, so the network can weigh "is this a place where lesions occur?"
 together with the image. After Zotti C., Luo Z., Lalande A., Jodoin P.-M., "Convolutional
 neural network with shape prior applied to cardiac MRI segmentation", IEEE JBHI 23(3):1119-1128,
 2019, who build a probabilistic prior from the training ground truths (per-pixel class
@@ -23,17 +24,18 @@ image by augmentation (a flipped image meets the unflipped atlas, as a test imag
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dkbench.data.spec import DatasetSpec
-from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import StrategyOptions
 from dkbench.strategies.registry import register_strategy
-
-SCALINGS = ("range", "standardise")
 
 
 @register_strategy("location_prior")
@@ -44,49 +46,38 @@ class LocationPrior(Strategy):
     citation = ("Zotti C., Luo Z., Lalande A., Jodoin P.-M., Convolutional neural network with shape prior "
                 "applied to cardiac MRI segmentation, IEEE JBHI 23(3):1119-1128 (2019); survey §5.5")
 
-    @property
-    def scaling(self) -> str:
-        return str(self.options.get("scaling", "range"))
-
-    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
-        reason = super().incompatibility(spec, backbone)
-        if reason:
-            return reason
-        if self.scaling not in SCALINGS:
-            return f"strategy '{self.name}': option scaling '{self.scaling}' is not one of {list(SCALINGS)}"
-        return None
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: range: 2f - 1 in [-1, 1] (as the images' normalisation); standardise: zero mean / unit std
+        scaling: Literal["range", "standardise"] = "range"
 
     def backbone_kwargs(self, spec: DatasetSpec) -> dict[str, Any]:
         return {"in_chans": spec.in_chans + 1}
 
-    def prepare(self, context: StrategyContext) -> None:
-        masks = context.arrays.splits["train"].label  # (N, 1, *spatial); only the train split
-        frequency = (np.asarray(masks) > 0).mean(0, dtype=np.float64)  # (1, *spatial)
-        self.frequency = torch.from_numpy(frequency).float().unsqueeze(0)  # (1, 1, *spatial)
-        if self.scaling == "range":
-            prior = 2.0 * self.frequency - 1.0
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        masks = ctx.arrays.splits["train"].label  # (N, 1, *spatial); only the train split
+        frequency = torch.from_numpy((np.asarray(masks) > 0).mean(0, dtype=np.float64)).float().unsqueeze(0)
+        if self.options.scaling == "range":
+            prior = 2.0 * frequency - 1.0
         else:
-            std = float(self.frequency.std(unbiased=False))
-            prior = (self.frequency - self.frequency.mean()) / (std if std > 1e-8 else 1.0)
-        self.prior = prior
-        self._on: dict[tuple[Any, Any, tuple[int, ...]], torch.Tensor] = {}
+            std = float(frequency.std(unbiased=False))
+            prior = (frequency - frequency.mean()) / (std if std > 1e-8 else 1.0)
+        #: (1, 1, *spatial) float32, the channel appended to every batch
+        self.register_buffer("prior", prior)
+        self.frequency_stats = {"mean_frequency": float(frequency.mean()), "max_frequency": float(frequency.max())}
+        return super().build_net(ctx)
 
     def channel(self, like: torch.Tensor) -> torch.Tensor:
-        """The prior as (1, 1, *spatial) on ``like``'s device and dtype, resized (linear) if
-        the batch's spatial size differs from the train masks'."""
-        if not hasattr(self, "prior"):
-            raise RuntimeError("location_prior: prepare() must run before batches are transformed")
+        """The prior as (1, 1, *spatial) in ``like``'s dtype, resized (linear) if the batch's
+        spatial size differs from the train masks'."""
+        prior = self.prior
         spatial = tuple(like.shape[2:])
-        key = (like.device, like.dtype, spatial)
-        if key not in self._on:  # one copy per device/dtype/size, not one transfer per batch
-            prior = self.prior
-            if tuple(prior.shape[2:]) != spatial:
-                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
-                prior = F.interpolate(prior, size=spatial, mode=mode, align_corners=False)
-            self._on[key] = prior.to(device=like.device, dtype=like.dtype)
-        return self._on[key]
+        if tuple(prior.shape[2:]) != spatial:
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+            prior = F.interpolate(prior, size=spatial, mode=mode, align_corners=False)
+        return prior.to(like.dtype)
 
-    def transform_batch(self, batch: dict, stage: str) -> dict:
+    def transform_batch(self, batch: dict, step: StepContext) -> dict:
         batch = dict(batch)
         image = batch["image"]
         prior = self.channel(image).expand(image.shape[0], 1, *image.shape[2:])
@@ -95,7 +86,6 @@ class LocationPrior(Strategy):
 
     def metadata(self) -> dict[str, Any]:
         meta = {**super().metadata(), "channels": ["image", "location_prior"], "prior_from": "train split masks only"}
-        if hasattr(self, "frequency"):
-            meta["prior"] = {"scaling": self.scaling, "mean_frequency": float(self.frequency.mean()),
-                             "max_frequency": float(self.frequency.max())}
+        if hasattr(self, "frequency_stats"):
+            meta["prior"] = {"scaling": self.options.scaling, **self.frequency_stats}
         return meta

@@ -8,9 +8,10 @@ J. Med. Internet Res. 23(7):e20708 (2021) reviews such fusions (mostly concatena
 metadata branch with the CNN features, or late fusion).
 
 Here the metadata vector (B, M) is standardised with the TRAIN split's mean and standard
-deviation (computed in `prepare`, stored as buffers; a constant column gets std 1; missing
-values, NaN, become 0 = the train mean after standardisation), passed through an MLP branch
-(Linear → ReLU → Dropout, `hidden` units, `layers` layers) and fused:
+deviation (computed in `build_net`, kept as the strategy's buffers ``metadata_mean`` /
+``metadata_std``; a constant column gets std 1; missing values, NaN, become 0 = the train mean
+after standardisation) in `transform_batch`, passed through an MLP branch (Linear → ReLU →
+Dropout, `hidden` units, `layers` layers) and fused:
 
 - ``fusion: concat`` (feature-level): diagnosis head on [image embedding, metadata features];
 - ``fusion: late`` (decision-level): image head logits + metadata head logits.
@@ -22,7 +23,8 @@ expected one-hot encoded by the reader), no missing-value indicators.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,10 +33,11 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
-FUSIONS = ("concat", "late")
+Fusion = Literal["concat", "late"]
 
 
 def train_statistics(metadata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,21 +52,17 @@ def train_statistics(metadata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class MetadataFusionNet(nn.Module):
-    """Backbone + metadata MLP branch; concat (feature-level) or late (logit-sum) fusion."""
+    """Backbone + metadata MLP branch on the standardised metadata (``batch["metadata_standardised"]``,
+    added by the strategy's transform_batch); concat (feature-level) or late (logit-sum) fusion."""
 
-    def __init__(self, backbone: Backbone, num_out: int, mean: np.ndarray, std: np.ndarray,
-                 hidden: int = 32, layers: int = 2, fusion: str = "concat", dropout: float = 0.0,
-                 meta_dropout: float = 0.0):
+    def __init__(self, backbone: Backbone, num_out: int, num_metadata: int, hidden: int = 32, layers: int = 2,
+                 fusion: Fusion = "concat", dropout: float = 0.0, meta_dropout: float = 0.0):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"metadata_fusion: fusion must be one of {FUSIONS}, got {fusion!r}")
         self.backbone = backbone
         self.fusion = fusion
-        self.register_buffer("meta_mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("meta_std", torch.as_tensor(std, dtype=torch.float32))
         blocks: list[nn.Module] = []
-        d_in = len(mean)
-        for _ in range(max(1, int(layers))):
+        d_in = num_metadata
+        for _ in range(layers):
             blocks += [nn.Linear(d_in, hidden), nn.ReLU(inplace=True)]
             if meta_dropout > 0:
                 blocks.append(nn.Dropout(meta_dropout))
@@ -77,14 +76,13 @@ class MetadataFusionNet(nn.Module):
             self.head = nn.Linear(d, num_out)
             self.meta_head = nn.Linear(hidden, num_out)
 
-    def standardise(self, metadata: torch.Tensor) -> torch.Tensor:
-        z = (metadata.float().reshape(len(metadata), -1) - self.meta_mean) / self.meta_std
-        return torch.nan_to_num(z, nan=0.0)
-
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "metadata_standardised" not in batch:
+            raise KeyError("MetadataFusionNet needs batch['metadata_standardised'] (added by the strategy's "
+                           "transform_batch)")
         feature_map = self.backbone.forward_features(batch["image"])
         embedding = self.backbone.pool(feature_map)
-        meta = self.meta_branch(self.standardise(batch["metadata"]))
+        meta = self.meta_branch(batch["metadata_standardised"])
         z = self.dropout(embedding)
         if self.fusion == "concat":
             logits = self.head(torch.cat([z, meta], 1))
@@ -102,43 +100,65 @@ class MetadataFusion(Strategy):
                 "multimodal neural nets, IEEE JBHI 23(2):538-546 (2018); Höhn et al., J. Med. Internet "
                 "Res. 23(7):e20708 (2021)")
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: concat: head on [image embedding, metadata features]; late: image logits + metadata logits
+        fusion: Fusion = "concat"
+        #: units per layer of the metadata MLP branch
+        hidden: int = 32
+        #: Linear-ReLU layers of the metadata branch
+        layers: int = 2
+        #: dropout after each metadata layer
+        meta_dropout: float = 0.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.hidden < 1:
+                raise OptionError("hidden", f"must be >= 1, got {self.hidden}")
+            if self.layers < 1:
+                raise OptionError("layers", f"must be >= 1, got {self.layers}")
+            if not 0.0 <= self.meta_dropout < 1.0:
+                raise OptionError("meta_dropout", f"must be in [0, 1), got {self.meta_dropout}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
         self.metadata_names: list[str] = []
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
-        if reason is None and self.options.get("fusion", "concat") not in FUSIONS:
-            return f"strategy '{self.name}': options.fusion must be one of {list(FUSIONS)}, got {self.options['fusion']!r}"
         if reason and "metadata" not in spec.provides:
             reason += "; metadata_fusion needs per-image patient data (age, sex, site, …) to fuse with the image"
         return reason
 
-    def prepare(self, context: StrategyContext) -> None:
-        train = np.asarray(context.arrays.splits["train"].extras["metadata"])
-        self.mean, self.std = train_statistics(train)  # train split only: no val/test statistics
-        names = list(context.arrays.notes.get("metadata_names") or [])
-        self.metadata_names = names if len(names) == len(self.mean) else [f"m{i}" for i in range(len(self.mean))]
-
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        if self.mean is None or self.std is None:
-            raise RuntimeError("metadata_fusion: prepare() must run before build_net()")
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        train = np.asarray(ctx.arrays.splits["train"].extras["metadata"])
+        mean, std = train_statistics(train)  # train split only: no val/test statistics
+        self.register_buffer("metadata_mean", torch.from_numpy(mean))
+        self.register_buffer("metadata_std", torch.from_numpy(std))
+        names = list(ctx.arrays.notes.get("metadata_names") or [])
+        self.metadata_names = names if len(names) == len(mean) else [f"m{i}" for i in range(len(mean))]
         o = self.options
         return MetadataFusionNet(
-            backbone, num_outputs(spec.task, spec.num_classes), self.mean, self.std,
-            hidden=int(o.get("hidden", 32)), layers=int(o.get("layers", 2)), fusion=str(o.get("fusion", "concat")),
-            dropout=float(o.get("dropout", 0.0)), meta_dropout=float(o.get("meta_dropout", 0.0)),
+            ctx.make_backbone(), num_outputs(ctx.spec.task, ctx.spec.num_classes), len(mean),
+            hidden=o.hidden, layers=o.layers, fusion=o.fusion, dropout=o.dropout, meta_dropout=o.meta_dropout,
         )
 
+    def standardise(self, metadata: torch.Tensor) -> torch.Tensor:
+        """(B, M) z-scores with the train statistics; missing values (NaN) → 0, the train mean."""
+        z = (metadata.float().reshape(len(metadata), -1) - self.metadata_mean) / self.metadata_std
+        return torch.nan_to_num(z, nan=0.0)
+
+    def transform_batch(self, batch: dict, step: StepContext) -> dict:
+        return {**batch, "metadata_standardised": self.standardise(batch["metadata"])}
+
     def metadata(self) -> dict[str, Any]:
+        fitted = hasattr(self, "metadata_mean")  # after build_net
         return {
             **super().metadata(),
             "metadata_names": list(self.metadata_names),
             "standardisation": {
                 "source": "train split only",
-                "mean": [float(v) for v in (self.mean if self.mean is not None else [])],
-                "std": [float(v) for v in (self.std if self.std is not None else [])],
+                "mean": self.metadata_mean.tolist() if fitted else [],
+                "std": self.metadata_std.tolist() if fitted else [],
             },
         }

@@ -29,11 +29,14 @@ image, so an empty mask is supervised by BCE alone. A batch without any lesion h
 
 Reported metric ``seg_dice`` (logged as ``val/seg_dice`` / ``test/seg_dice``): the decoder's
 output thresholded at probability 0.5, Dice per image, then averaged over images. Convention
-for an empty ground-truth mask: Dice 1 if the prediction is empty too, else 0.
+for an empty ground-truth mask: Dice 1 if the prediction is empty too, else 0 (the empty rules
+of `dkbench.metrics.segmentation.per_image_scores`, which computes it; the soft Dice of the loss
+is `dkbench.metrics.segmentation.soft_dice`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,9 +45,10 @@ from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
 from dkbench.backbones.base import Backbone
-from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy
+from dkbench.metrics.segmentation import per_image_scores, soft_dice
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -112,24 +116,19 @@ def _target(outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def soft_dice_loss(seg_logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per image, averaged over images whose mask is not empty (0 if none is)."""
-    prob = torch.sigmoid(seg_logits).flatten(1)
-    target = mask.flatten(1)
-    inter = (prob * target).sum(1)
-    dice = (2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)
+    """1 - soft Dice per image, averaged over images whose mask is not empty (0 if none is);
+    both (B, 1, *spatial)."""
+    dice = soft_dice(torch.sigmoid(seg_logits), mask, smooth)[:, 0]
     # masked mean, not `if has_lesion.any()`: no host sync per step; 0 (graph kept) when no
     # image has a lesion, and BCE alone supervises that batch
-    has_lesion = (target.sum(1) > 0).float()
+    has_lesion = (mask.flatten(1).sum(1) > 0).float()
     return ((1 - dice) * has_lesion).sum() / has_lesion.sum().clamp_min(1.0)
 
 
 def hard_dice(seg_logits: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Per-image Dice of the thresholded prediction (B,); empty truth: 1 if prediction empty else 0."""
-    pred = (torch.sigmoid(seg_logits) > threshold).flatten(1).float()
-    target = (mask > 0).flatten(1).float()
-    inter = (pred * target).sum(1)
-    total = pred.sum(1) + target.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+    pred = (torch.sigmoid(seg_logits) > threshold).long()
+    return per_image_scores(pred, (mask > 0).long(), num_classes=2, hd95=False)["dice"]
 
 
 @register_strategy("multitask_seg")
@@ -141,25 +140,46 @@ class MultiTaskSeg(Strategy):
                 "e.g. Vakanski et al., Ultrasound Med. Biol. 46(10), 2020); Caruana, Multitask "
                 "learning, Machine Learning 28:41-75 (1997)")
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: weight of the segmentation term (soft Dice on lesion images + BCE on all images)
+        seg_weight: float = 1.0
+        #: width after the decoder's 1x1 reduction of the last feature map (halved per stage, min 16)
+        decoder_channels: int = 64
+        #: upsampling stages (x2 bilinear + 3x3 conv-BN-ReLU each, capped at the input size)
+        decoder_stages: int = 3
+        #: smoothing added to the soft Dice numerator and denominator
+        dice_smooth: float = 1.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.seg_weight < 0:
+                raise OptionError("seg_weight", f"must be >= 0, got {self.seg_weight}")
+            if self.decoder_channels < 1:
+                raise OptionError("decoder_channels", f"must be >= 1, got {self.decoder_channels}")
+            if self.decoder_stages < 0:
+                raise OptionError("decoder_stages", f"must be >= 0, got {self.decoder_stages}")
+            if self.dice_smooth < 0:
+                raise OptionError("dice_smooth", f"must be >= 0, got {self.dice_smooth}")
+
+    def build_net(self, ctx: BuildContext) -> nn.Module:
         o = self.options
-        return MultiTaskSegNet(
-            backbone, num_outputs(spec.task, spec.num_classes), float(o.get("dropout", 0.0)),
-            decoder_channels=int(o.get("decoder_channels", 64)), decoder_stages=int(o.get("decoder_stages", 3)),
-        )
+        return MultiTaskSegNet(ctx.make_backbone(), num_outputs(ctx.spec.task, ctx.spec.num_classes), o.dropout,
+                               decoder_channels=o.decoder_channels, decoder_stages=o.decoder_stages)
 
     def seg_losses(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(soft Dice loss over lesion images, BCE over all pixels of all images)."""
         seg, mask = _target(outputs, batch)
-        dice = soft_dice_loss(seg, mask, float(self.options.get("dice_smooth", 1.0)))
+        dice = soft_dice_loss(seg, mask, self.options.dice_smooth)
         bce = F.binary_cross_entropy_with_logits(seg, mask)
         return dice, bce
 
-    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
         dice, bce = self.seg_losses(outputs, batch)
-        return {"task": per_sample_loss.mean(), "seg": float(self.options.get("seg_weight", 1.0)) * (dice + bce)}
+        return {"task": per_sample_loss.mean(), "seg": self.options.seg_weight * (dice + bce)}
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         seg, mask = _target(outputs, batch)
         return {"seg_dice": hard_dice(seg.detach(), mask).mean()}
 

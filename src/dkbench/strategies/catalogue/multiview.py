@@ -32,7 +32,8 @@ volume mode each view is one slice (or slab), not 3DCE's groups of three slices 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -40,13 +41,13 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.backbones.base import reinitialised_copy
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
-SOURCES = ("auto", "views", "volume")
-FUSIONS = ("late", "channels")
-POOLS = ("concat", "mean")
+Source = Literal["auto", "views", "volume"]
+Fusion = Literal["late", "channels"]
+Pool = Literal["concat", "mean"]
 
 
 def centre_slices(size: int, k: int) -> list[int]:
@@ -88,9 +89,9 @@ class MultiViewNet(nn.Module):
         num_out: int,
         n_views: int,
         *,
-        fusion: str = "late",
-        pool: str = "concat",
-        source: str = "views",
+        fusion: Fusion = "late",
+        pool: Pool = "concat",
+        source: Source = "views",
         axis: int = 0,
         slices: int = 3,
         n_slabs: int | None = None,
@@ -138,7 +139,6 @@ class MultiViewNet(nn.Module):
         return out
 
 
-
 @register_strategy("multiview")
 class MultiView(Strategy):
     """Several views or adjacent slices read together (3DCE / CVR-RCNN; module docstring)."""
@@ -153,34 +153,49 @@ class MultiView(Strategy):
         "MICCAI 2018; Ma et al., Cross-view relation networks for mammogram mass detection (CVR-RCNN), 2019"
     )
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: auto: the dataset's views when provided, else a 3D volume as 2.5D; views | volume: force one
+        source: Source = "auto"
+        #: late: one backbone pass per view, pooled features fused; channels: views as input channels
+        fusion: Fusion = "late"
+        #: late fusion: one backbone shared by all views (False: one backbone per view)
+        shared: bool = True
+        #: late fusion: concat (head input V × features) or mean of the view features
+        pool: Pool = "concat"
+        #: views source: the first n views (None: all the dataset has)
+        n_views: int | None = None
+        #: volume source: adjacent slices around the centre of `axis`
+        slices: int = 3
+        #: volume source: instead of `slices`, n equal slabs along `axis`, each averaged
+        n_slabs: int | None = None
+        #: volume source: slice axis of (D, H, W)
+        axis: int = 0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.axis not in (0, 1, 2):
+                raise OptionError("axis", f"is a spatial axis of (D, H, W): 0, 1 or 2; got {self.axis}")
+            if self.slices < 1:
+                raise OptionError("slices", f"must be >= 1, got {self.slices}")
+            for key in ("n_views", "n_slabs"):
+                value = getattr(self, key)
+                if value is not None and value < 1:
+                    raise OptionError(key, f"must be >= 1 or null, got {value}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.source = str(options.get("source", "auto"))
-        self.fusion = str(options.get("fusion", "late"))
-        self.pool = str(options.get("pool", "concat"))
-        for value, allowed, key in ((self.source, SOURCES, "source"), (self.fusion, FUSIONS, "fusion"),
-                                    (self.pool, POOLS, "pool")):
-            if value not in allowed:
-                raise ValueError(f"multiview: {key} must be one of {allowed}, got {value!r}")
-        self.shared = bool(options.get("shared", True))
-        self.slices = int(options.get("slices", 3))
-        self.n_slabs = options.get("n_slabs")
-        self.n_slabs = int(self.n_slabs) if self.n_slabs else None
-        self.axis = int(options.get("axis", 0))
-        if self.axis not in (0, 1, 2):
-            raise ValueError(f"multiview: axis is a spatial axis of (D, H, W): 0, 1 or 2; got {self.axis}")
-        self.n_views_option = options.get("n_views")
-        self._make_backbone = None
-        self._n_views: int | None = None
-        self._resolved: str | None = None
+        #: the view layout of the built network (metadata.json); set by `build_net`
+        self.layout: dict[str, Any] | None = None
 
     # --- which views ----------------------------------------------------------------------
     def resolve_source(self, spec: DatasetSpec) -> str | None:
         """'views' or 'volume' for this dataset, None if it has neither."""
         has_views, is_3d = "views" in spec.provides, spec.spatial_dims == 3
-        if self.source == "views":
+        source = self.options.source
+        if source == "views":
             return "views" if has_views else None
-        if self.source == "volume":
+        if source == "volume":
             return "volume" if is_3d else None
         return "views" if has_views else ("volume" if is_3d else None)
 
@@ -193,7 +208,7 @@ class MultiView(Strategy):
                 "auto": "several views (the dataset extra 'views') or a 3D volume (spatial_dims 3)",
                 "views": "several views (the dataset extra 'views'; source=views)",
                 "volume": "a 3D volume (spatial_dims 3; source=volume)",
-            }[self.source]
+            }[self.options.source]
             return (
                 f"strategy '{self.name}' needs {wanted}; dataset '{spec.name}' is a single "
                 f"{spec.spatial_dims}D view per sample and provides "
@@ -201,78 +216,78 @@ class MultiView(Strategy):
             )
         return None
 
-    def _views_count(self, spec: DatasetSpec) -> int | None:
+    def _declared_views(self, spec: DatasetSpec) -> int | None:
+        """The number of views known from the options alone (None: the data says, `build_net`)."""
         if self.resolve_source(spec) == "volume":
-            return self.n_slabs or self.slices
-        if self._n_views is not None:
-            return self._n_views
-        return int(self.n_views_option) if self.n_views_option else None
+            return self.options.n_slabs or self.options.slices
+        return self.options.n_views
 
     def backbone_kwargs(self, spec: DatasetSpec) -> dict[str, Any]:
-        """2D backbone on volumes; V·C input channels for channel fusion."""
+        """2D backbone on volumes; V·C input channels for channel fusion (when V is known
+        before the data is: volume slices/slabs, or `n_views`)."""
         source = self.resolve_source(spec)
         kwargs: dict[str, Any] = {"spatial_dims": 2} if source == "volume" else {}
-        v = self._views_count(spec)
-        if self.fusion == "channels" and v is not None:
+        v = self._declared_views(spec)
+        if self.options.fusion == "channels" and v is not None:
             kwargs["in_chans"] = v * spec.in_chans
         return kwargs
 
-    def prepare(self, context: StrategyContext) -> None:
-        self._make_backbone = context.make_backbone
-        spec = context.arrays.spec
-        if self.resolve_source(spec) == "views":
-            views = context.arrays.splits["train"].extras.get("views")
-            if views is not None:
-                available = int(views.shape[1])
-                wanted = int(self.n_views_option) if self.n_views_option else available
-                if not 1 <= wanted <= available:
-                    raise ValueError(f"multiview: n_views={wanted}, dataset '{spec.name}' has {available} views")
-                self._n_views = wanted
+    def _views_count(self, ctx: BuildContext, source: str) -> int:
+        if source == "volume":
+            return self.options.n_slabs or self.options.slices
+        views = ctx.arrays.splits["train"].extras.get("views")
+        if views is None:
+            if self.options.n_views is None:
+                raise ValueError(f"multiview: dataset '{ctx.spec.name}' has no 'views' array; set options.n_views")
+            return self.options.n_views
+        available = int(views.shape[1])
+        wanted = self.options.n_views or available
+        if not 1 <= wanted <= available:
+            raise ValueError(f"multiview: n_views={wanted}, dataset '{ctx.spec.name}' has {available} views")
+        return wanted
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        o, spec = self.options, ctx.spec
         source = self.resolve_source(spec)
         if source is None:
             raise ValueError(self.incompatibility(spec))
-        v = self._views_count(spec)
-        if v is None:
-            raise ValueError("multiview: the number of views is unknown; call prepare() or set options.n_views")
-        factory, self._make_backbone = self._make_backbone, None
-        overrides: dict[str, Any] = {"spatial_dims": 2} if source == "volume" else {}
-        if self.fusion == "channels":
+        v = self._views_count(ctx, source)
+        # the run's backbone first (`backbone_kwargs` already makes it 2D for volumes); the
+        # random stream of every run depends on the backbones being built in this order
+        backbone = ctx.make_backbone()
+        if o.fusion == "channels":
             need = v * spec.in_chans
-            have = getattr(backbone, "in_chans", None)  # None: the backbone does not say
-            if have != need and factory is not None:
-                backbone = factory(**overrides, in_chans=need)
-            elif have is not None and have != need:
-                raise ValueError(f"multiview: channel fusion needs a backbone with in_chans={need}, got {have}")
+            if getattr(backbone, "in_chans", None) != need:  # None: the backbone does not say
+                # the view count came from the data, after `backbone_kwargs` set the factory's
+                # channels: rebuild with V·C input channels. The discarded first build has drawn
+                # its weights from the global RNG; kept, so a seed trains the same run as before
+                backbone = ctx.make_backbone(in_chans=need)
             backbones = [backbone]
-        elif self.shared:
+        elif o.shared:
             backbones = [backbone]
         else:
-            extra = [factory(**overrides) if factory else reinitialised_copy(backbone) for _ in range(v - 1)]
-            backbones = [backbone, *extra]
-        self._resolved = source
-        self._layout = self._describe(spec, source, v)
+            backbones = [backbone, *(ctx.make_backbone() for _ in range(v - 1))]
+        self.layout = self._describe(spec, source, v)
         return MultiViewNet(
-            backbones, num_outputs(spec.task, spec.num_classes), v, fusion=self.fusion, pool=self.pool,
-            source=source, axis=self.axis, slices=self.slices, n_slabs=self.n_slabs,
-            dropout=self.options.get("dropout", 0.0),
+            backbones, num_outputs(spec.task, spec.num_classes), v, fusion=o.fusion, pool=o.pool,
+            source=source, axis=o.axis, slices=o.slices, n_slabs=o.n_slabs, dropout=o.dropout,
         )
 
     def _describe(self, spec: DatasetSpec, source: str, v: int) -> dict[str, Any]:
-        layout: dict[str, Any] = {"source": source, "n_views": v, "fusion": self.fusion}
-        if self.fusion == "late":
-            layout.update(shared=self.shared, pool=self.pool)
+        o = self.options
+        layout: dict[str, Any] = {"source": source, "n_views": v, "fusion": o.fusion}
+        if o.fusion == "late":
+            layout.update(shared=o.shared, pool=o.pool)
         if source == "volume":
-            layout["axis"] = ["D", "H", "W"][self.axis]
-            if self.n_slabs:
-                layout["slabs"] = [list(b) for b in slab_bounds(spec.size, self.n_slabs)]
+            layout["axis"] = ["D", "H", "W"][o.axis]
+            if o.n_slabs:
+                layout["slabs"] = [list(b) for b in slab_bounds(spec.size, o.n_slabs)]
             else:
-                layout["slices"] = centre_slices(spec.size, self.slices)
+                layout["slices"] = centre_slices(spec.size, o.slices)
         return layout
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        if self._resolved:
-            meta["views"] = self._layout
+        if self.layout is not None:
+            meta["views"] = self.layout
         return meta

@@ -6,7 +6,8 @@ with a report model so that the image embedding carries what radiologists write;
 it classifies (and reports) from the image alone.
 
 Here the report side is a bag of words: a scikit-learn ``TfidfVectorizer`` fitted in
-`prepare` on the TRAIN split's texts only (rows L2-normalised). A projection head maps the
+`build_net` on the TRAIN split's texts only (rows L2-normalised), whose table of train vectors
+is a buffer of the strategy (``tfidf_train``, one row per train sample in split order). A projection head maps the
 pooled image embedding into the TF-IDF space, and an auxiliary loss aligns it with the
 sample's report vector:
 
@@ -19,8 +20,9 @@ sample's report vector:
 
 L = CE(diagnosis) + weight * alignment. The text is used ONLY in training: the alignment term
 is computed for training batches (stage "train"), from the TF-IDF table of the train split
-looked up by sample id; validation and test run on the image alone (their loss is the task
-loss), so predictions never depend on a text. The table lookup also works on datasets whose
+gathered at ``batch["index"]`` (the row within the split); validation and test run on the
+image alone (their loss is the task loss), so predictions never depend on a text, and asking
+for a report target outside training fails. The table lookup also works on datasets whose
 text the data module withholds from batches as label-derived.
 
 Label-derived text (a dataset's `label_derived` lists "text", e.g. BUSI, whose captions are
@@ -36,7 +38,8 @@ classifier, no report output at test time.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,12 +49,13 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench")
 
-LOSSES = ("cosine", "mse", "contrastive")
+AlignmentLoss = Literal["cosine", "mse", "contrastive"]
 LABEL_DERIVED_WARNING = (
     "report_supervision on dataset '{name}': its text is marked label-derived (label_derived: [text]); "
     "options.allow_label_derived_text=true aligns the image embedding with texts that encode the "
@@ -84,7 +88,7 @@ class ReportNet(nn.Module):
                 "feature_map": feature_map, "text_proj": self.text_proj(embedding)}
 
 
-def alignment_loss(proj: torch.Tensor, target: torch.Tensor, kind: str = "cosine",
+def alignment_loss(proj: torch.Tensor, target: torch.Tensor, kind: AlignmentLoss = "cosine",
                    temperature: float = 0.1) -> torch.Tensor:
     """Alignment of image projections (B, V) with report vectors (B, V); rows whose report
     vector is all zero (no word of the vocabulary) are left out."""
@@ -110,7 +114,7 @@ def alignment_loss(proj: torch.Tensor, target: torch.Tensor, kind: str = "cosine
         i2t = masked_mean(-(soft * logits.log_softmax(1)).sum(1))
         t2i = masked_mean(-(soft * logits.T.log_softmax(1)).sum(1))  # `same` is symmetric
         return (i2t + t2i) / 2
-    raise ValueError(f"report_supervision: loss must be one of {LOSSES}, got {kind!r}")
+    raise ValueError(f"report_supervision: loss must be cosine, mse or contrastive, got {kind!r}")
 
 
 @register_strategy("report_supervision")
@@ -121,13 +125,39 @@ class ReportSupervision(Strategy):
     citation = ("Wang et al., TieNet: Text-Image Embedding Network for Common Thorax Disease "
                 "Classification and Reporting in Chest X-rays, CVPR 2018")
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: cosine: 1 - cos(projection, TF-IDF); mse: squared error; contrastive: in-batch CLIP-style InfoNCE
+        loss: AlignmentLoss = "cosine"
+        #: weight of the alignment term (added to the diagnosis CE, training batches only)
+        weight: float = 1.0
+        #: InfoNCE temperature (loss: contrastive only)
+        temperature: float = 0.1
+        #: 0: linear projection embedding -> TF-IDF space; >0: one hidden ReLU layer of this width
+        proj_hidden: int = 0
+        #: TF-IDF vocabulary cap (most frequent train terms)
+        max_features: int = 2000
+        #: TF-IDF n-grams 1..ngram_max
+        ngram_max: int = 1
+        #: true: run on datasets whose text is label-derived (BUSI captions), with a loud warning
+        allow_label_derived_text: bool = False
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.weight < 0:
+                raise OptionError("weight", f"must be >= 0, got {self.weight}")
+            if self.temperature <= 0:
+                raise OptionError("temperature", f"must be > 0, got {self.temperature}")
+            if self.proj_hidden < 0:
+                raise OptionError("proj_hidden", f"must be >= 0, got {self.proj_hidden}")
+            if self.max_features < 1:
+                raise OptionError("max_features", f"must be >= 1, got {self.max_features}")
+            if self.ngram_max < 1:
+                raise OptionError("ngram_max", f"must be >= 1, got {self.ngram_max}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.vectorizer: Any = None
-        self.train_vectors: torch.Tensor | None = None  # (N_train, V) TF-IDF of the train texts
-        self.row_of: dict[str, int] = {}
-        self._rows_checked = False
-        self._device_vectors: torch.Tensor | None = None
+        self.vocabulary: list[str] = []
         self.warnings: list[str] = []
 
     # --- compatibility ---------------------------------------------------------------------
@@ -135,9 +165,7 @@ class ReportSupervision(Strategy):
         reason = super().incompatibility(spec, backbone)
         if reason:
             return reason
-        if self.options.get("loss", "cosine") not in LOSSES:
-            return f"strategy '{self.name}': options.loss must be one of {list(LOSSES)}, got {self.options['loss']!r}"
-        if "text" in spec.label_derived and not bool(self.options.get("allow_label_derived_text", False)):
+        if "text" in spec.label_derived and not self.options.allow_label_derived_text:
             return (
                 f"strategy '{self.name}': dataset '{spec.name}' marks its text as label-derived "
                 f"(label_derived: {sorted(spec.label_derived)}; e.g. captions that name the class), so "
@@ -146,76 +174,55 @@ class ReportSupervision(Strategy):
             )
         return None
 
-    # --- pre-stage ----------------------------------------------------------------------------
-    def prepare(self, context: StrategyContext) -> None:
+    # --- the report vectors, then the network -----------------------------------------------
+    def build_net(self, ctx: BuildContext) -> nn.Module:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        spec = context.arrays.spec
-        train = context.arrays.splits["train"]
-        texts = [str(t) for t in np.asarray(train.extras["text"]).tolist()]
-        self.vectorizer = TfidfVectorizer(
-            max_features=int(self.options.get("max_features", 2000)),
-            ngram_range=(1, int(self.options.get("ngram_max", 1))),
-            sublinear_tf=True,
-        )
-        matrix = self.vectorizer.fit_transform(texts)  # TRAIN texts only
-        self.train_vectors = torch.from_numpy(np.asarray(matrix.todense(), dtype=np.float32))
-        self.row_of = {str(i): r for r, i in enumerate(np.asarray(train.ids).tolist())}
-        if len(self.row_of) != len(texts):
-            raise ValueError(f"report_supervision: dataset '{spec.name}' has duplicate ids in its train split")
+        spec = ctx.spec
+        texts = [str(t) for t in np.asarray(ctx.arrays.splits["train"].extras["text"]).tolist()]
+        vectorizer = TfidfVectorizer(max_features=self.options.max_features,
+                                     ngram_range=(1, self.options.ngram_max), sublinear_tf=True)
+        matrix = vectorizer.fit_transform(texts)  # TRAIN texts only
+        self.register_buffer("tfidf_train", torch.from_numpy(np.asarray(matrix.todense(), dtype=np.float32)))
+        self.vocabulary = sorted(vectorizer.vocabulary_)
         self.warnings = []
         if "text" in spec.label_derived:
             msg = LABEL_DERIVED_WARNING.format(name=spec.name)
             self.warnings.append(msg)
             log.warning(msg)
-
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        if self.train_vectors is None:
-            raise RuntimeError("report_supervision: prepare() must run before build_net()")
-        return ReportNet(backbone, num_outputs(spec.task, spec.num_classes), self.train_vectors.shape[1],
-                         proj_hidden=int(self.options.get("proj_hidden", 0)),
-                         dropout=float(self.options.get("dropout", 0.0)))
+        return ReportNet(ctx.make_backbone(), num_outputs(spec.task, spec.num_classes), self.tfidf_train.shape[1],
+                         proj_hidden=self.options.proj_hidden, dropout=self.options.dropout)
 
     # --- training -----------------------------------------------------------------------------
-    def report_vectors(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """The TF-IDF vectors of a TRAINING batch's reports: row `batch["index"]` (the train split's
-        order, which `train_vectors` follows). The first call also checks the batch's ids against
-        those rows, once (a host read); later steps stay on the device, with no per-step sync."""
-        assert self.train_vectors is not None
-        index = torch.as_tensor(batch["index"]).long()
-        if not self._rows_checked:
-            host = index.cpu().tolist()
-            for sample, row in zip(np.asarray(batch["id"]).tolist(), host):
-                if self.row_of.get(str(sample)) != row:
-                    raise KeyError(f"report_supervision: sample '{sample}' is not in the train split at row "
-                                   f"{row}; the report target exists for training samples only")
-            self._rows_checked = True
-        if self._device_vectors is None or self._device_vectors.device != device:
-            self._device_vectors = self.train_vectors.to(device)  # moved once, not every batch
-        return self._device_vectors.index_select(0, index.to(device))
+    def report_targets(self, batch: dict, step: StepContext) -> torch.Tensor:
+        """The TF-IDF vectors of a TRAINING batch's reports: rows `batch["index"]` of the train
+        split's table (gathered where the table lives, no host read)."""
+        if not step.training:
+            raise KeyError(f"report_supervision: a {step.stage} batch is not in the train split; the report "
+                           f"target exists for training samples only")
+        return self.tfidf_train.index_select(0, batch["index"].to(self.tfidf_train.device))
 
-    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
         terms = {"task": per_sample_loss.mean()}
-        if stage == "train":  # the text is a training-only target: never read at val / test
-            target = self.report_vectors(batch, outputs["text_proj"].device)
-            terms["report"] = float(self.options.get("weight", 1.0)) * alignment_loss(
-                outputs["text_proj"], target, str(self.options.get("loss", "cosine")),
-                float(self.options.get("temperature", 0.1)))
+        if step.training:  # the text is a training-only target: never read at val / test
+            o = self.options
+            terms["report"] = o.weight * alignment_loss(outputs["text_proj"], self.report_targets(batch, step),
+                                                        o.loss, o.temperature)
         return terms
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        if stage != "train":
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        if not step.training:
             return {}
-        target = self.report_vectors(batch, outputs["text_proj"].device)
+        target = self.report_targets(batch, step)
         return {"report_cos": F.cosine_similarity(outputs["text_proj"].detach().float(), target, dim=1).mean()}
 
     def metadata(self) -> dict[str, Any]:
-        vocab = sorted(self.vectorizer.vocabulary_) if self.vectorizer is not None else []
         return {
             **super().metadata(),
             "text_embedding": "TF-IDF (scikit-learn TfidfVectorizer, sublinear tf, l2 rows) fitted on the train split's texts only",
             "text_use": "training-only alignment target; val/test use the image alone",
-            "vocabulary_size": len(vocab),
-            "vocabulary_head": vocab[:50],
+            "vocabulary_size": len(self.vocabulary),
+            "vocabulary_head": self.vocabulary[:50],
             "warnings": list(self.warnings),
         }

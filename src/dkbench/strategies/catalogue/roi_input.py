@@ -26,11 +26,13 @@ Which ROI at val/test time (``test_roi``) is a different claim, recorded by `met
 - ``given``: the ground-truth mask / box of each test image (an upper bound: a doctor's
   outline is assumed at test time);
 - ``predicted``: a small fully convolutional lesion segmenter (`ROIPredictor`, ≈ 0.1 M
-  parameters) trained in `prepare` on the *training* split's masks (BCE + soft Dice, Adam), cached
-  under ``<paths.cache_dir>/roi_input/<key>.pt`` keyed by the dataset checksum, seed, input
-  normalisation and predictor options (trained on the run's device, `StrategyContext.device`;
-  the cached weights are CPU tensors). Its probability map is thresholded at 0.5 and the
-  largest connected component kept (batched on the device, `dkbench.strategies.components`;
+  parameters) trained in `build_net` on the *training* split's masks (BCE + soft Dice, Adam),
+  cached under ``<paths.cache_dir>/roi_input/<key>.pt`` keyed by the dataset checksum, seed,
+  input normalisation and predictor options (trained on the run's device, `BuildContext.device`;
+  the cached weights are CPU tensors; parallel cells wait on a file lock and train it once). It
+  is a frozen submodule of the strategy, so it moves to the run's device with the network and is
+  saved in its checkpoints. Its probability map is thresholded at 0.5 and the
+  largest connected component kept (batched on the device, `dkbench.geometry.components`;
   if nothing passes, the pixels above half the image's
   maximum probability); that component is the region (mask mode) or gives the box (crop
   mode). Its validation Dice is recorded in the metadata and `roi_coverage` (the fraction of the
@@ -48,21 +50,23 @@ that is label information: use ``test_roi: predicted`` there). 2-D images only.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dkbench.data.datamodule import bbox_from_mask
 from dkbench.data.spec import DatasetSpec
-from dkbench.strategies.base import CLASSIFICATION_TASKS, Strategy, StrategyContext
-from dkbench.strategies.components import device_constant, largest_component
+from dkbench.geometry.boxes import box_from_mask, or_whole_image
+from dkbench.geometry.components import largest_component
+from dkbench.metrics.segmentation import per_image_scores, soft_dice
+from dkbench.storage import atomic_file, content_key, file_lock
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench")
@@ -96,7 +100,11 @@ def dilation_px(fraction: float, shape: tuple[int, ...]) -> int:
     return round(float(fraction) * float(np.mean(shape)))
 
 
-def expert_region(batch: dict, region: str = "mask", dilate_fraction: float = 0.0) -> torch.Tensor:
+Region = Literal["mask", "bbox"]
+Fill = Literal["zero", "roi_mean"]
+
+
+def expert_region(batch: dict, region: Region = "mask", dilate_fraction: float = 0.0) -> torch.Tensor:
     """The expert's region of each image, (B,1,*spatial) float {0,1}, dilated by
     `dilate_fraction` of the image side: the lesion mask, or its box (``region="bbox"``:
     the dataset's box, filled). Empty for images without a lesion."""
@@ -111,7 +119,7 @@ def expert_region(batch: dict, region: str = "mask", dilate_fraction: float = 0.
 
 
 # --- input reduction -------------------------------------------------------------------
-def fill_values(image: torch.Tensor, region: torch.Tensor, fill: str) -> torch.Tensor:
+def fill_values(image: torch.Tensor, region: torch.Tensor, fill: Fill) -> torch.Tensor:
     """(B,C,1,1) fill: 0 (dataset mean grey after normalisation) or the mean inside the region."""
     zeros = image.new_zeros(image.shape[:2] + (1,) * (image.ndim - 2))
     if fill == "zero":
@@ -124,7 +132,7 @@ def fill_values(image: torch.Tensor, region: torch.Tensor, fill: str) -> torch.T
     raise ValueError(f"fill must be 'zero' or 'roi_mean', got {fill!r}")
 
 
-def mask_input(image: torch.Tensor, region: torch.Tensor, fill: str = "zero") -> torch.Tensor:
+def mask_input(image: torch.Tensor, region: torch.Tensor, fill: Fill = "zero") -> torch.Tensor:
     """Pixels outside `region` → fill; an empty region keeps the whole image."""
     dims = tuple(range(1, region.ndim))
     region = torch.where(region.sum(dims, keepdim=True) > 0, region, torch.ones_like(region))
@@ -134,18 +142,20 @@ def mask_input(image: torch.Tensor, region: torch.Tensor, fill: str = "zero") ->
 
 def crop_boxes(bbox: torch.Tensor, shape: tuple[int, int], margin: float) -> torch.Tensor:
     """Boxes enlarged by `margin` x their longer side on every side; NaN boxes → whole image."""
-    h, w = shape
     b = bbox.float()
     side = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     pad = (margin * side)[:, None]
-    out = torch.cat([b[:, :2] - pad, b[:, 2:] + pad], 1)
-    whole = device_constant((0.0, 0.0, float(w), float(h)), out).expand_as(out)  # no per-step host copy
-    return torch.where(torch.isnan(out).any(1, keepdim=True), whole, out)
+    return or_whole_image(torch.cat([b[:, :2] - pad, b[:, 2:] + pad], 1), shape)
 
 
 def crop_theta(boxes: torch.Tensor, shape: tuple[int, int], min_crop: float) -> torch.Tensor:
     """(B,2,3) affine maps from the output grid to a window with the input's aspect ratio,
-    centred on each box, at least `min_crop` of the image wide (align_corners=False)."""
+    centred on each box, at least `min_crop` of the image wide (align_corners=False).
+
+    The same map as `dkbench.geometry.boxes.box_theta` of that window, but computed from its
+    centre and width: box_theta's (lo + hi) / side − 1 from the window's corners rounds
+    differently (by up to 2.4e-7 in float32, at image sides that are not powers of two), which
+    would change crop-mode inputs by rounding and so the results of crop-mode runs."""
     h, w = shape
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     win_w = torch.maximum(torch.maximum(bw, bh * w / h), torch.full_like(bw, min_crop * w))
@@ -157,7 +167,7 @@ def crop_theta(boxes: torch.Tensor, shape: tuple[int, int], min_crop: float) -> 
     return theta
 
 
-def crop_input(image: torch.Tensor, boxes: torch.Tensor, fill: str = "zero", min_crop: float = 0.25,
+def crop_input(image: torch.Tensor, boxes: torch.Tensor, fill: Fill = "zero", min_crop: float = 0.25,
                extra: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fill outside `boxes` (already enlarged), then resample a window around each box to the
     input size. `extra` maps (B,1,H,W) maps (masks) resampled with the same window (nearest)."""
@@ -199,9 +209,7 @@ class ROIPredictor(nn.Module):
 
 
 def _seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    prob = torch.sigmoid(logits).flatten(1)
-    target = mask.flatten(1)
-    dice = (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+    dice = soft_dice(torch.sigmoid(logits), mask, smooth=1.0)  # (B, 1)
     return F.binary_cross_entropy_with_logits(logits, mask) + (1 - dice).mean()
 
 
@@ -209,7 +217,7 @@ def predicted_region(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     """(B,1,H,W) probabilities → (B,1,H,W) float {0,1}: the largest connected component above
     `threshold` (8-connectivity; equal sizes: the first in raster order, as scipy's labelling);
     if nothing passes, the pixels at or above half the image's maximum. Batched on the
-    probabilities' device (`dkbench.strategies.components`), no per-image loop; used at
+    probabilities' device (`dkbench.geometry.components`), no per-image loop; used at
     val/test time and in the pre-stage, where the exact search's host checks are acceptable."""
     p = prob.detach().float()
     fg = p > threshold
@@ -218,12 +226,6 @@ def predicted_region(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     fg = torch.where(fg.any(dims, keepdim=True), fg, fallback)
     keep, _ = largest_component(fg, "full", exact=True)
     return keep.float()
-
-
-def _dice(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    inter = (pred * mask).flatten(1).sum(1)
-    total = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
 
 
 def train_roi_predictor(images: np.ndarray, masks: np.ndarray, *, mean: float, std: float, seed: int,
@@ -265,7 +267,7 @@ def evaluate_predictor(net: ROIPredictor, images: np.ndarray, masks: np.ndarray,
         x = (torch.from_numpy(np.ascontiguousarray(images[s:s + 128])).to(device).float() / 255.0 - mean) / std
         m = torch.from_numpy(np.ascontiguousarray(masks[s:s + 128])).to(device).float().clamp(0, 1)
         r = predicted_region(torch.sigmoid(net(x)))
-        dices.append(_dice(r, m))
+        dices.append(per_image_scores(r, m, num_classes=2, hd95=False)["dice"])  # both empty: 1
         cover.append((r * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1))
     return {"dice": float(torch.cat(dices).mean()), "coverage": float(torch.cat(cover).mean())}
 
@@ -279,28 +281,49 @@ class ROIInput(Strategy):
     citation = ("Xie et al., A survey on incorporating domain knowledge into deep learning for medical "
                 "image analysis, Medical Image Analysis 69:101985 (2021), section 3.5 (ROI input)")
 
-    MODES = ("mask", "crop")
-    TEST_ROIS = ("given", "predicted")
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: mask: fill outside the dilated region | crop: cut the box (+ margin), resize to the input
+        mode: Literal["mask", "crop"] = "mask"
+        #: ROI at val/test time: the ground-truth mask/box | a tiny FCN trained on the train masks
+        test_roi: Literal["given", "predicted"] = "given"
+        #: mask: the lesion mask (its box in crop mode) | bbox: the dataset's box
+        region: Region = "mask"
+        #: value outside the ROI: 0 after normalisation | the image's mean inside the ROI
+        fill: Fill = "zero"
+        #: mask mode: region dilation radius as a fraction of the image side
+        dilate: float = 0.04
+        #: crop mode: box enlarged by this fraction of its longer side on every side
+        margin: float = 0.1
+        #: crop mode: smallest crop window, as a fraction of the image side
+        min_crop: float = 0.25
+        #: test_roi=predicted: ROI predictor training epochs, base width, Adam lr, batch size
+        predictor_epochs: int = 15
+        predictor_width: int = 16
+        predictor_lr: float = 2e-3
+        predictor_batch_size: int = 32
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for key in ("dilate", "margin"):
+                if getattr(self, key) < 0:
+                    raise OptionError(key, f"must be >= 0, got {getattr(self, key)}")
+            if not 0.0 <= self.min_crop <= 1.0:
+                raise OptionError("min_crop", f"must be in [0, 1], got {self.min_crop}")
+            for key in ("predictor_width", "predictor_batch_size"):
+                if getattr(self, key) < 1:
+                    raise OptionError(key, f"must be >= 1, got {getattr(self, key)}")
+            if self.predictor_epochs < 0:
+                raise OptionError("predictor_epochs", f"must be >= 0, got {self.predictor_epochs}")
+            if self.predictor_lr <= 0:
+                raise OptionError("predictor_lr", f"must be > 0, got {self.predictor_lr}")
+
+    #: test_roi=predicted: the frozen ROI predictor, a submodule registered by `build_net`
+    predictor: ROIPredictor
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        o = self.options
-        self.mode = str(o.get("mode", "mask"))
-        self.test_roi = str(o.get("test_roi", "given"))
-        self.region = str(o.get("region", "mask"))
-        self.fill = str(o.get("fill", "zero"))
-        self.dilate = float(o.get("dilate", 0.04))
-        self.margin = float(o.get("margin", 0.1))
-        self.min_crop = float(o.get("min_crop", 0.25))
-        if self.mode not in self.MODES:
-            raise ValueError(f"roi_input: mode must be one of {self.MODES}, got {self.mode!r}")
-        if self.test_roi not in self.TEST_ROIS:
-            raise ValueError(f"roi_input: test_roi must be one of {self.TEST_ROIS}, got {self.test_roi!r}")
-        if self.region not in ("mask", "bbox"):
-            raise ValueError(f"roi_input: region must be 'mask' or 'bbox', got {self.region!r}")
-        if self.fill not in ("zero", "roi_mean"):
-            raise ValueError(f"roi_input: fill must be 'zero' or 'roi_mean', got {self.fill!r}")
-        self.predictor: ROIPredictor | None = None
+        #: the predictor's validation Dice / coverage and cache file (metadata.json)
         self.predictor_stats: dict[str, Any] = {}
 
     # --- compatibility
@@ -310,106 +333,120 @@ class ROIInput(Strategy):
             return reason
         if spec.spatial_dims != 2:
             return f"strategy 'roi_input' handles 2-D images only; dataset '{spec.name}' is {spec.spatial_dims}-D"
-        if self.region == "bbox" and "bbox" not in spec.provides:
+        if self.options.region == "bbox" and "bbox" not in spec.provides:
             return (f"strategy 'roi_input' with region=bbox needs boxes; dataset '{spec.name}' provides "
                     f"{sorted(spec.provides)}")
         return None
 
     # --- pre-stage: the ROI predictor
-    def _cache_path(self, ctx: StrategyContext, mean: float, std: float) -> Path:
-        o = self.options
-        payload = {
-            "version": PREDICTOR_VERSION, "dataset": ctx.arrays.spec.name, "checksum": ctx.arrays.checksum,
-            "seed": int(ctx.seed), "mean": mean, "std": std,
-            "epochs": int(o.get("predictor_epochs", 15)), "width": int(o.get("predictor_width", 16)),
-            "lr": float(o.get("predictor_lr", 2e-3)), "batch_size": int(o.get("predictor_batch_size", 32)),
-        }
-        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-        return Path(ctx.cache_dir) / "roi_input" / f"{ctx.arrays.spec.name}-{key}.pt"
+    def _cache_path(self, ctx: BuildContext, mean: float, std: float) -> Path:
+        o, spec = self.options, ctx.spec
+        key = content_key(spec.name, {
+            "version": PREDICTOR_VERSION, "dataset": spec.name, "checksum": ctx.arrays.checksum,
+            "seed": int(ctx.seed), "mean": mean, "std": std, "epochs": o.predictor_epochs,
+            "width": o.predictor_width, "lr": o.predictor_lr, "batch_size": o.predictor_batch_size,
+        })
+        return Path(ctx.cache_dir) / "roi_input" / f"{key}.pt"
 
-    def prepare(self, context: StrategyContext) -> None:
-        if self.test_roi != "predicted":
-            return
-        data = (context.config or {}).get("data") or {}
+    def _load_or_train_predictor(self, ctx: BuildContext) -> tuple[ROIPredictor, dict[str, Any]]:
+        """The ROI predictor (on the CPU, eval mode) and its stats, from the cache or trained on
+        `ctx.device` (then cached as CPU tensors)."""
+        data = ctx.config.get("data") or {}
         mean, std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
         o = self.options
-        path = self._cache_path(context, mean, std)
-        width = int(o.get("predictor_width", 16))
-        train, val = context.arrays.splits["train"], context.arrays.splits["val"]
-        if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors + floats: no code runs
-            net = ROIPredictor(train.image.shape[1], width)
-            net.load_state_dict(saved["state_dict"])
-            self.predictor, self.predictor_stats = net.eval(), saved["stats"]
-            log.info("roi_input: ROI predictor loaded from %s (val Dice %.3f)", path, self.predictor_stats["val_dice"])
-            return
-        net = train_roi_predictor(
-            train.image, train.extras["mask"], mean=mean, std=std, seed=int(context.seed),
-            epochs=int(o.get("predictor_epochs", 15)), batch_size=int(o.get("predictor_batch_size", 32)),
-            lr=float(o.get("predictor_lr", 2e-3)), width=width, device=context.device)
-        ev = evaluate_predictor(net, val.image, val.extras["mask"], mean=mean, std=std, device=context.device)
-        self.predictor = net.cpu()  # the cache holds CPU tensors; `roi` moves it to the batch's device
-        self.predictor_stats = {"val_dice": ev["dice"], "val_coverage": ev["coverage"], "cache": str(path),
-                                "trained_on": "train split masks"}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state_dict": net.state_dict(), "stats": self.predictor_stats}, tmp)
-        tmp.replace(path)
-        log.info("roi_input: ROI predictor trained (val Dice %.3f), cached at %s", ev["dice"], path)
+        path = self._cache_path(ctx, mean, std)
+        train, val = ctx.arrays.splits["train"], ctx.arrays.splits["val"]
+        with file_lock(path.with_suffix(".lock")):
+            if path.exists():
+                saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors + floats: no code runs
+                net = ROIPredictor(train.image.shape[1], o.predictor_width)
+                net.load_state_dict(saved["state_dict"])
+                log.info("roi_input: ROI predictor loaded from %s (val Dice %.3f)", path, saved["stats"]["val_dice"])
+                return net.eval(), saved["stats"]
+            net = train_roi_predictor(
+                train.image, train.extras["mask"], mean=mean, std=std, seed=int(ctx.seed),
+                epochs=o.predictor_epochs, batch_size=o.predictor_batch_size, lr=o.predictor_lr,
+                width=o.predictor_width, device=ctx.device)
+            ev = evaluate_predictor(net, val.image, val.extras["mask"], mean=mean, std=std, device=ctx.device)
+            net = net.cpu()  # the cache holds CPU tensors (evaluation may have moved it)
+            stats = {"val_dice": ev["dice"], "val_coverage": ev["coverage"], "cache": str(path),
+                     "trained_on": "train split masks"}
+            with atomic_file(path, "wb") as fh:
+                torch.save({"state_dict": net.state_dict(), "stats": stats}, fh)
+            log.info("roi_input: ROI predictor trained (val Dice %.3f), cached at %s", ev["dice"], path)
+            return net, stats
+
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        if self.options.test_roi == "predicted":
+            # before the backbone, as the random stream of earlier runs has it; frozen: trained
+            # in its pre-stage only (the optimizer takes the network's parameters anyway)
+            predictor, self.predictor_stats = self._load_or_train_predictor(ctx)
+            self.predictor = predictor.requires_grad_(False)
+        return super().build_net(ctx)
+
+    def train(self, mode: bool = True) -> ROIInput:
+        """The frozen predictor stays in eval mode (BatchNorm with its trained running statistics)
+        whatever mode the model around it is switched to."""
+        super().train(mode)
+        predictor = getattr(self, "predictor", None)
+        if predictor is not None:
+            predictor.eval()
+        return self
 
     # --- the ROI of a batch
-    def roi(self, batch: dict, stage: str) -> torch.Tensor:
+    def roi(self, batch: dict, step: StepContext) -> torch.Tensor:
         """(B,1,H,W) float {0,1} region the network may see (before dilation for crop mode)."""
-        if stage != "train" and self.test_roi == "predicted":
-            if self.predictor is None:
-                raise RuntimeError("roi_input: test_roi=predicted but no ROI predictor (prepare() was not run)")
+        o = self.options
+        if not step.training and o.test_roi == "predicted":
             image = batch["image"]
-            net = self.predictor.to(image.device)
             with torch.no_grad():
-                region = predicted_region(torch.sigmoid(net(image.float())))
-            if self.region == "bbox":  # the box of the predicted region, filled
-                region = box_region(bbox_from_mask(region), tuple(image.shape[2:]))
+                region = predicted_region(torch.sigmoid(self.predictor(image.float())))
+            if o.region == "bbox":  # the box of the predicted region, filled
+                region = box_region(box_from_mask(region), tuple(image.shape[2:]))
             return region
-        return expert_region(batch, self.region, 0.0)
+        return expert_region(batch, o.region, 0.0)
 
-    def transform_batch(self, batch: dict, stage: str) -> dict:
+    def transform_batch(self, batch: dict, step: StepContext) -> dict:
+        o = self.options
         image = batch["image"]
-        region = self.roi(batch, stage)
+        shape = tuple(image.shape[2:])
+        region = self.roi(batch, step)
         out = dict(batch)
         if "mask" in batch:  # how much of the true lesion the network gets to see
             truth = (batch["mask"] > 0).float()
-            seen = dilate(region, dilation_px(self.dilate, tuple(image.shape[2:]))) if self.mode == "mask" else \
-                box_region(crop_boxes(bbox_from_mask(region), tuple(image.shape[2:]), self.margin), tuple(image.shape[2:]))
+            seen = dilate(region, dilation_px(o.dilate, shape)) if o.mode == "mask" else \
+                box_region(crop_boxes(box_from_mask(region), shape, o.margin), shape)
             area = truth.flatten(1).sum(1)
             out["roi_coverage"] = torch.where(area > 0, (seen * truth).flatten(1).sum(1) / area.clamp_min(1),
                                               torch.full_like(area, float("nan")))
-        if self.mode == "mask":
-            out["image"] = mask_input(image, dilate(region, dilation_px(self.dilate, tuple(image.shape[2:]))), self.fill)
+        if o.mode == "mask":
+            out["image"] = mask_input(image, dilate(region, dilation_px(o.dilate, shape)), o.fill)
             return out
-        boxes = crop_boxes(bbox_from_mask(region), (image.shape[-2], image.shape[-1]), self.margin)
+        boxes = crop_boxes(box_from_mask(region), shape, o.margin)
         extra = {"mask": batch["mask"]} if "mask" in batch else {}
-        out["image"], moved = crop_input(image, boxes, self.fill, self.min_crop, extra)
+        out["image"], moved = crop_input(image, boxes, o.fill, o.min_crop, extra)
         out.update(moved)
         if "bbox" in batch and "mask" in moved:
-            out["bbox"] = bbox_from_mask(moved["mask"])
+            out["bbox"] = box_from_mask(moved["mask"])
         return out
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         cov = batch.get("roi_coverage")
-        if stage == "train" or cov is None:
+        if step.training or cov is None:
             return {}
         valid = ~torch.isnan(cov)
         return {"roi_coverage": cov[valid].mean()} if valid.any() else {}
 
     def metadata(self) -> dict[str, Any]:
+        o = self.options
         claim = ("ground-truth ROI (the dataset's lesion mask/box) at val/test time: assumes an expert "
-                 "outline of every test image" if self.test_roi == "given" else
+                 "outline of every test image" if o.test_roi == "given" else
                  "predicted ROI at val/test time: a tiny FCN trained on the training split's masks")
         return {
             **super().metadata(),
-            "test_roi": self.test_roi,
+            "test_roi": o.test_roi,
             "train_roi": "given",
             "roi_claim": claim,
-            "mode": self.mode,
-            "roi_predictor": dict(self.predictor_stats) if self.test_roi == "predicted" else None,
+            "mode": o.mode,
+            "roi_predictor": dict(self.predictor_stats) if o.test_roi == "predicted" else None,
         }

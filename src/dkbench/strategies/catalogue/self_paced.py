@@ -15,33 +15,39 @@ samples is selected at the start). Validation and test use the plain mean loss. 
 weight, the selected fraction and λ are logged every epoch as ``train/spl_weight``,
 ``train/spl_selected`` and ``train/spl_lambda`` (csv/metrics.csv).
 
+λ_0 (NaN until the first training batch sets it) and the current epoch are buffers of the
+strategy: they are saved in every checkpoint, so a resumed run continues the schedule with the
+λ_0 of its first batch instead of re-estimating it.
+
 Simplified relative to Kumar et al.: instead of alternating exact minimisation over the
 weights and the parameters (ACS on the whole training set) the weights are set per
 mini-batch from the current losses (the closed-form minimiser for fixed parameters), and
-λ grows once per epoch by a fixed factor. λ_0 is not stored in checkpoints: a run resumed
-mid-training re-estimates it from its first batch after resuming.
+λ grows once per epoch by a fixed factor.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-from dkbench.strategies.base import Strategy
+from dkbench.strategies.base import StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
-REGIMES = ("hard", "linear")
+Regime = Literal["hard", "linear"]
 
 
-def self_paced_weights(losses: torch.Tensor, lam: float, regime: str = "hard") -> torch.Tensor:
+def self_paced_weights(losses: torch.Tensor, lam: torch.Tensor | float, regime: Regime = "hard") -> torch.Tensor:
     """Per-sample weights v_i (detached) for losses ℓ_i and threshold λ."""
     losses = losses.detach()
     if regime == "hard":
         return (losses < lam).to(losses.dtype)
     if regime == "linear":
-        return (1.0 - losses / max(float(lam), 1e-12)).clamp(min=0.0)
-    raise ValueError(f"self_paced: regime must be one of {REGIMES}, got {regime!r}")
+        return (1.0 - losses / torch.as_tensor(lam).clamp(min=1e-12)).clamp(min=0.0)
+    raise ValueError(f"self_paced: regime must be 'hard' or 'linear', got {regime!r}")
 
 
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -56,57 +62,82 @@ class SelfPaced(Strategy):
     requires = frozenset()
     citation = "Kumar, Packer & Koller, Self-Paced Learning for Latent Variable Models, NeurIPS 2010"
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: hard: v = 1[loss < λ] (Kumar et al.); linear: v = max(0, 1 - loss/λ) (Jiang et al.)
+        regime: Regime = "hard"
+        #: λ_0 = this quantile of the first training batch's losses (ignored if lambda0 is set)
+        start_quantile: float = 0.5
+        #: absolute λ_0 instead of the quantile
+        lambda0: float | None = None
+        #: λ_e = λ_0 · growth^epoch (≥ 1: harder samples join as training goes on)
+        growth: float = 1.2
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.growth < 1.0:
+                raise OptionError("growth", f"must be >= 1 (λ grows), got {self.growth}")
+            if not 0.0 < self.start_quantile <= 1.0:
+                raise OptionError("start_quantile", f"must be in (0, 1], got {self.start_quantile}")
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.regime = str(options.get("regime", "hard"))
-        if self.regime not in REGIMES:
-            raise ValueError(f"self_paced: regime must be one of {REGIMES}, got {self.regime!r}")
-        self.growth = float(options.get("growth", 1.2))
-        self.start_quantile = float(options.get("start_quantile", 0.5))
-        lambda0 = options.get("lambda0")
-        self.lambda0: float | None = None if lambda0 is None else float(lambda0)
-        if self.growth < 1.0:
-            raise ValueError(f"self_paced: growth must be >= 1 (λ grows), got {self.growth}")
-        if not 0.0 < self.start_quantile <= 1.0:
-            raise ValueError(f"self_paced: start_quantile must be in (0, 1], got {self.start_quantile}")
-        self.lambda_source = "lambda0" if self.lambda0 is not None else f"quantile {self.start_quantile} of batch 0"
-        self.epoch = 0
-        self.history: dict[int, float] = {}  # epoch → λ used
+        given = self.options.lambda0
+        # float64: λ_e = λ_0 · growth^e is computed in double precision, as the schedule's record
+        self.register_buffer("lambda0", torch.tensor(math.nan if given is None else given, dtype=torch.float64))
+        self.register_buffer("epoch", torch.tensor(0, dtype=torch.int64))
+        #: the last epoch started, for metadata.json: the buffer is set back to the selected
+        #: epoch's value before testing (the best weights are the whole module's state)
+        self._last_epoch_started: int | None = None
         self._last: dict[str, torch.Tensor] = {}
 
     @property
+    def lambda_source(self) -> str:
+        if self.options.lambda0 is not None:
+            return "lambda0"
+        return f"quantile {self.options.start_quantile} of batch 0"
+
+    @property
     def threshold(self) -> float | None:
-        """λ at the current epoch (None until λ_0 is known)."""
-        if self.lambda0 is None:
-            return None
-        return self.lambda0 * self.growth**self.epoch
+        """λ at the current epoch (None until λ_0 is known); reads the buffers back to the host."""
+        lambda0 = float(self.lambda0)
+        return None if math.isnan(lambda0) else lambda0 * self.options.growth ** int(self.epoch)
 
     def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch.fill_(epoch)
+        self._last_epoch_started = int(epoch)
 
     def loss_terms(
-        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str
+        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, step: StepContext
     ) -> dict[str, torch.Tensor]:
-        if stage != "train":
+        if not step.training:
             return {"task": per_sample_loss.mean()}
-        if self.lambda0 is None:
-            q = torch.quantile(per_sample_loss.detach().float(), self.start_quantile)
-            self.lambda0 = max(float(q), 1e-12)
-        lam = float(self.threshold)  # type: ignore[arg-type]
-        self.history[self.epoch] = lam
-        weights = self_paced_weights(per_sample_loss, lam, self.regime)
+        # λ_0 is set by the first training batch (or was given, or restored from a checkpoint);
+        # `where` keeps it on the device: knowing whether it is set needs no host read
+        estimate = torch.quantile(per_sample_loss.detach().float(), self.options.start_quantile)
+        self.lambda0.copy_(torch.where(self.lambda0.isnan(), estimate.double().clamp(min=1e-12), self.lambda0))
+        lam = self.lambda0 * self.options.growth**step.epoch
+        weights = self_paced_weights(per_sample_loss, lam, self.options.regime)
         self._last = {
             "spl_weight": weights.mean(),
             "spl_selected": (weights > 0).float().mean(),
-            "spl_lambda": torch.tensor(lam, device=per_sample_loss.device),
+            "spl_lambda": lam.float(),
         }
         return {"task": weighted_loss(per_sample_loss, weights)}
 
-    def extra_metrics(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        return dict(self._last) if stage == "train" else {}
+    def extra_metrics(self, outputs: dict, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        return dict(self._last) if step.training else {}
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        meta.update({"lambda0": self.lambda0, "lambda_source": self.lambda_source,
-                     "lambda_per_epoch": {str(e): v for e, v in sorted(self.history.items())}})
+        lambda0 = float(self.lambda0)
+        known = not math.isnan(lambda0)
+        epochs = range(self._last_epoch_started + 1) if known and self._last_epoch_started is not None else ()
+        meta.update({
+            "lambda0": lambda0 if known else None,
+            "lambda_source": self.lambda_source,
+            # the schedule λ_e = λ_0 · growth^e of every epoch trained (a resumed run: its earlier
+            # epochs too, as λ_0 was restored)
+            "lambda_per_epoch": {str(e): lambda0 * self.options.growth**e for e in epochs},
+        })
         return meta

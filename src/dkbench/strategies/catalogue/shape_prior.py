@@ -10,16 +10,18 @@ the prior cannot tell from real anatomy cost nothing, implausible ones are pushe
 
 How it is done here:
 
-- `prepare` trains the autoencoder on the TRAIN split's masks only (one channel per foreground
+- `build_net` trains the autoencoder on the TRAIN split's masks only (one channel per foreground
   class, resized to ``ae_size``; Adam, BCE + soft Dice reconstruction, ``ae_steps`` steps of
-  ``ae_batch_size`` masks whatever the split's size), on the CPU, seeded by the
-  run's seed inside `preserved_rng`, so the main run starts identically whether the prior was
-  trained now or loaded. The weights are cached in ``<cache_dir>/shape_prior/<key>.pt``; the key
-  is a SHA-256 over the dataset name, the reader's checksum, a digest of the train masks, the AE
-  config and the seed, so every later run with the same data, AE config and seed (any backbone,
-  any number of epochs) loads the file; an exclusive `flock` on ``<key>.lock`` makes
-  parallel sweep cells wait for the first, and the file is written to a temporary name and
-  renamed (never half-read). `pretrain_count()` counts this process's cache misses for tests.
+  ``ae_batch_size`` masks whatever the split's size), on the run's device, from generators of
+  its own seeded by the run's seed (`seeded_autoencoder`), so the main run's random stream is
+  the same whether the prior was trained now or loaded. The weights are cached in ``<cache_dir>/shape_prior/<key>.pt``; the key
+  (`dkbench.storage.content_key`) is a SHA-256 over the dataset name, the reader's checksum, a
+  digest of the train masks, the AE config and the seed, so every later run with the same data,
+  AE config and seed (any backbone, any number of epochs) loads the file; an exclusive lock
+  (`file_lock`) on ``<key>.lock`` makes parallel sweep cells wait for the first, and the file is
+  written atomically (`atomic_file`, never half-read). `pretrain_count()` counts this process's
+  cache misses for tests. The frozen autoencoder is a submodule of the strategy and σ a buffer,
+  so both follow the network to the run's device and are saved in its checkpoints.
 - `loss_terms` adds ``weight`` × mean over latent dimensions of ((E(p) − E(y)) / σ)², with p the
   softmax foreground probabilities, y the one-hot target, E the frozen encoder (no gradient
   reaches its weights; the prediction receives the gradient through it) and σ the spread of
@@ -39,10 +41,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,10 +55,11 @@ from torch import nn
 
 from dkbench.data.spec import DatasetArrays, DatasetSpec
 from dkbench.losses import foreground_probabilities, foreground_targets
-from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy, StrategyContext
-from dkbench.strategies.prestage import preserved_rng
+from dkbench.metrics.segmentation import soft_dice
+from dkbench.storage import atomic_file, content_key, file_lock
+from dkbench.strategies.base import SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
-from dkbench.locking import file_lock
 
 log = logging.getLogger("dkbench.shape_prior")
 
@@ -79,18 +80,12 @@ class ShapeAEConfig:
 
     in_channels: int = 1  # foreground classes (K - 1)
     spatial_dims: int = 2
-    size: int = 64  # masks are resized to size^N (a multiple of 8)
+    size: int = 64  # masks are resized to size^N (a multiple of 2^len(channels))
     channels: tuple[int, ...] = (8, 16, 32)
     latent_dim: int = 64
     steps: int = 600  # optimiser steps, not epochs: a small train split must not mean an untrained prior
     batch_size: int = 32
     lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        down = 2 ** len(self.channels)
-        if self.size % down or self.size < down:
-            raise ValueError(f"shape_prior: ae_size {self.size} must be a positive multiple of {down} "
-                             f"(one halving per entry of ae_channels {list(self.channels)})")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "channels": list(self.channels), "version": AE_VERSION}
@@ -145,17 +140,28 @@ def resize_maps(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=target, mode={2: "bilinear", 3: "trilinear"}[dims], align_corners=False)
 
 
-def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """(B,) mean over channels of the soft Dice coefficient."""
-    dims = tuple(range(2, prob.ndim))
-    inter = (prob * target).sum(dims)
-    return ((2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean(1)
-
-
 def masks_to_input(masks: np.ndarray | torch.Tensor, num_classes: int, size: int) -> torch.Tensor:
     """(N, 1, *spatial) integer masks → (N, K-1, size^N) float foreground maps."""
     labels = torch.as_tensor(np.asarray(masks)).long()
     return resize_maps(foreground_targets(labels, num_classes), size)
+
+
+def seeded_autoencoder(cfg: ShapeAEConfig, seed: int) -> ShapeAutoencoder:
+    """The autoencoder with PyTorch's default initialisation drawn from its own generator seeded
+    with `seed` (the same numbers `torch.manual_seed(seed)` + construction gives), so training
+    the prior never touches the run's global random stream: no state to save and restore."""
+    with torch.device("meta"):  # no weights drawn at construction
+        model = ShapeAutoencoder(cfg)
+    model = model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():  # construction order = registration order here
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):  # their reset_parameters()
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+            if module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+    return model
 
 
 def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int,
@@ -164,8 +170,7 @@ def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int,
     CPU generator for shuffling, weights initialised on the CPU, so both are device-independent).
     Returns the model on the CPU (eval mode) and CPU statistics, ready to be cached."""
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = ShapeAutoencoder(cfg).to(device)
+    model = seeded_autoencoder(cfg, seed).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     inputs = inputs.to(device)  # the resized train masks are small: moved once, batches gathered there
@@ -179,7 +184,8 @@ def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int,
                 break
             x = inputs[order[start:start + cfg.batch_size]]
             logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, x) + (1 - soft_dice(torch.sigmoid(logits), x)).mean()
+            loss = (F.binary_cross_entropy_with_logits(logits, x)
+                    + (1 - soft_dice(torch.sigmoid(logits), x).mean(1)).mean())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -189,7 +195,7 @@ def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int,
     with torch.no_grad():
         codes = torch.cat([model.encode(inputs[i:i + 256]) for i in range(0, n, 256)])
         recon = torch.cat([(torch.sigmoid(model(inputs[i:i + 256])) > 0.5).float() for i in range(0, n, 256)])
-        train_dice = float(soft_dice(recon, (inputs > 0.5).float()).mean())
+        train_dice = float(soft_dice(recon, (inputs > 0.5).float()).mean(1).mean())
     # one scale for all dimensions, the RMS of the per-dimension standard deviations: a per-dimension
     # scale would blow up a dimension the training shapes barely use, where soft predictions can go
     code_std = codes.var(0, unbiased=False).mean().sqrt().cpu() if n > 1 else torch.tensor(1.0)
@@ -207,16 +213,15 @@ def train_masks_digest(arrays: DatasetArrays) -> str:
 
 
 def cache_key(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int) -> str:
-    payload = json.dumps({"dataset": arrays.spec.name, "checksum": arrays.checksum,
-                          "train_masks": train_masks_digest(arrays), "ae": cfg.as_dict(), "seed": int(seed)},
-                         sort_keys=True)
-    return f"{arrays.spec.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+    return content_key(arrays.spec.name, {"dataset": arrays.spec.name, "checksum": arrays.checksum,
+                                          "train_masks": train_masks_digest(arrays), "ae": cfg.as_dict(),
+                                          "seed": int(seed)})
 
 
-@dataclass
-class ShapePrior:
-    model: ShapeAutoencoder
-    code_std: torch.Tensor
+@dataclass(frozen=True)
+class PriorFile:
+    """Where the trained prior is cached and how this run obtained it (for metadata.json)."""
+
     key: str
     path: Path
     computed: bool  # True: trained by this call; False: loaded from the cache
@@ -224,7 +229,7 @@ class ShapePrior:
     train_dice: float  # reconstruction Dice on the training masks (stored in the file)
 
 
-def _load(path: Path, cfg: ShapeAEConfig, key: str) -> ShapePrior | None:
+def _load(path: Path, cfg: ShapeAEConfig, key: str) -> tuple[ShapeAutoencoder, torch.Tensor, PriorFile] | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob["config"] != cfg.as_dict():
@@ -234,14 +239,15 @@ def _load(path: Path, cfg: ShapeAEConfig, key: str) -> ShapePrior | None:
     except (OSError, KeyError, ValueError, RuntimeError) as err:
         log.warning("shape prior cache %s unreadable (%s): retraining", path, err)
         return None
-    return ShapePrior(model.eval(), blob["code_std"].float(), key, path, computed=False,
-                      seconds=float(blob["seconds"]), train_dice=float(blob["train_dice"]))
+    record = PriorFile(key, path, computed=False, seconds=float(blob["seconds"]), train_dice=float(blob["train_dice"]))
+    return model.eval(), blob["code_std"].float(), record
 
 
 def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_dir: str | Path,
-                  device: torch.device | str = "cpu") -> ShapePrior:
-    """The shape autoencoder of the dataset's train masks, from the cache or trained on `device`
-    (and cached as CPU tensors: the cache key does not name a device, and need not)."""
+                  device: torch.device | str = "cpu") -> tuple[ShapeAutoencoder, torch.Tensor, PriorFile]:
+    """The shape autoencoder of the dataset's train masks and its code scale σ, from the cache or
+    trained on `device` (and cached as CPU tensors: the cache key does not name a device, and
+    need not). Both are returned on the CPU, with where they came from."""
     global _PRETRAINS
     key = cache_key(arrays, cfg, seed)
     folder = Path(cache_dir) / "shape_prior"
@@ -254,21 +260,19 @@ def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_di
                 return cached
         started = time.perf_counter()
         inputs = masks_to_input(arrays.splits["train"].label, arrays.spec.num_classes, cfg.size)
-        with preserved_rng():
-            model, stats = train_autoencoder(inputs, cfg, seed, device)
+        model, stats = train_autoencoder(inputs, cfg, seed, device)
         seconds = time.perf_counter() - started
         _PRETRAINS += 1
-        tmp = folder / f".{key}.{os.getpid()}.tmp.pt"
-        torch.save({"state_dict": model.state_dict(), "config": cfg.as_dict(), "code_std": stats["code_std"],
-                    "seconds": seconds, "train_dice": stats["train_dice"]}, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as fh:
+            torch.save({"state_dict": model.state_dict(), "config": cfg.as_dict(), "code_std": stats["code_std"],
+                        "seconds": seconds, "train_dice": stats["train_dice"]}, fh)
         log.info("shape prior: AE on %d train masks in %.1f s (train Dice %.3f) -> %s",
                  len(inputs), seconds, stats["train_dice"], path)
         if stats["train_dice"] < 0.7:
             log.warning("shape prior: the autoencoder reconstructs its own training masks with Dice %.3f only; "
                         "raise strategy.options.ae_steps", stats["train_dice"])
-        return ShapePrior(model, stats["code_std"], key, path, computed=True, seconds=seconds,
-                          train_dice=stats["train_dice"])
+        return model, stats["code_std"], PriorFile(key, path, computed=True, seconds=seconds,
+                                                   train_dice=stats["train_dice"])
 
 
 @register_strategy("shape_prior")
@@ -281,18 +285,43 @@ class ShapePriorStrategy(Strategy):
                 "Constrained Neural Networks (ACNNs): application to cardiac image enhancement and "
                 "segmentation, IEEE TMI 37(2):384-395 (2018)")
 
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: weight of the shape term: mean over latent dims of ((E(pred) - E(gt)) / sigma)^2
+        weight: float = 0.1
+        #: masks (and predictions) are resized to this side before the autoencoder
+        ae_size: int = 64
+        #: encoder widths, one stride-2 conv each (ae_size must be a multiple of 2^len)
+        ae_channels: tuple[int, ...] = (8, 16, 32)
+        #: length of the shape code
+        latent_dim: int = 64
+        #: autoencoder optimiser steps over the train masks
+        ae_steps: int = 600
+        ae_batch_size: int = 32
+        #: Adam learning rate of the autoencoder
+        ae_lr: float = 1e-3
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.weight < 0:
+                raise OptionError("weight", f"must be >= 0, got {self.weight}")
+            if not self.ae_channels or min(self.ae_channels) < 1:
+                raise OptionError("ae_channels", f"must be a non-empty list of positive widths, got {list(self.ae_channels)}")
+            down = 2 ** len(self.ae_channels)
+            if self.ae_size % down or self.ae_size < down:
+                raise OptionError("ae_size", f"must be a positive multiple of {down} (one halving per entry of "
+                                             f"ae_channels {list(self.ae_channels)}), got {self.ae_size}")
+            for field in ("latent_dim", "ae_steps", "ae_batch_size"):
+                if getattr(self, field) < 1:
+                    raise OptionError(field, f"must be >= 1, got {getattr(self, field)}")
+            if self.ae_lr <= 0:
+                raise OptionError("ae_lr", f"must be > 0, got {self.ae_lr}")
+
     def ae_config(self, spec: DatasetSpec) -> ShapeAEConfig:
         o = self.options
-        return ShapeAEConfig(
-            in_channels=max(int(spec.num_classes), 2) - 1, spatial_dims=int(spec.spatial_dims),
-            size=int(o.get("ae_size", 64)), channels=tuple(int(c) for c in o.get("ae_channels", (8, 16, 32))),
-            latent_dim=int(o.get("latent_dim", 64)), steps=int(o.get("ae_steps", 600)),
-            batch_size=int(o.get("ae_batch_size", 32)), lr=float(o.get("ae_lr", 1e-3)),
-        )
-
-    @property
-    def weight(self) -> float:
-        return float(self.options.get("weight", 0.1))
+        return ShapeAEConfig(in_channels=max(int(spec.num_classes), 2) - 1, spatial_dims=int(spec.spatial_dims),
+                             size=o.ae_size, channels=o.ae_channels, latent_dim=o.latent_dim, steps=o.ae_steps,
+                             batch_size=o.ae_batch_size, lr=o.ae_lr)
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
@@ -300,56 +329,46 @@ class ShapePriorStrategy(Strategy):
             return reason
         if spec.spatial_dims not in (2, 3):
             return f"strategy '{self.name}' supports 2D and 3D masks; dataset '{spec.name}' is {spec.spatial_dims}D"
-        try:
-            self.ae_config(spec)
-        except ValueError as err:
-            return str(err)
         return None
 
-    def prepare(self, context: StrategyContext) -> None:
-        self.num_classes = int(context.arrays.spec.num_classes)
-        self.cfg = self.ae_config(context.arrays.spec)
-        self.prior = load_or_train(context.arrays, self.cfg, int(context.seed), context.cache_dir, context.device)
-        self._code_std = None  # the device copy of this prior's scale, made at the first loss
-        self.encoder = self.prior.model
-        for p in self.encoder.parameters():  # frozen: the prior is fixed while the network trains
-            p.requires_grad_(False)
-        self.encoder.eval()
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        autoencoder, code_std, self.prior_file = load_or_train(
+            ctx.arrays, self.ae_config(ctx.spec), int(ctx.seed), ctx.cache_dir, ctx.device)
+        # frozen: the prior is fixed while the network trains (the optimizer takes module.net's
+        # parameters only; this also keeps autograd from accumulating gradients in it)
+        self.autoencoder = autoencoder.requires_grad_(False).eval()
+        self.register_buffer("code_std", code_std)
+        return super().build_net(ctx)
 
-    def _prior_on(self, device: torch.device) -> tuple[ShapeAutoencoder, torch.Tensor]:
-        """The encoder lives outside the LightningModule (not trained, not checkpointed), so it
-        follows the batch to its device here."""
-        if not hasattr(self, "encoder"):
-            raise RuntimeError("shape_prior: prepare() must run before the shape loss is computed")
-        if next(self.encoder.parameters()).device != device:
-            self.encoder.to(device)
-        std = getattr(self, "_code_std", None)
-        if std is None or std.device != device:
-            # once per device, not per step: a host→device copy from pageable memory syncs the stream
-            std = self._code_std = self.prior.code_std.to(device)
-        return self.encoder, std
+    def train(self, mode: bool = True) -> ShapePriorStrategy:
+        """Lightning switches the whole module to training mode each epoch; the frozen prior
+        stays in evaluation mode."""
+        super().train(mode)
+        if hasattr(self, "autoencoder"):
+            self.autoencoder.eval()
+        return self
 
-    def shape_distance(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def shape_distance(self, logits: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
         """(B,) mean over latent dimensions of the squared code difference, in units of σ."""
-        encoder, std = self._prior_on(logits.device)
-        pred = resize_maps(foreground_probabilities(logits), self.cfg.size)
+        size = self.options.ae_size
+        pred = resize_maps(foreground_probabilities(logits), size)
         with torch.no_grad():
-            code_true = encoder.encode(resize_maps(foreground_targets(label, self.num_classes), self.cfg.size))
-        code_pred = encoder.encode(pred)
-        return (((code_pred - code_true) / std) ** 2).mean(1)
+            code_true = self.autoencoder.encode(resize_maps(foreground_targets(label, num_classes), size))
+        code_pred = self.autoencoder.encode(pred)
+        return (((code_pred - code_true) / self.code_std) ** 2).mean(1)
 
-    def loss_terms(
-        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str
-    ) -> dict[str, torch.Tensor]:
-        shape = self.shape_distance(outputs["logits"], batch["label"]).mean()
-        return {"task": per_sample_loss.mean(), "shape": self.weight * shape.to(per_sample_loss.dtype)}
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
+        shape = self.shape_distance(outputs["logits"], batch["label"], step.spec.num_classes).mean()
+        return {"task": per_sample_loss.mean(), "shape": self.options.weight * shape.to(per_sample_loss.dtype)}
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        if hasattr(self, "prior"):
+        if hasattr(self, "prior_file"):
             meta["shape_prior"] = {
-                "cache_file": str(self.prior.path), "key": self.prior.key, "trained_now": self.prior.computed,
-                "train_seconds": round(self.prior.seconds, 2), "ae_train_dice": round(self.prior.train_dice, 4),
-                "ae_config": self.cfg.as_dict(), "masks": "train split only",
+                "cache_file": str(self.prior_file.path), "key": self.prior_file.key,
+                "trained_now": self.prior_file.computed, "train_seconds": round(self.prior_file.seconds, 2),
+                "ae_train_dice": round(self.prior_file.train_dice, 4), "ae_config": self.autoencoder.cfg.as_dict(),
+                "masks": "train split only",
             }
         return meta

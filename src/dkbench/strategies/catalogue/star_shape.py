@@ -29,14 +29,15 @@ Options and what differs from the paper:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-from dkbench.data.spec import DatasetSpec
 from dkbench.losses import foreground_probability
-from dkbench.losses.star_shape import FORMS, star_shape_loss
-from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy
+from dkbench.losses.star_shape import star_shape_loss
+from dkbench.strategies.base import SEGMENTATION_TASKS, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -48,38 +49,32 @@ class StarShape(Strategy):
     citation = ("Mirikharaji Z., Hamarneh G., Star shape prior in fully convolutional networks for skin "
                 "lesion segmentation, MICCAI 2018, LNCS 11073, pp. 737-745")
 
-    @property
-    def weight(self) -> float:
-        return float(self.options.get("weight", 1.0))
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: weight of the star-shape term (mean over pixels, per image)
+        weight: float = 1.0
+        #: monotone: ReLU(p - q); paper: eq. 4, [y_p = y_q] * |p - q| * |y_p - p|
+        form: Literal["monotone", "paper"] = "monotone"
+        #: monotone form only: multiply by |y_p - p| as the paper does
+        error_weighted: bool = False
 
-    @property
-    def form(self) -> str:
-        return str(self.options.get("form", "monotone"))
-
-    @property
-    def error_weighted(self) -> bool:
-        return bool(self.options.get("error_weighted", False))
-
-    def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
-        reason = super().incompatibility(spec, backbone)
-        if reason:
-            return reason
-        if self.form not in FORMS:
-            return f"strategy '{self.name}': option form '{self.form}' is not one of {list(FORMS)}"
-        return None
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.weight < 0:
+                raise OptionError("weight", f"must be >= 0, got {self.weight}")
 
     def star_penalty(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """(B,) star-shape penalty of the prediction, rays toward the ground truth's centroid."""
         target = (label > 0).float()
         if target.ndim == logits.ndim - 1:
             target = target.unsqueeze(1)
-        return star_shape_loss(foreground_probability(logits), target, self.form, self.error_weighted)
+        return star_shape_loss(foreground_probability(logits), target, self.options.form,
+                               self.options.error_weighted)
 
-    def loss_terms(
-        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str
-    ) -> dict[str, torch.Tensor]:
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
         star = self.star_penalty(outputs["logits"], batch["label"]).mean()
-        return {"task": per_sample_loss.mean(), "star": self.weight * star.to(per_sample_loss.dtype)}
+        return {"task": per_sample_loss.mean(), "star": self.options.weight * star.to(per_sample_loss.dtype)}
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "centre": "centroid of the ground-truth foreground, per image",

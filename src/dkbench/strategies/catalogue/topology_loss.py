@@ -23,10 +23,13 @@ benchmark's question: does a connectivity prior help there too?
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from dkbench.losses import foreground_probabilities, foreground_targets, soft_cldice_loss
-from dkbench.strategies.base import SEGMENTATION_TASKS, Strategy
+from dkbench.strategies.base import SEGMENTATION_TASKS, StepContext, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -39,19 +42,31 @@ class TopologyLoss(Strategy):
                 "Bauer U., Menze B.H., clDice - a novel topology-preserving loss function for tubular structure "
                 "segmentation, CVPR 2021, pp. 16560-16569")
 
-    @property
-    def weight(self) -> float:
-        return float(self.options.get("weight", 0.5))
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: weight of (1 - soft clDice), per image, mean over foreground classes
+        weight: float = 0.5
+        #: soft-skeleton erosion rounds: must reach the structures' half-thickness (px)
+        iterations: int = 10
+        #: added to clDice's numerators and denominators (reference code's value)
+        smooth: float = 1.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.weight < 0:
+                raise OptionError("weight", f"must be >= 0, got {self.weight}")
+            if self.iterations < 0:
+                raise OptionError("iterations", f"must be >= 0, got {self.iterations}")
+            if self.smooth <= 0:  # 0 would divide 0 by 0 on an empty skeleton
+                raise OptionError("smooth", f"must be > 0, got {self.smooth}")
 
     def cldice_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """(B,) 1 − soft clDice of the prediction against the mask."""
         num_classes = max(int(logits.shape[1]), 2)
         return soft_cldice_loss(foreground_probabilities(logits), foreground_targets(label, num_classes),
-                                iterations=int(self.options.get("iterations", 10)),
-                                smooth=float(self.options.get("smooth", 1.0)))
+                                iterations=self.options.iterations, smooth=self.options.smooth)
 
-    def loss_terms(
-        self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict, stage: str
-    ) -> dict[str, torch.Tensor]:
+    def loss_terms(self, per_sample_loss: torch.Tensor, outputs: dict, batch: dict,
+                   step: StepContext) -> dict[str, torch.Tensor]:
         cl = self.cldice_loss(outputs["logits"], batch["label"]).mean()
-        return {"task": per_sample_loss.mean(), "cldice": self.weight * cl.to(per_sample_loss.dtype)}
+        return {"task": per_sample_loss.mean(), "cldice": self.options.weight * cl.to(per_sample_loss.dtype)}

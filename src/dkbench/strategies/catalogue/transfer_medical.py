@@ -5,13 +5,12 @@ Follows the survey's "transfer from other medical datasets" (Xie et al., Medical
 Analysis 69:101985, 2021, §3.2): networks pre-trained on a related medical dataset are
 fine-tuned on the target, which helps most when the target is small.
 
-How: `prepare` composes an ordinary `baseline` run on the source dataset with the run's
-backbone and seed (`dataset=<source> strategy=baseline suite_name=_sources`, runs folder
-`<paths.cache_dir>/transfer_medical`) and calls `dkbench.runner.train.train` on it. The run
-folder's DONE marker + config hash make the source train ONCE per (source, backbone, seed,
-source epochs, overrides) and every later target run reuse it; its lock makes concurrent
-targets wait for the one that trains it; an interrupted source run resumes. `build_net` then
-loads the source's best checkpoint (`net.backbone.*`) into the target backbone through
+How: the source model is a pre-stage run (`prestage_runs`), an ordinary `baseline` run on the
+source dataset with the run's backbone and seed (`dataset=<source> strategy=baseline
+suite_name=_sources`, runs folder `<paths.cache_dir>/transfer_medical`). The runner trains it
+before the target run (a sweep plans it as a job of its own, once per config hash, shared by
+every target that needs it; its DONE marker makes later targets reuse it, and an interrupted
+source run resumes). `build_net` then loads the source's best checkpoint (`net.backbone.*`) into the target backbone through
 `load_local_weights` (prefix found automatically, input stem adapted to the target's channel
 count); the head is new.
 
@@ -24,8 +23,7 @@ images (BreastMNIST and BUSI: both `source: busi`) are refused, as their test se
 
 from __future__ import annotations
 
-import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +31,25 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dkbench.backbones import load_local_weights
-from dkbench.backbones.base import Backbone
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.prestage import preserved_rng
-from dkbench.strategies.base import CLASSIFICATION_TASKS, ClassifierNet, Strategy, StrategyContext
+from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, ClassifierNet, Strategy
+from dkbench.strategies.options import OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
-
-log = logging.getLogger("dkbench.transfer_medical")
-
-#: Seconds between retries while another process trains the same source model.
-LOCK_POLL_S = 10.0
 
 
 def _quote(value: Any) -> str:
     """A path as a quoted Hydra override value (paths may hold characters the grammar reserves)."""
     return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def _plain(run: Any, key: str) -> Any:
+    """`key` of the run config as plain values, resolved (a sweep's config holds a `hydra` node
+    that only resolves inside its job, so the config is never resolved as a whole here)."""
+    value = OmegaConf.select(run, key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _device_overrides(trainer: Any) -> list[str]:
@@ -66,8 +65,6 @@ def _device_overrides(trainer: Any) -> list[str]:
     return out
 
 
-
-
 @register_strategy("transfer_medical")
 class TransferMedical(Strategy):
     name = "transfer_medical"
@@ -77,17 +74,27 @@ class TransferMedical(Strategy):
     tasks = CLASSIFICATION_TASKS
     citation = "Xie et al., Medical Image Analysis 69:101985 (2021), §3.2 (transfer from other medical datasets)"
 
-    @property
-    def source(self) -> str:
-        return str(self.options.get("source", "pneumoniamnist"))
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: source dataset config (configs/dataset/); refused when it shares images with the target
+        source: str = "pneumoniamnist"
+        #: epochs of the source run (None: the run's trainer.max_epochs)
+        source_epochs: int | None = None
+        #: extra overrides for the source run, e.g. ("data.batch_size=128",)
+        source_overrides: tuple[str, ...] = ()
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.source_epochs is not None and self.source_epochs < 1:
+                raise OptionError("source_epochs", f"must be >= 1 or null, got {self.source_epochs}")
 
     def _source_spec(self) -> DatasetSpec | str:
-        path = config_dir() / "dataset" / f"{self.source}.yaml"
+        source = self.options.source
+        path = config_dir() / "dataset" / f"{source}.yaml"
         if not path.exists():
             valid = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-            return f"strategy '{self.name}': unknown source dataset '{self.source}' (options.source); valid: {valid}"
+            return f"strategy '{self.name}': unknown source dataset '{source}' (options.source); valid: {valid}"
         return spec_from_config(OmegaConf.load(path))
-
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
         if reason:
@@ -110,73 +117,65 @@ class TransferMedical(Strategy):
             )
         return None
 
-    # --- pre-stage -----------------------------------------------------------------------
-    def source_overrides(self, ctx: StrategyContext) -> list[str]:
-        """The overrides composing the source run from the target run's config."""
-        cfg = ctx.config
-        epochs = int(self.options.get("source_epochs") or cfg["trainer"]["max_epochs"])
-        weights = cfg["backbone"].get("weights")
+    # --- pre-stage: the source run, planned and trained by the runner ---------------------
+    def source_overrides(self, run: Any) -> list[str]:
+        """The overrides composing the source run from the target run's config `run`."""
+        trainer = _plain(run, "trainer") or {}
+        backbone = _plain(run, "backbone") or {}
+        epochs = int(self.options.source_epochs or trainer["max_epochs"])
+        weights = backbone.get("weights")
         return [
-            f"dataset={self.source}",
-            f"backbone={cfg['backbone']['name']}",
-            f"backbone.pretrained={str(bool(cfg['backbone'].get('pretrained', False))).lower()}",
+            f"dataset={self.options.source}",
+            f"backbone={backbone['name']}",
+            f"backbone.pretrained={str(bool(backbone.get('pretrained', False))).lower()}",
             f"backbone.weights={_quote(weights) if weights else 'null'}",
             "strategy=baseline",
-            f"seed={ctx.seed}",
+            f"seed={int(run.seed)}",
             "suite_name=_sources",
             f"tag=@ep{epochs}",  # source models of other lengths live beside, not over, each other
             f"trainer.max_epochs={epochs}",
             # the source model trains where the run does (trainer.accelerator=cpu on a GPU machine
             # stays on the CPU); with the default preset these equal the defaults: same config hash
-            *_device_overrides(cfg.get("trainer") or {}),
+            *_device_overrides(trainer),
             "keep_checkpoints=true",
-            f"paths.runs_dir={_quote(Path(ctx.cache_dir) / 'transfer_medical')}",
-            f"paths.data_dir={_quote(cfg['paths']['data_dir'])}",
-            f"ui.progress_bar={str(bool(cfg.get('ui', {}).get('progress_bar', False))).lower()}",
-            *[str(o) for o in (self.options.get("source_overrides") or [])],
+            f"paths.runs_dir={_quote(Path(_plain(run, 'paths.cache_dir')) / 'transfer_medical')}",
+            f"paths.data_dir={_quote(_plain(run, 'paths.data_dir'))}",
+            f"ui.progress_bar={str(bool(_plain(run, 'ui.progress_bar'))).lower()}",
+            *self.options.source_overrides,
         ]
 
-    def prepare(self, context: StrategyContext) -> None:
-        from dkbench.runner.run_folder import RunFolder, RunLockedError, config_hash
-        from dkbench.runner.train import train  # lazy: the runner imports the strategies
+    def prestage_runs(self, run: Any) -> dict[str, Any]:
+        """The source model: an ordinary `baseline` run on the source dataset (its own folder
+        under `<paths.cache_dir>/transfer_medical`), trained once per (source, backbone, seed,
+        epochs, overrides) and shared by every target run that composes the same config."""
+        from dkbench.runner.compose import compose_config  # lazy: the runner imports the strategies
 
-        if context.compose is None:
-            from dkbench.runner.compose import compose_config as compose
-        else:
-            compose = context.compose
-        cfg = compose(self.source_overrides(context))
-        run = RunFolder(cfg.paths.run_dir)
-        with preserved_rng():
-            while True:
-                try:
-                    metrics = train(cfg)
-                    break
-                except RunLockedError:
-                    log.info("source model %s is being trained by another process; waiting", run.path)
-                    time.sleep(LOCK_POLL_S)
+        return {"source": compose_config(self.source_overrides(run))}
+
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        """A classifier whose backbone starts from the source run's selected (tested) weights."""
         from dkbench.runner.checkpointing import BEST_WEIGHTS
+        from dkbench.runner.run_folder import RunFolder
 
-        checkpoint = run.file("checkpoints") / BEST_WEIGHTS  # the source run's selected (tested) weights
+        run = RunFolder(ctx.prestages["source"])
+        checkpoint = run.file("checkpoints") / BEST_WEIGHTS
         if not checkpoint.exists():
             raise FileNotFoundError(f"source run {run.path} is done but has no {checkpoint.name}; delete the folder to retrain it")
+        metrics = run.read_json("metrics.json")
         self._source = {
-            "dataset": self.source,
+            "dataset": self.options.source,
             "run_dir": str(run.path),
-            "config_hash": config_hash(cfg),
+            "config_hash": run.done_hash,
             "checkpoint": str(checkpoint),
-            "epochs": int(cfg.trainer.max_epochs),
+            "epochs": int(metrics.get("epochs_trained", 0)),
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
         }
-
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
-        source = getattr(self, "_source", None)
-        if source is None:
-            raise RuntimeError(f"strategy '{self.name}': build_net before prepare (no source model yet)")
-        load_local_weights(backbone, source["checkpoint"])
-        return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
+        backbone = ctx.make_backbone()
+        load_local_weights(backbone, checkpoint)
+        spec = ctx.spec
+        return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.dropout)
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        meta["options"]["source_overrides"] = [str(o) for o in (self.options.get("source_overrides") or [])]
         meta["source_model"] = getattr(self, "_source", None)
         return meta

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -29,7 +30,8 @@ from dkbench.backbones.base import Backbone
 from dkbench.backbones.registry import pretrained_weights_file
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
-from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, ClassifierNet, Strategy, task_net
+from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, BuildContext, ClassifierNet, Strategy, task_net
+from dkbench.strategies.options import StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -43,7 +45,8 @@ def _sha256(path: str, mtime_ns: int) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file (cached per path and modification time)."""
+    """sha256 of a file (cached per path and modification time): provenance for metadata.json,
+    not a cache key."""
     path = os.fspath(path)
     return _sha256(path, os.stat(path).st_mtime_ns)
 
@@ -77,21 +80,21 @@ class TransferNatural(Strategy):
         "Scientific Reports 15 (2025); arXiv:2404.15786 (2024)"
     )
 
-    @property
-    def freeze(self) -> bool:
-        return bool(self.options.get("freeze", False))
-
-    @property
-    def local_weights(self) -> str | None:
-        path = self.options.get("local_weights")
-        return os.fspath(path) if path else None
+    @dataclass(frozen=True)
+    class Options(StrategyOptions):
+        #: False: fine-tune every layer; True: linear probe (see transfer_natural_linear)
+        freeze: bool = False
+        #: accept backbones whose weights the library downloads (timm extra, online)
+        allow_download: bool = False
+        #: mirrors backbone.weights (the YAML sets it): a local file lifts the offline-weights check
+        local_weights: str | None = None
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
-        if reason is None and self.freeze and spec.task in SEGMENTATION_TASKS:
+        if reason is None and self.options.freeze and spec.task in SEGMENTATION_TASKS:
             reason = (f"strategy '{self.name}' with freeze=true (linear probe) is for classification: a frozen "
                       f"dense backbone leaves only the 1×1 head to learn; use strategy=transfer_natural (fine-tune)")
-        if reason or backbone is None or self.local_weights or self.options.get("allow_download", False):
+        if reason or backbone is None or self.options.local_weights or self.options.allow_download:
             return reason
         if pretrained_weights_file(backbone, spec.spatial_dims) is None:
             with_weights = "unet_efficientnet_lite0" if spec.task in SEGMENTATION_TASKS else "efficientnet_lite0"
@@ -108,16 +111,18 @@ class TransferNatural(Strategy):
         # `create_backbone` lets a local `backbone.weights` file override `pretrained`.
         return {"pretrained": True}
 
-    def build_net(self, backbone: Backbone, spec: DatasetSpec) -> nn.Module:
+    def build_net(self, ctx: BuildContext) -> nn.Module:
+        backbone, spec = ctx.make_backbone(), ctx.spec
         self._record_weights(backbone, spec)
-        if not self.freeze:
-            return task_net(backbone, spec, self.options.get("dropout", 0.0))
-        return FrozenBackboneNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.get("dropout", 0.0))
+        if not self.options.freeze:
+            return task_net(backbone, spec, self.options.dropout)
+        return FrozenBackboneNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.dropout)
 
     def _record_weights(self, backbone: Backbone, spec: DatasetSpec) -> None:
+        """Where the initial weights came from (file and sha256), for metadata.json."""
         name = getattr(backbone, "backbone_name", None)
-        if self.local_weights:
-            path, origin = self.local_weights, "backbone.weights (local file)"
+        if self.options.local_weights:
+            path, origin = self.options.local_weights, "backbone.weights (local file)"
         elif name is not None and (path := pretrained_weights_file(name, spec.spatial_dims)):
             origin = f"shipped pretrained weights of '{name}'"
         else:
@@ -131,6 +136,6 @@ class TransferNatural(Strategy):
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        meta["mode"] = "linear probe (frozen backbone, BatchNorm in eval mode)" if self.freeze else "fine-tune"
+        meta["mode"] = "linear probe (frozen backbone, BatchNorm in eval mode)" if self.options.freeze else "fine-tune"
         meta["pretrained_weights"] = getattr(self, "_weights", None)
         return meta

@@ -1,0 +1,8 @@
+"""Shared geometry of masks and boxes, batched in torch on the tensors' device (one home each):
+
+- `components`  connected components: labels and the largest component of a batch of masks;
+- `boxes`       box from mask (one empty-mask rule: NaN), box clamping, IoU, crop-and-resize.
+
+Boxes are (B, 2·d) = (lo per axis…, hi per axis…) in (x, y[, z]) order (last tensor axis
+first, as the datasets' `bbox`), hi exclusive, in pixels.
+"""
