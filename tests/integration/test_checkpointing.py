@@ -159,6 +159,36 @@ def test_resume_after_interruption_keeps_best_epoch(tiny_run, monkeypatch, tmp_p
     assert saved["best_epoch"] == reference["selection"]["best_epoch"]
 
 
+def test_resumed_self_paced_run_keeps_its_schedule(tiny_run, monkeypatch):
+    """The strategy's pacing state (self-paced λ0, estimated from the first batch) is a buffer in
+    last.ckpt: a run killed mid-way resumes with the λ0 of its first epoch, not a re-estimate from
+    the first batch after the resume, and reports the same schedule as an uninterrupted run."""
+    overrides = ["strategy=self_paced", "trainer.max_epochs=4", "checkpoint.last_every_n_epochs=1"]
+    reference, ref_run = tiny_run(*overrides, "tag=@reference")
+
+    real_end = FailOnNonFiniteLoss.on_train_epoch_end
+
+    def killed_at_epoch_2(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise RuntimeError("killed")
+        real_end(self, trainer, pl_module)
+
+    monkeypatch.setattr(FailOnNonFiniteLoss, "on_train_epoch_end", killed_at_epoch_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        tiny_run(*overrides)
+    monkeypatch.setattr(FailOnNonFiniteLoss, "on_train_epoch_end", real_end)
+    resumed, run = tiny_run(*overrides)
+
+    def schedule(folder):
+        meta = json.loads((folder / "metadata.json").read_text())["strategy"]
+        return meta["lambda0"], meta["lambda_per_epoch"]
+
+    lambda0, per_epoch = schedule(run)
+    assert lambda0 == schedule(ref_run)[0] and per_epoch == schedule(ref_run)[1]
+    assert set(per_epoch) == {"0", "1", "2", "3"}
+    assert resumed["epochs_trained"] == reference["epochs_trained"] == 4
+
+
 def test_train_metric_monitor_without_validation(tiny_run):
     metrics, run = tiny_run("trainer.max_epochs=2", "trainer.limit_val_batches=0",
                             "monitor.metric=train/loss", "monitor.mode=min")

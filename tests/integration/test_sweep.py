@@ -119,3 +119,19 @@ def test_prestage_runs_are_planned_once_and_run_before_their_cells(tmp_path):
         assert meta["difficulty_source"] == "teacher" and meta["teacher"]["run_dir"].endswith(run.name)
     again = cli(tmp_path, "sweep", *SMOKE, *teacher).stdout
     assert "0 to run" in again and "pre-stage" not in again
+
+
+def test_cached_artefact_prestages_are_built_before_the_cells(tmp_path):
+    """roi_input_predicted's ROI predictor (one per seed) is built by jobs of its own before the
+    cells start; the cells load it from the cache."""
+    roi = ["suite.strategies=[roi_input_predicted]", "suite.baseline=roi_input_predicted", "suite.seeds=[0,1]",
+           "+suite.per_strategy.roi_input_predicted=['strategy.options.predictor_epochs=1']"]
+    out = cli(tmp_path, "sweep", *SMOKE, *roi).stdout
+    assert "2 pre-stage run(s) first" in out and out.count("[pre-stage] done") == 2, out
+    caches = sorted((tmp_path / "runs" / ".cache" / "roi_input").glob("*.pt"))
+    assert len(caches) == 2
+    built = max(p.stat().st_mtime for p in caches)
+    for run in cells(tmp_path).values():
+        assert json.loads((run / "metrics.json").read_text())["started_at"] > built
+        stats = json.loads((run / "metadata.json").read_text())["strategy"]["roi_predictor"]
+        assert stats["cache"] in {str(p) for p in caches}

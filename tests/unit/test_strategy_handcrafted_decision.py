@@ -80,7 +80,7 @@ def test_average_output_is_the_stated_combination(probe, tmp_path):
     torch.testing.assert_close(out["clf_probs"], clf)
     assert not torch.allclose(out["probs"], cnn)  # the classifier changed the decision
     assert "0.3" in strategy.metadata()["decision_fusion"]["rule"]
-    with pytest.raises(ValueError, match=r"option 'alpha' must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"option 'alpha' must be >= 0 and <= 1, got 1.5"):
         create_strategy("handcrafted_decision", alpha=1.5)
     with pytest.raises(ValueError, match=r"option 'combine' must be one of \['average', 'stacking'\]"):
         create_strategy("handcrafted_decision", combine="vote")

@@ -237,13 +237,14 @@ def test_shape_loss_reads_nothing_back_from_the_device(trained, monkeypatch):
 def test_prior_initialisation_equals_global_seeding_without_touching_it(dims, size):
     """The autoencoder's own generator gives the weights `torch.manual_seed` + construction gave
     (cached priors stay valid) and leaves the global stream where it was."""
-    from dkbench.strategies.catalogue.shape_prior import ShapeAEConfig, ShapeAutoencoder, seeded_autoencoder
+    from dkbench.seeding import seeded_module
+    from dkbench.strategies.catalogue.shape_prior import ShapeAEConfig, ShapeAutoencoder
 
     cfg = ShapeAEConfig(spatial_dims=dims, size=size)
     torch.manual_seed(3)
     reference = ShapeAutoencoder(cfg).state_dict()
     torch.manual_seed(11)
     before = torch.random.get_rng_state()
-    seeded = seeded_autoencoder(cfg, 3).state_dict()
+    seeded = seeded_module(lambda: ShapeAutoencoder(cfg), 3).state_dict()
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(a, b) for a, b in zip(reference.values(), seeded.values(), strict=True))

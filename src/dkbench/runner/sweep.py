@@ -23,6 +23,7 @@ from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.placement import placed
 from dkbench.runner.run_folder import RunFolder, config_hash
+from dkbench.storage import content_key
 from dkbench.runner.suite import Cell, expand_suite, validate_suite
 from dkbench.strategies import strategy_from_config
 
@@ -33,7 +34,9 @@ log = logging.getLogger("dkbench.sweep")
 
 @dataclass(frozen=True)
 class Prestage:
-    """An unfinished pre-stage run, launched as the job of a cell that needs it (`prestage_only`)."""
+    """An unfinished pre-stage run, or a cached artefact, launched as a job of a cell that needs
+    it (`prestage_only=<role>`); `run_dir` / `config_hash` identify it (for an artefact: the
+    cache and its content key)."""
 
     cell: Cell
     role: str
@@ -94,6 +97,13 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
             for role, prestage_cfg in strategy.prestage_runs(cfg).items():
                 key = (str(prestage_cfg.paths.run_dir), config_hash(prestage_cfg))
                 if key not in seen and not RunFolder(key[0]).is_done(key[1]):
+                    plan.prestages.append(Prestage(cell, role, *key))
+                seen.add(key)
+            # cached artefacts: whether one exists depends on the data's content, which the plan
+            # does not load; each distinct one gets a job (a cache hit there costs a data load)
+            for role, identity in strategy.prestage_artefacts(cfg).items():
+                key = (f"{role} cache", content_key(role, identity))
+                if key not in seen:
                     plan.prestages.append(Prestage(cell, role, *key))
                 seen.add(key)
     if not plan.pending and not plan.done:
@@ -179,8 +189,17 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 
     role = cfg.get("prestage_only")
     if role is not None:
-        prestage_cfg = strategy_from_config(cfg.strategy).prestage_runs(cfg)[str(role)]
-        cfg, job_started_at = prestage_cfg, None
+        strategy = strategy_from_config(cfg.strategy)
+        if str(role) in strategy.prestage_artefacts(cfg):
+            from dkbench.runner.train import build_prestage_artefact
+
+            try:
+                done = build_prestage_artefact(cfg, str(role))
+            except Exception as err:  # the cells that need it build it themselves, or fail there
+                log.exception("pre-stage %s failed: %s", role, cfg.paths.run_dir)
+                return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+            return {"status": "done", "summary": f"cached ({done['wall_time_s']:.0f}s)"}
+        cfg, job_started_at = strategy.prestage_runs(cfg)[str(role)], None
     try:
         metrics = train(cfg, job_started_at=job_started_at, wait=role is not None)
     except Exception as err:  # recorded in the run folder by train(); the sweep goes on

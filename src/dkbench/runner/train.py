@@ -104,6 +104,37 @@ def train(cfg: DictConfig, *, job_started_at: float | None = None, wait: bool = 
         return _train_locked(cfg, run, job_started_at)
 
 
+def build_context(cfg: DictConfig, arrays: Any, strategy: Strategy, prestages: dict[str, Path]) -> BuildContext:
+    """What `Strategy.build_net` (and `build_prestage`) get: the data, the backbone factory, the
+    run's one task loss (model.lambda_* for segmentation), the cache, the device, pre-stage runs."""
+    spec = arrays.spec
+    return BuildContext(
+        arrays=arrays,
+        make_backbone=_backbone_factory(cfg, spec, strategy.backbone_kwargs(spec)),
+        seed=int(cfg.seed),
+        cache_dir=Path(cfg.paths.cache_dir),
+        task_loss=TaskLoss.from_model_options(spec.task, cfg.model),
+        config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        compose=compose_config,
+        device=trainer_device(cfg.trainer),  # pre-stages train where the Trainer will
+        prestages=prestages,
+    )
+
+
+def build_prestage_artefact(cfg: DictConfig, role: str) -> dict[str, Any]:
+    """One cached artefact pre-stage of the cell `cfg` (`Strategy.prestage_artefacts`: an ROI
+    predictor, a shape autoencoder), built now or found in the cache; a sweep runs these as jobs
+    before the cells. The artefact draws from generators of its own (`dkbench.seeding`), so it
+    is the one the cell would build."""
+    strategy = strategy_from_config(cfg.strategy)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    started = time.time()
+    strategy.build_prestage(role, build_context(cfg, arrays, strategy, {}))
+    return {"role": role, "wall_time_s": round(time.time() - started, 2)}
+
+
 def train_prestages(strategy: Strategy, cfg: DictConfig) -> dict[str, Path]:
     """The strategy's pre-stage runs, each finished (trained now, or found DONE): role → folder."""
     folders = {}
@@ -155,21 +186,9 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
     spec = arrays.spec
     strategy.check_compatible(spec, cfg.backbone.arch)  # what the loaded data really provides
-    task_loss = TaskLoss.from_model_options(spec.task, cfg.model)  # one loss object for the run
-    net = strategy.build_net(
-        BuildContext(
-            arrays=arrays,
-            make_backbone=_backbone_factory(cfg, spec, strategy.backbone_kwargs(spec)),
-            seed=int(cfg.seed),
-            cache_dir=Path(cfg.paths.cache_dir),
-            task_loss=task_loss,
-            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
-            compose=compose_config,
-            device=trainer_device(cfg.trainer),  # pre-stages train where the Trainer will
-            prestages=prestages,
-        )
-    )
-    module = build_module(cfg.model, net=net, spec=spec, strategy=strategy, task_loss=task_loss)
+    ctx = build_context(cfg, arrays, strategy, prestages)
+    net = strategy.build_net(ctx)
+    module = build_module(cfg.model, net=net, spec=spec, strategy=strategy, task_loss=ctx.task_loss)
     apply_module_settings(module, speed)
 
     datamodule = DKDataModule(

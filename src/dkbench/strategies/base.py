@@ -207,6 +207,18 @@ class Strategy(nn.Module):
         run before this run seeds, so this run's random stream does not depend on them."""
         return {}
 
+    def prestage_artefacts(self, run: Any) -> dict[str, dict[str, Any]]:
+        """Cached artefacts this strategy computes from the data before training (an ROI
+        predictor, a shape autoencoder): role → what identifies it (plain values from the run's
+        config). `build_net` computes a missing one itself (under a lock, cached by content); a
+        sweep plans each distinct one as a job of its own, run before the cells, so parallel cells
+        find it cached instead of waiting for one of them to build it."""
+        return {}
+
+    def build_prestage(self, role: str, ctx: BuildContext) -> None:
+        """Build (or find) the cached artefact `role` of `prestage_artefacts` and return nothing."""
+        raise NotImplementedError(f"strategy '{self.name}' declares no pre-stage artefact '{role}'")
+
     def build_net(self, ctx: BuildContext) -> nn.Module:
         """The network, built once before training. Data-derived state (tables, priors,
         pre-stage outputs) is computed here too and registered on `self`."""

@@ -75,7 +75,14 @@ class StrategyOptions:
     dropout: Annotated[float, Bounds(ge=0, lt=1)] = 0.0
 
     def __post_init__(self) -> None:
-        """Checks that involve several options (single-option ranges are declared with `Bounds`)."""
+        """The declared ranges (`Bounds`) of every field, however the options were made; subclasses
+        add checks that involve several options after ``super().__post_init__()``."""
+        hints = typing.get_type_hints(type(self), include_extras=True)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            broken = _out_of_bounds(hints[f.name], value)
+            if broken:
+                raise OptionError(f.name, f"must be {broken}, got {value!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain containers (for metadata.json): tuples back to lists, nested dicts copied."""
@@ -135,12 +142,12 @@ def _coerce(annotation: Any, value: Any) -> Any:
             raise TypeError
         args = [a for a in get_args(annotation) if a is not Ellipsis]
         return tuple(_coerce(args[0], v) for v in value) if args else tuple(value)
-    if origin in (dict, Mapping):
+    if origin in (dict, Mapping) or annotation in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise TypeError
         return dict(value)
-    if annotation is bool:
-        if isinstance(value, bool):
+    if annotation in (bool, str):  # exactly that type: no 0/1 for booleans, no numbers for names
+        if isinstance(value, annotation):
             return value
         raise TypeError
     if annotation is int:
@@ -153,14 +160,6 @@ def _coerce(annotation: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError
         return float(value)
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    if annotation in (dict, Mapping):
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise TypeError
     if isinstance(annotation, type) and isinstance(value, annotation):
         return value
     raise TypeError
@@ -189,11 +188,6 @@ def parse_options(options_type: type[StrategyOptions], raw: Mapping[str, Any] | 
                 f"strategy '{owner}': option '{name}' must be {_describe(hints[name])}, got {value!r} "
                 f"(fix strategy.options.{name})"
             ) from None
-    for name, value in values.items():  # declared ranges (defaults are inside them by construction)
-        broken = _out_of_bounds(hints[name], value)
-        if broken:
-            raise ValueError(f"strategy '{owner}': option '{name}' must be {broken}, got {value!r} "
-                             f"(fix strategy.options.{name})")
     try:
         return options_type(**values)
     except OptionError as err:

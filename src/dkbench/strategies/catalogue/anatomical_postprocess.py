@@ -53,7 +53,7 @@ from dkbench.data.spec import DatasetSpec
 from dkbench.geometry.components import largest_component as largest_component_of
 from dkbench.metrics.segmentation import per_image_scores, predicted_labels
 from dkbench.strategies.base import SEGMENTATION_TASKS, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -140,12 +140,7 @@ class AnatomicalPostprocess(Strategy):
         #: MONAI CRF-as-RNN refinement first (needs MONAI's compiled extension monai._C)
         crf: bool = False
         #: mean-field iterations when crf is true
-        crf_iterations: int = 5
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.crf_iterations < 1:
-                raise OptionError("crf_iterations", f"must be >= 1, got {self.crf_iterations}")
+        crf_iterations: Count = 5
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)

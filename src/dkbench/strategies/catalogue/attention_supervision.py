@@ -62,7 +62,7 @@ from dkbench.metrics.attention import activation_map
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, ClassifierNet, StepContext, Strategy
 from dkbench.strategies.catalogue.roi_input import expert_region
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import NonNegative, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 Loss = Literal["kl", "energy", "bce"]
@@ -134,7 +134,7 @@ class AttentionSupervision(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: weight of the attention term added to the task loss
-        weight: float = 1.0
+        weight: NonNegative = 1.0
         #: kl: KL(region ‖ CAM) (AG-CNN) | energy: 1 − CAM mass inside | bce: BCE(CAM/max, region)
         loss: Loss = "kl"
         #: agnostic: channel mean of ReLU'd features | class: target-class CAM of the linear head
@@ -142,14 +142,7 @@ class AttentionSupervision(Strategy):
         #: mask: the lesion mask | bbox: the lesion box, filled
         region: Literal["mask", "bbox"] = "mask"
         #: region dilation radius as a fraction of the image side
-        dilate: float = 0.04
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.weight < 0:
-                raise OptionError("weight", f"must be >= 0, got {self.weight}")
-            if self.dilate < 0:
-                raise OptionError("dilate", f"must be >= 0, got {self.dilate}")
+        dilate: NonNegative = 0.04
 
     def __init__(self, **options: Any):
         super().__init__(**options)

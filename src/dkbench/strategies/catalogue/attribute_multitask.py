@@ -42,7 +42,7 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import NonNegative, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 MISSING = -1
@@ -101,14 +101,9 @@ class AttributeMultitask(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: weight of the mean attribute cross-entropy (value -1 = not applicable, ignored)
-        weight: float = 1.0
+        weight: NonNegative = 1.0
         #: HSCNN hierarchy: the diagnosis head also sees the attribute heads' softmax probabilities
         feed_attributes: bool = True
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.weight < 0:
-                raise OptionError("weight", f"must be >= 0, got {self.weight}")
 
     def __init__(self, **options: Any):
         super().__init__(**options)

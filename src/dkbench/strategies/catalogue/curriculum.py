@@ -49,7 +49,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ from torch.utils.data import Sampler
 from dkbench.data.spec import DatasetSpec
 from dkbench.storage import atomic_file, file_lock
 from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 Pacing = Literal["linear", "root", "step"]
@@ -181,7 +181,7 @@ class Curriculum(Strategy):
         #: how the pool fraction p grows with the epoch
         pacing: Pacing = "linear"
         #: p at epoch 0
-        start_fraction: float = 0.3
+        start_fraction: Annotated[float, Bounds(gt=0, le=1)] = 0.3
         #: p reaches 1 at this fraction of trainer.max_epochs
         full_at: float = 0.7
         #: class-stratified pools (not for multilabel or segmentation)
@@ -190,11 +190,6 @@ class Curriculum(Strategy):
         steps: int = 3
         #: teacher path: epochs of the baseline run whose per-sample train loss is the difficulty
         teacher_epochs: int = 5
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 < self.start_fraction <= 1.0:
-                raise OptionError("start_fraction", f"must be in (0, 1], got {self.start_fraction}")
 
     def __init__(self, **options: Any):
         super().__init__(**options)

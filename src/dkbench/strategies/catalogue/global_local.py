@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ from dkbench.geometry.boxes import box_from_mask, box_iou, clamp_box, crop_resiz
 from dkbench.geometry.components import device_constant, largest_component
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, Count, Fraction, OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 CropSource = Literal["attention", "mask"]
@@ -191,25 +191,19 @@ class GlobalLocal(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: attention threshold on the min-max normalised heat map (AG-CNN: 0.7)
-        tau: float = 0.7
+        tau: Annotated[float, Bounds(ge=0, lt=1)] = 0.7
         #: attention: box of the largest high-attention region; mask: the dataset's lesion box
         #: (or its mask's box), in training and at test time (oracle ROI)
         crop_source: CropSource = "attention"
         #: smallest crop side as a fraction of the image side (0: no floor)
-        min_crop: float = 0.25
+        min_crop: Fraction = 0.25
         #: heat map + box search on at most this many px per axis (box scaled to the input)
-        attention_grid: int = 64
+        attention_grid: Count = 64
         #: weights of the joint loss terms; keys global, local, fusion (a missing key weighs 1)
         loss_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BRANCHES, 1.0))
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            if not 0.0 <= self.tau < 1.0:
-                raise OptionError("tau", f"must be in [0, 1), got {self.tau}")
-            if not 0.0 <= self.min_crop <= 1.0:
-                raise OptionError("min_crop", f"must be in [0, 1], got {self.min_crop}")
-            if self.attention_grid < 1:
-                raise OptionError("attention_grid", f"must be >= 1, got {self.attention_grid}")
             unknown = sorted(set(self.loss_weights) - set(BRANCHES))
             if unknown:
                 raise OptionError("loss_weights", f"keys are {list(BRANCHES)}, got {unknown}")

@@ -45,7 +45,7 @@ from dkbench.data.transforms import normalize
 from dkbench.metrics.classification import probabilities
 from dkbench.strategies.base import BuildContext, StepContext, task_net
 from dkbench.strategies.catalogue.handcrafted_feature import HandcraftedVectors, RadiomicsOptions
-from dkbench.strategies.options import OptionError
+from dkbench.strategies.options import Fraction, Positive
 from dkbench.strategies.registry import register_strategy
 
 
@@ -81,18 +81,11 @@ class HandcraftedDecision(HandcraftedVectors):
         #: logreg: L2 logistic regression on the train-standardised features; gbm: HistGradientBoostingClassifier
         classifier: Literal["logreg", "gbm"] = "logreg"
         #: logreg inverse regularisation strength
-        C: float = 1.0
+        C: Positive = 1.0
         #: average: (1 - alpha) p_CNN + alpha p_classifier; stacking: logistic regression fitted on val
         combine: Literal["average", "stacking"] = "average"
         #: weight of the classifier in `average` (and on val during training with stacking)
-        alpha: float = 0.5
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.C <= 0:
-                raise OptionError("C", f"must be > 0, got {self.C}")
-            if not 0.0 <= self.alpha <= 1.0:
-                raise OptionError("alpha", f"must be in [0, 1], got {self.alpha}")
+        alpha: Fraction = 0.5
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)

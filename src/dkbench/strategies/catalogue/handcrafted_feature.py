@@ -34,7 +34,7 @@ selection; the fusion is a plain concatenation without a learned projection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from dkbench.features.cache import CachedFeatures, load_or_extract
 from dkbench.features.radiomics import FEATURE_CLASSES, RadiomicsConfig
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, Count, OptionError, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -57,23 +57,17 @@ class RadiomicsOptions(StrategyOptions):
     #: auto: the dataset's lesion masks when every image has a non-empty one; true: force; false: whole image
     use_mask: bool | Literal["auto"] = "auto"
     #: grey levels (fixed bin count) of the GLCM and of the first-order entropy histogram
-    levels: int = 32
+    levels: Annotated[int, Bounds(ge=2)] = 32
     #: GLCM pixel distances (each averaged over 0/45/90/135 degrees)
-    distances: tuple[int, ...] = (1, 2)
+    distances: tuple[Count, ...] = (1, 2)
     #: uniform LBP histogram: neighbours P (P + 2 bins) and radius R (px)
-    lbp_points: int = 8
-    lbp_radius: float = 1.0
+    lbp_points: Count = 8
+    lbp_radius: Positive = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.levels < 2:
-            raise OptionError("levels", f"must be >= 2, got {self.levels}")
-        if not self.distances or min(self.distances) < 1:
-            raise OptionError("distances", f"must be a non-empty list of distances >= 1, got {list(self.distances)}")
-        if self.lbp_points < 1:
-            raise OptionError("lbp_points", f"must be >= 1, got {self.lbp_points}")
-        if self.lbp_radius <= 0:
-            raise OptionError("lbp_radius", f"must be > 0, got {self.lbp_radius}")
+        if not self.distances:  # each distance's range (>= 1) is declared on the field
+            raise OptionError("distances", "must be a non-empty list of distances >= 1, got []")
 
 
 class HandcraftedVectors(Strategy):

@@ -28,7 +28,7 @@ generic radiomics texture maps, not MV-KBC's nodule-specific patches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from dkbench.data.spec import DatasetSpec
 from dkbench.data.transforms import normalize
 from dkbench.features.radiomics import MAP_NAMES, feature_maps
 from dkbench.strategies.base import ALL_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, Count, OptionError, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 MapName = Literal["sobel", "local_std", "local_entropy", "lbp"]  # = MAP_NAMES
@@ -58,25 +58,17 @@ class HandcraftedInput(Strategy):
         #: extra channels after the image, in this order (a non-empty subset of the four)
         maps: tuple[MapName, ...] = MAP_NAMES
         #: side (px) of the square window of local_std and local_entropy
-        window: int = 7
+        window: Count = 7
         #: grey-level bins of the local entropy histogram
-        entropy_levels: int = 8
+        entropy_levels: Annotated[int, Bounds(ge=2)] = 8
         #: uniform LBP: neighbours P (the map is the code / (P+1)) and radius R (px)
-        lbp_points: int = 8
-        lbp_radius: float = 1.0
+        lbp_points: Count = 8
+        lbp_radius: Positive = 1.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
             if not self.maps:
                 raise OptionError("maps", f"must be a non-empty subset of {list(MAP_NAMES)}, got []")
-            if self.window < 1:
-                raise OptionError("window", f"must be >= 1, got {self.window}")
-            if self.entropy_levels < 2:
-                raise OptionError("entropy_levels", f"must be >= 2, got {self.entropy_levels}")
-            if self.lbp_points < 1:
-                raise OptionError("lbp_points", f"must be >= 1, got {self.lbp_points}")
-            if self.lbp_radius <= 0:
-                raise OptionError("lbp_radius", f"must be > 0, got {self.lbp_radius}")
 
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)

@@ -24,7 +24,7 @@ expected one-hot encoded by the reader), no missing-value indicators.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 Fusion = Literal["concat", "late"]
@@ -105,20 +105,11 @@ class MetadataFusion(Strategy):
         #: concat: head on [image embedding, metadata features]; late: image logits + metadata logits
         fusion: Fusion = "concat"
         #: units per layer of the metadata MLP branch
-        hidden: int = 32
+        hidden: Count = 32
         #: Linear-ReLU layers of the metadata branch
-        layers: int = 2
+        layers: Count = 2
         #: dropout after each metadata layer
-        meta_dropout: float = 0.0
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.hidden < 1:
-                raise OptionError("hidden", f"must be >= 1, got {self.hidden}")
-            if self.layers < 1:
-                raise OptionError("layers", f"must be >= 1, got {self.layers}")
-            if not 0.0 <= self.meta_dropout < 1.0:
-                raise OptionError("meta_dropout", f"must be in [0, 1), got {self.meta_dropout}")
+        meta_dropout: Annotated[float, Bounds(ge=0, lt=1)] = 0.0
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -48,7 +48,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.metrics.classification import num_outputs
 from dkbench.metrics.segmentation import per_image_scores, soft_dice
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Count, NonNegative, NonNegativeInt, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -143,24 +143,13 @@ class MultiTaskSeg(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: weight of the segmentation term (soft Dice on lesion images + BCE on all images)
-        seg_weight: float = 1.0
+        seg_weight: NonNegative = 1.0
         #: width after the decoder's 1x1 reduction of the last feature map (halved per stage, min 16)
-        decoder_channels: int = 64
+        decoder_channels: Count = 64
         #: upsampling stages (x2 bilinear + 3x3 conv-BN-ReLU each, capped at the input size)
-        decoder_stages: int = 3
+        decoder_stages: NonNegativeInt = 3
         #: smoothing added to the soft Dice numerator and denominator
-        dice_smooth: float = 1.0
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.seg_weight < 0:
-                raise OptionError("seg_weight", f"must be >= 0, got {self.seg_weight}")
-            if self.decoder_channels < 1:
-                raise OptionError("decoder_channels", f"must be >= 1, got {self.decoder_channels}")
-            if self.decoder_stages < 0:
-                raise OptionError("decoder_stages", f"must be >= 0, got {self.decoder_stages}")
-            if self.dice_smooth < 0:
-                raise OptionError("dice_smooth", f"must be >= 0, got {self.dice_smooth}")
+        dice_smooth: NonNegative = 1.0
 
     def build_net(self, ctx: BuildContext) -> nn.Module:
         o = self.options

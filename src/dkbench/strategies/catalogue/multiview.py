@@ -33,7 +33,7 @@ volume mode each view is one slice (or slab), not 3DCE's groups of three slices 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 Source = Literal["auto", "views", "volume"]
@@ -164,24 +164,13 @@ class MultiView(Strategy):
         #: late fusion: concat (head input V × features) or mean of the view features
         pool: Pool = "concat"
         #: views source: the first n views (None: all the dataset has)
-        n_views: int | None = None
+        n_views: Count | None = None
         #: volume source: adjacent slices around the centre of `axis`
-        slices: int = 3
+        slices: Count = 3
         #: volume source: instead of `slices`, n equal slabs along `axis`, each averaged
-        n_slabs: int | None = None
+        n_slabs: Count | None = None
         #: volume source: slice axis of (D, H, W)
-        axis: int = 0
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.axis not in (0, 1, 2):
-                raise OptionError("axis", f"is a spatial axis of (D, H, W): 0, 1 or 2; got {self.axis}")
-            if self.slices < 1:
-                raise OptionError("slices", f"must be >= 1, got {self.slices}")
-            for key in ("n_views", "n_slabs"):
-                value = getattr(self, key)
-                if value is not None and value < 1:
-                    raise OptionError(key, f"must be >= 1 or null, got {value}")
+        axis: Annotated[int, Bounds(ge=0, le=2)] = 0
 
     def __init__(self, **options: Any):
         super().__init__(**options)

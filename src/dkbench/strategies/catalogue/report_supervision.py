@@ -50,7 +50,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Count, NonNegative, NonNegativeInt, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench")
@@ -130,30 +130,17 @@ class ReportSupervision(Strategy):
         #: cosine: 1 - cos(projection, TF-IDF); mse: squared error; contrastive: in-batch CLIP-style InfoNCE
         loss: AlignmentLoss = "cosine"
         #: weight of the alignment term (added to the diagnosis CE, training batches only)
-        weight: float = 1.0
+        weight: NonNegative = 1.0
         #: InfoNCE temperature (loss: contrastive only)
-        temperature: float = 0.1
+        temperature: Positive = 0.1
         #: 0: linear projection embedding -> TF-IDF space; >0: one hidden ReLU layer of this width
-        proj_hidden: int = 0
+        proj_hidden: NonNegativeInt = 0
         #: TF-IDF vocabulary cap (most frequent train terms)
-        max_features: int = 2000
+        max_features: Count = 2000
         #: TF-IDF n-grams 1..ngram_max
-        ngram_max: int = 1
+        ngram_max: Count = 1
         #: true: run on datasets whose text is label-derived (BUSI captions), with a loud warning
         allow_label_derived_text: bool = False
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.weight < 0:
-                raise OptionError("weight", f"must be >= 0, got {self.weight}")
-            if self.temperature <= 0:
-                raise OptionError("temperature", f"must be > 0, got {self.temperature}")
-            if self.proj_hidden < 0:
-                raise OptionError("proj_hidden", f"must be >= 0, got {self.proj_hidden}")
-            if self.max_features < 1:
-                raise OptionError("max_features", f"must be >= 1, got {self.max_features}")
-            if self.ngram_max < 1:
-                raise OptionError("ngram_max", f"must be >= 1, got {self.ngram_max}")
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -64,9 +64,10 @@ from dkbench.data.spec import DatasetSpec
 from dkbench.geometry.boxes import box_from_mask, or_whole_image
 from dkbench.geometry.components import largest_component
 from dkbench.metrics.segmentation import per_image_scores, soft_dice
+from dkbench.seeding import seeded_module
 from dkbench.storage import atomic_file, content_key, file_lock
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Count, Fraction, NonNegative, NonNegativeInt, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench")
@@ -237,8 +238,9 @@ def train_roi_predictor(images: np.ndarray, masks: np.ndarray, *, mean: float, s
     then differ between devices by floating-point rounding only)."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = ROIPredictor(images.shape[1], width).to(device)
+    # initial weights from a generator of its own: the run's global stream is the same whether
+    # the predictor is trained now or read from its cache
+    net = seeded_module(lambda: ROIPredictor(images.shape[1], width), seed).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     # the whole (small, uint8) training split moves once; batches are gathered on the device
     x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -292,31 +294,16 @@ class ROIInput(Strategy):
         #: value outside the ROI: 0 after normalisation | the image's mean inside the ROI
         fill: Fill = "zero"
         #: mask mode: region dilation radius as a fraction of the image side
-        dilate: float = 0.04
+        dilate: NonNegative = 0.04
         #: crop mode: box enlarged by this fraction of its longer side on every side
-        margin: float = 0.1
+        margin: NonNegative = 0.1
         #: crop mode: smallest crop window, as a fraction of the image side
-        min_crop: float = 0.25
+        min_crop: Fraction = 0.25
         #: test_roi=predicted: ROI predictor training epochs, base width, Adam lr, batch size
-        predictor_epochs: int = 15
-        predictor_width: int = 16
-        predictor_lr: float = 2e-3
-        predictor_batch_size: int = 32
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            for key in ("dilate", "margin"):
-                if getattr(self, key) < 0:
-                    raise OptionError(key, f"must be >= 0, got {getattr(self, key)}")
-            if not 0.0 <= self.min_crop <= 1.0:
-                raise OptionError("min_crop", f"must be in [0, 1], got {self.min_crop}")
-            for key in ("predictor_width", "predictor_batch_size"):
-                if getattr(self, key) < 1:
-                    raise OptionError(key, f"must be >= 1, got {getattr(self, key)}")
-            if self.predictor_epochs < 0:
-                raise OptionError("predictor_epochs", f"must be >= 0, got {self.predictor_epochs}")
-            if self.predictor_lr <= 0:
-                raise OptionError("predictor_lr", f"must be > 0, got {self.predictor_lr}")
+        predictor_epochs: NonNegativeInt = 15
+        predictor_width: Count = 16
+        predictor_lr: Positive = 2e-3
+        predictor_batch_size: Count = 32
 
     #: test_roi=predicted: the frozen ROI predictor, a submodule registered by `build_net`
     predictor: ROIPredictor
@@ -339,6 +326,23 @@ class ROIInput(Strategy):
         return None
 
     # --- pre-stage: the ROI predictor
+    def prestage_artefacts(self, run: Any) -> dict[str, dict[str, Any]]:
+        if self.options.test_roi != "predicted":
+            return {}
+        from omegaconf import OmegaConf
+
+        o = self.options
+        return {"roi_predictor": {
+            "dataset": OmegaConf.to_container(run.dataset, resolve=True), "seed": int(run.seed),
+            "mean": OmegaConf.select(run, "data.mean"), "std": OmegaConf.select(run, "data.std"),
+            "epochs": o.predictor_epochs, "width": o.predictor_width, "lr": o.predictor_lr,
+            "batch_size": o.predictor_batch_size}}
+
+    def build_prestage(self, role: str, ctx: BuildContext) -> None:
+        if role != "roi_predictor":
+            super().build_prestage(role, ctx)
+        self._load_or_train_predictor(ctx)
+
     def _cache_path(self, ctx: BuildContext, mean: float, std: float) -> Path:
         o, spec = self.options, ctx.spec
         key = content_key(spec.name, {

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 
 from dkbench.strategies.base import StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Bounds, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 Regime = Literal["hard", "linear"]
@@ -67,18 +67,11 @@ class SelfPaced(Strategy):
         #: hard: v = 1[loss < λ] (Kumar et al.); linear: v = max(0, 1 - loss/λ) (Jiang et al.)
         regime: Regime = "hard"
         #: λ_0 = this quantile of the first training batch's losses (ignored if lambda0 is set)
-        start_quantile: float = 0.5
+        start_quantile: Annotated[float, Bounds(gt=0, le=1)] = 0.5
         #: absolute λ_0 instead of the quantile
         lambda0: float | None = None
         #: λ_e = λ_0 · growth^epoch (≥ 1: harder samples join as training goes on)
-        growth: float = 1.2
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.growth < 1.0:
-                raise OptionError("growth", f"must be >= 1 (λ grows), got {self.growth}")
-            if not 0.0 < self.start_quantile <= 1.0:
-                raise OptionError("start_quantile", f"must be in (0, 1], got {self.start_quantile}")
+        growth: Annotated[float, Bounds(ge=1)] = 1.2
 
     def __init__(self, **options: Any):
         super().__init__(**options)

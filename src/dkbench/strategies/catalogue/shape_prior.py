@@ -13,7 +13,7 @@ How it is done here:
 - `build_net` trains the autoencoder on the TRAIN split's masks only (one channel per foreground
   class, resized to ``ae_size``; Adam, BCE + soft Dice reconstruction, ``ae_steps`` steps of
   ``ae_batch_size`` masks whatever the split's size), on the run's device, from generators of
-  its own seeded by the run's seed (`seeded_autoencoder`), so the main run's random stream is
+  its own seeded by the run's seed (`dkbench.seeding.seeded_module`), so the main run's random stream is
   the same whether the prior was trained now or loaded. The weights are cached in ``<cache_dir>/shape_prior/<key>.pt``; the key
   (`dkbench.storage.content_key`) is a SHA-256 over the dataset name, the reader's checksum, a
   digest of the train masks, the AE config and the seed, so every later run with the same data,
@@ -56,9 +56,10 @@ from torch import nn
 from dkbench.data.spec import DatasetArrays, DatasetSpec
 from dkbench.losses import foreground_probabilities, foreground_targets
 from dkbench.metrics.segmentation import soft_dice
+from dkbench.seeding import seeded_module
 from dkbench.storage import atomic_file, content_key, file_lock
 from dkbench.strategies.base import SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Count, NonNegative, OptionError, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 log = logging.getLogger("dkbench.shape_prior")
@@ -146,31 +147,13 @@ def masks_to_input(masks: np.ndarray | torch.Tensor, num_classes: int, size: int
     return resize_maps(foreground_targets(labels, num_classes), size)
 
 
-def seeded_autoencoder(cfg: ShapeAEConfig, seed: int) -> ShapeAutoencoder:
-    """The autoencoder with PyTorch's default initialisation drawn from its own generator seeded
-    with `seed` (the same numbers `torch.manual_seed(seed)` + construction gives), so training
-    the prior never touches the run's global random stream: no state to save and restore."""
-    with torch.device("meta"):  # no weights drawn at construction
-        model = ShapeAutoencoder(cfg)
-    model = model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():  # construction order = registration order here
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):  # their reset_parameters()
-            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-            if module.bias is not None:
-                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
-    return model
-
-
 def train_autoencoder(inputs: torch.Tensor, cfg: ShapeAEConfig, seed: int,
                       device: torch.device | str = "cpu") -> tuple[ShapeAutoencoder, dict]:
     """Train on (N, C, size^N) maps on `device` (the run's); deterministic given ``seed`` (own
     CPU generator for shuffling, weights initialised on the CPU, so both are device-independent).
     Returns the model on the CPU (eval mode) and CPU statistics, ready to be cached."""
     device = torch.device(device)
-    model = seeded_autoencoder(cfg, seed).to(device)
+    model = seeded_module(lambda: ShapeAutoencoder(cfg), seed).to(device)  # the run's global stream untouched
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     inputs = inputs.to(device)  # the resized train masks are small: moved once, batches gathered there
@@ -288,34 +271,27 @@ class ShapePriorStrategy(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: weight of the shape term: mean over latent dims of ((E(pred) - E(gt)) / sigma)^2
-        weight: float = 0.1
+        weight: NonNegative = 0.1
         #: masks (and predictions) are resized to this side before the autoencoder
         ae_size: int = 64
         #: encoder widths, one stride-2 conv each (ae_size must be a multiple of 2^len)
-        ae_channels: tuple[int, ...] = (8, 16, 32)
+        ae_channels: tuple[Count, ...] = (8, 16, 32)
         #: length of the shape code
-        latent_dim: int = 64
+        latent_dim: Count = 64
         #: autoencoder optimiser steps over the train masks
-        ae_steps: int = 600
-        ae_batch_size: int = 32
+        ae_steps: Count = 600
+        ae_batch_size: Count = 32
         #: Adam learning rate of the autoencoder
-        ae_lr: float = 1e-3
+        ae_lr: Positive = 1e-3
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            if self.weight < 0:
-                raise OptionError("weight", f"must be >= 0, got {self.weight}")
-            if not self.ae_channels or min(self.ae_channels) < 1:
-                raise OptionError("ae_channels", f"must be a non-empty list of positive widths, got {list(self.ae_channels)}")
+            if not self.ae_channels:  # each width's range (>= 1) is declared on the field
+                raise OptionError("ae_channels", "must be a non-empty list of positive widths, got []")
             down = 2 ** len(self.ae_channels)
             if self.ae_size % down or self.ae_size < down:
                 raise OptionError("ae_size", f"must be a positive multiple of {down} (one halving per entry of "
                                              f"ae_channels {list(self.ae_channels)}), got {self.ae_size}")
-            for field in ("latent_dim", "ae_steps", "ae_batch_size"):
-                if getattr(self, field) < 1:
-                    raise OptionError(field, f"must be >= 1, got {getattr(self, field)}")
-            if self.ae_lr <= 0:
-                raise OptionError("ae_lr", f"must be > 0, got {self.ae_lr}")
 
     def ae_config(self, spec: DatasetSpec) -> ShapeAEConfig:
         o = self.options
@@ -330,6 +306,19 @@ class ShapePriorStrategy(Strategy):
         if spec.spatial_dims not in (2, 3):
             return f"strategy '{self.name}' supports 2D and 3D masks; dataset '{spec.name}' is {spec.spatial_dims}D"
         return None
+
+    def prestage_artefacts(self, run: Any) -> dict[str, dict[str, Any]]:
+        from omegaconf import OmegaConf
+
+        o = self.options
+        return {"shape_autoencoder": {
+            "dataset": OmegaConf.to_container(run.dataset, resolve=True), "seed": int(run.seed),
+            "ae": [o.ae_size, list(o.ae_channels), o.latent_dim, o.ae_steps, o.ae_batch_size, o.ae_lr]}}
+
+    def build_prestage(self, role: str, ctx: BuildContext) -> None:
+        if role != "shape_autoencoder":
+            super().build_prestage(role, ctx)
+        load_or_train(ctx.arrays, self.ae_config(ctx.spec), int(ctx.seed), ctx.cache_dir, ctx.device)
 
     def build_net(self, ctx: BuildContext) -> nn.Module:
         autoencoder, code_std, self.prior_file = load_or_train(

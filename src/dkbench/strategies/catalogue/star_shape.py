@@ -37,7 +37,7 @@ import torch
 from dkbench.losses import foreground_probability
 from dkbench.losses.star_shape import star_shape_loss
 from dkbench.strategies.base import SEGMENTATION_TASKS, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import NonNegative, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -52,16 +52,11 @@ class StarShape(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: weight of the star-shape term (mean over pixels, per image)
-        weight: float = 1.0
+        weight: NonNegative = 1.0
         #: monotone: ReLU(p - q); paper: eq. 4, [y_p = y_q] * |p - q| * |y_p - p|
         form: Literal["monotone", "paper"] = "monotone"
         #: monotone form only: multiply by |y_p - p| as the paper does
         error_weighted: bool = False
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.weight < 0:
-                raise OptionError("weight", f"must be >= 0, got {self.weight}")
 
     def star_penalty(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """(B,) star-shape penalty of the prediction, rays toward the ground truth's centroid."""

@@ -29,7 +29,7 @@ import torch
 
 from dkbench.losses import foreground_probabilities, foreground_targets, soft_cldice_loss
 from dkbench.strategies.base import SEGMENTATION_TASKS, StepContext, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import NonNegative, NonNegativeInt, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -45,20 +45,11 @@ class TopologyLoss(Strategy):
     @dataclass(frozen=True)
     class Options(StrategyOptions):
         #: weight of (1 - soft clDice), per image, mean over foreground classes
-        weight: float = 0.5
+        weight: NonNegative = 0.5
         #: soft-skeleton erosion rounds: must reach the structures' half-thickness (px)
-        iterations: int = 10
+        iterations: NonNegativeInt = 10
         #: added to clDice's numerators and denominators (reference code's value)
-        smooth: float = 1.0
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.weight < 0:
-                raise OptionError("weight", f"must be >= 0, got {self.weight}")
-            if self.iterations < 0:
-                raise OptionError("iterations", f"must be >= 0, got {self.iterations}")
-            if self.smooth <= 0:  # 0 would divide 0 by 0 on an empty skeleton
-                raise OptionError("smooth", f"must be > 0, got {self.smooth}")
+        smooth: Positive = 1.0  # > 0: 0 would divide 0 by 0 on an empty skeleton
 
     def cldice_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """(B,) 1 − soft clDice of the prediction against the mask."""

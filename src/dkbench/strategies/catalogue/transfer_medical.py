@@ -36,7 +36,7 @@ from dkbench.data.loading import spec_from_config
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, ClassifierNet, Strategy
-from dkbench.strategies.options import OptionError, StrategyOptions
+from dkbench.strategies.options import Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
 
@@ -79,14 +79,9 @@ class TransferMedical(Strategy):
         #: source dataset config (configs/dataset/); refused when it shares images with the target
         source: str = "pneumoniamnist"
         #: epochs of the source run (None: the run's trainer.max_epochs)
-        source_epochs: int | None = None
+        source_epochs: Count | None = None
         #: extra overrides for the source run, e.g. ("data.batch_size=128",)
         source_overrides: tuple[str, ...] = ()
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.source_epochs is not None and self.source_epochs < 1:
-                raise OptionError("source_epochs", f"must be >= 1 or null, got {self.source_epochs}")
 
     def _source_spec(self) -> DatasetSpec | str:
         source = self.options.source
