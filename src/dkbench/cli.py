@@ -66,14 +66,25 @@ def _selected_value(metrics: dict, metric: str, cfg) -> float:
     raise ValueError(f"optimized_metric '{metric}' must equal monitor.metric ('{cfg.monitor.metric}')")
 
 
-def _sweep(rest: list[str]) -> None:
+def _sweep(rest: list[str]) -> int:
+    """The sweep; exit status 1 when any cell failed (each failure is recorded in its run folder's
+    status.json and printed above), so scripts and schedulers see it."""
+    from dkbench.runner.sweep import LAST_SWEEP
+
+    LAST_SWEEP.clear()
     _hydra_entry(["dkbench sweep", "-m", "hydra/sweeper=dkbench_suite", *rest])
+    failed = LAST_SWEEP.get("failed", 0)
+    if failed:
+        print(f"dkbench sweep: {failed} of {LAST_SWEEP['total']} cell(s) failed (their status.json holds the "
+              "error); fix the cause and rerun: finished cells are skipped", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _report(rest: list[str]) -> None:
+def _report(rest: list[str]) -> int:
     from dkbench.runner.reporting import report_suite
 
-    report_suite(rest)
+    return 0 if report_suite(rest) else 1
 
 
 def _list(what: str | None) -> int:
@@ -95,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         _hydra_entry(["dkbench train", *rest])
     elif command == "sweep":
-        _sweep(rest)
+        return _sweep(rest)
     elif command == "report":
-        _report(rest)
+        return _report(rest)
     elif command == "demo":
         has_suite = any(a.startswith("suite=") for a in rest)
         args = rest if has_suite else ["suite=demo", *rest]
-        _sweep(args)
-        _report(args)
+        swept = _sweep(args)
+        return max(swept, _report(args))  # the report shows what finished, failures included
     elif command == "list":
         return _list(rest[0] if rest else None)
     else:

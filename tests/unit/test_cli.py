@@ -30,3 +30,12 @@ def test_unknown_command_and_list_target(capsys):
 def test_report_without_suite_is_a_clear_error():
     with pytest.raises(ValueError, match="suite=<name>"):
         main(["report"])
+
+
+def test_report_on_an_empty_runs_folder_says_where_it_looked(tmp_path, capsys):
+    """No run folders: exit status 1 and one line naming the folder and the fix; nothing written."""
+    code = main(["report", "suite=smoke", f"paths.runs_dir={tmp_path / 'nowhere'}",
+                 f"paths.reports_dir={tmp_path / 'reports'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and str(tmp_path / "nowhere" / "smoke") in err and "dkbench sweep suite=smoke" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "reports").exists()

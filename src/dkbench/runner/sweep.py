@@ -31,6 +31,10 @@ from dkbench.strategies import strategy_from_config
 
 log = logging.getLogger("dkbench.sweep")
 
+#: How the last sweep of this process ended (`SweepProgress.report_end`): the CLI's exit status
+#: reads it, since Hydra's multirun returns nothing to its caller.
+LAST_SWEEP: dict[str, int] = {}
+
 
 @dataclass(frozen=True)
 class Prestage:
@@ -167,6 +171,8 @@ class SweepProgress:
             f"{len(self.plan.done)} skipped as already done, {len(self.plan.incompatible)} incompatible",
             flush=True,
         )
+        LAST_SWEEP.clear()
+        LAST_SWEEP.update(done=self.counts["done"], failed=self.counts["failed"], total=self.total)
 
 
 def _outcome(job_return: Any) -> dict[str, Any]:
