@@ -6,7 +6,10 @@ overrides (`trainer.max_epochs=5`), `--cfg job`, launchers (`hydra/launcher=jobl
 
 from __future__ import annotations
 
+import os
 import sys
+
+from dkbench.errors import UserError
 
 USAGE = """usage: dkbench <command> [args]
 
@@ -45,13 +48,21 @@ def _hydra_entry(argv: list[str]) -> object:
             if metric:  # hyperparameter search: the sweeper optimises this number
                 return _selected_value(outcome.get("metrics") or {}, metric, cfg)
             return outcome
+        from dkbench.errors import UserError
         from dkbench.runner.train import train
 
-        result["metrics"] = train(cfg)
-        return result["metrics"]
+        try:
+            result["metrics"] = train(cfg)
+        except UserError as err:  # printed by `main` as one line (DKBENCH_TRACEBACK=1: raised)
+            if os.environ.get("DKBENCH_TRACEBACK"):
+                raise
+            result["user_error"] = err
+        return result.get("metrics")
 
     sys.argv = argv
     main()
+    if "user_error" in result:
+        raise result["user_error"]  # type: ignore[misc]
     return result.get("metrics")
 
 
@@ -73,6 +84,9 @@ def _sweep(rest: list[str]) -> int:
 
     LAST_SWEEP.clear()
     _hydra_entry(["dkbench sweep", "-m", "hydra/sweeper=dkbench_suite", *rest])
+    if "error" in LAST_SWEEP:
+        print(f"dkbench sweep: {LAST_SWEEP['error']}", file=sys.stderr)
+        return 2
     failed = LAST_SWEEP.get("failed", 0)
     if failed:
         print(f"dkbench sweep: {failed} of {LAST_SWEEP['total']} cell(s) failed (their status.json holds the "
@@ -103,7 +117,31 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    try:
+        return _run(command, rest)
+    except UserError as err:  # bad input: its message names the setting and the fix
+        if os.environ.get("DKBENCH_TRACEBACK"):
+            raise
+        print(f"dkbench {command}: {err}", file=sys.stderr)
+        return 2
+
+
+def _preflight(overrides: list[str]) -> None:
+    """Compose the run config and check it (`dkbench.runner.preflight`) before Hydra starts: Hydra
+    creates the run folder (its log file) before the task runs, and the folder's path is built
+    from names the check must refuse first."""
+    from dkbench.runner.compose import compose_config
+    from dkbench.runner.preflight import check_cell
+
+    if "-m" in overrides or "--multirun" in overrides:
+        return  # a search: every trial is checked by `train` itself (its values come from the sweeper)
+    plain = [o for o in overrides if not o.startswith(("hydra/", "hydra.", "-"))]
+    check_cell(compose_config(plain))
+
+
+def _run(command: str, rest: list[str]) -> int:
     if command == "train":
+        _preflight(rest)
         _hydra_entry(["dkbench train", *rest])
     elif command == "sweep":
         return _sweep(rest)

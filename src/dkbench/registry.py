@@ -14,10 +14,12 @@ import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from dkbench.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """An unknown registry name; the message lists the valid ones."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it readable

@@ -92,14 +92,15 @@ def test_optuna_search_runs_three_trials_as_run_folders(tmp_path):
 
 
 def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
-    """lr=nan makes the optimizer raise in the probe_3class cell only; the probe cell finishes."""
+    """A negative weight decay makes the optimizer raise in the probe_3class cell only (a setting the
+    pre-flight does not check); the probe cell finishes."""
     proc = cli(tmp_path, "sweep", *SMOKE, "suite.seeds=[0]", "suite.datasets=[probe,probe_3class]",
-               '+suite.per_dataset.probe_3class=["model.optimizer.lr=nan"]', check=False)
+               '+suite.per_dataset.probe_3class=["model.optimizer.weight_decay=-1"]', check=False)
     assert "1 done, 1 failed" in proc.stdout
     # the sweep goes on, but says so in its exit status (one line on stderr, no traceback)
     assert proc.returncode == 1 and "1 of 2 cell(s) failed" in proc.stderr and "Traceback" not in proc.stderr
     status = json.loads((tmp_path / "runs/smoke/probe_3class/tinycnn__baseline/seed_0/status.json").read_text())
-    assert status["status"] == "failed" and "learning rate" in status["error"]
+    assert status["status"] == "failed" and "weight_decay" in status["error"]
     assert statuses(tmp_path)["seed_0"] in ("done", "failed")
     assert (tmp_path / "runs/smoke/probe/tinycnn__baseline/seed_0/DONE").exists()
 

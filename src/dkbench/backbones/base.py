@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dkbench.errors import UserError
 
-class IncompatibleInputError(ValueError):
+
+class IncompatibleInputError(UserError, ValueError):
     """The input size / channels do not fit a backbone; the message says what to change."""
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dkbench.errors import UserError
+
 log = logging.getLogger(__name__)
 
 #: Module names of classification heads; keys under them that the backbone lacks are dropped.
@@ -46,7 +48,7 @@ CLASSIFIER_NAMES = frozenset(
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError, ValueError):
     """A weight file does not fit the backbone; the message lists the offending keys."""
 
 

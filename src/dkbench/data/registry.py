@@ -8,13 +8,14 @@ spec, so a YAML that promises something its reader does not deliver fails loudly
 
 from __future__ import annotations
 
+from dkbench.errors import UserError
 from dkbench.registry import Registry
 
 DATASETS: Registry = Registry("dataset", package="dkbench.data.readers")
 register_dataset = DATASETS.register
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """A dataset file is absent; the message says which file, which setting, how to get it."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dkbench.data.spec import SPLITS
+from dkbench.errors import UserError
 
 #: Package data folder with one `<dataset>.json` per dataset (no `__init__.py`: not a module).
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
@@ -24,7 +25,7 @@ SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 REGENERATE = "regenerate it with `python scripts/make_splits.py --data-dir <data root>`"
 
 
-class SplitMismatchError(ValueError):
+class SplitMismatchError(UserError, ValueError):
     """A saved split file and the data file it is applied to disagree on the sample ids."""
 
 

@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 
+from dkbench.errors import UserError
 from dkbench.storage import atomic_file, fsync_dir
 
 log = logging.getLogger("dkbench")
@@ -34,7 +35,7 @@ LAST = "last.ckpt"
 BEST_WEIGHTS = "best_weights.pt"
 
 
-class CheckpointConfigError(ValueError):
+class CheckpointConfigError(UserError, ValueError):
     """A `checkpoint.*` or `monitor.*` value the runner cannot use."""
 
 

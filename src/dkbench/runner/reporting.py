@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dkbench.errors import RunConfigError
 from dkbench.runner.compose import compose_config
 
 
@@ -16,7 +17,7 @@ def report_suite(overrides: list[str]) -> dict:
     overrides = [o for o in overrides if not o.startswith("hydra/") and not o.startswith("hydra.")]
     cfg = compose_config(overrides)
     if cfg.get("suite") is None:
-        raise ValueError("report needs a suite: `dkbench report suite=<name>` (see `dkbench list suites`)")
+        raise RunConfigError("report needs a suite: `dkbench report suite=<name>` (see `dkbench list suites`)")
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
     runs_dir = Path(cfg.paths.runs_dir)
     suite_dir = runs_dir / suite["name"]

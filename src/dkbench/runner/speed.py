@@ -21,11 +21,13 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from dkbench.errors import UserError
+
 MatmulPrecision = Literal["highest", "high", "medium"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
-class SpeedConfigError(ValueError):
+class SpeedConfigError(UserError, ValueError):
     """A `speed.*` value that is not one of the accepted ones."""
 
 

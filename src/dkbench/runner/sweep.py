@@ -22,7 +22,8 @@ from dkbench.backbones.registry import task_incompatibility
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.placement import placed
-from dkbench.runner.run_folder import RunFolder, config_hash
+from dkbench.runner.preflight import check_run_config
+from dkbench.runner.run_folder import RunFolder, RunLockedError, config_hash
 from dkbench.storage import content_key
 from dkbench.runner.suite import Cell, expand_suite, validate_suite
 from dkbench.strategies import strategy_from_config
@@ -81,6 +82,7 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
     seen: set[tuple[str, str]] = set()
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
+        check_run_config(cfg)  # a bad name or setting stops the sweep before anything is written
         spec = spec_from_config(cfg.dataset)
         strategy = strategy_from_config(cfg.strategy)
         reason = strategy.incompatibility(spec, cfg.backbone.arch)
@@ -166,8 +168,9 @@ class SweepProgress:
         )
 
     def report_end(self) -> None:
+        elsewhere = f"{self.counts['elsewhere']} running elsewhere, " if self.counts["elsewhere"] else ""
         print(
-            f"sweep finished: {self.counts['done']} done, {self.counts['failed']} failed, "
+            f"sweep finished: {self.counts['done']} done, {self.counts['failed']} failed, {elsewhere}"
             f"{len(self.plan.done)} skipped as already done, {len(self.plan.incompatible)} incompatible",
             flush=True,
         )
@@ -208,6 +211,8 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         cfg, job_started_at = strategy.prestage_runs(cfg)[str(role)], None
     try:
         metrics = train(cfg, job_started_at=job_started_at, wait=role is not None)
+    except RunLockedError:  # another sweep holds this cell right now: its result, not a failure
+        return {"status": "elsewhere", "summary": "being run by another process"}
     except Exception as err:  # recorded in the run folder by train(); the sweep goes on
         log.exception("cell failed: %s", cfg.paths.run_dir)
         return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}

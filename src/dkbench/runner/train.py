@@ -23,20 +23,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from dkbench import mark_job_start
 from dkbench.backbones import create_backbone
-from dkbench.backbones.registry import task_incompatibility
 from dkbench.data.datamodule import DKDataModule
-from dkbench.data.loading import load_dataset, spec_from_config
+from dkbench.data.loading import load_dataset
 from dkbench.leaderboard.collect import selected_val_metrics
 from dkbench.runner.compose import compose_config
 from dkbench.runner.devices import trainer_device
 from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
 from dkbench.runner.checkpointing import BEST_WEIGHTS, LAST, BestWeights, CheckpointSettings, PeriodicLastCheckpoint
 from dkbench.runner.environment import git_sha, hardware, package_versions
+from dkbench.runner.preflight import check_cell
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
 from dkbench.runner.speed import SpeedSettings, apply_module_settings, apply_process_settings
 from dkbench.losses.task import TaskLoss
 from dkbench.strategies import BuildContext, strategy_from_config
-from dkbench.strategies.base import IncompatibleStrategyError, Strategy
+from dkbench.strategies.base import Strategy
 
 
 
@@ -99,6 +99,7 @@ def train(cfg: DictConfig, *, job_started_at: float | None = None, wait: bool = 
     wait for it (then find the run done) instead of refusing — for pre-stage runs cells share."""
     if job_started_at is None:
         job_started_at = mark_job_start()
+    check_cell(cfg)  # names, values, options, compatibility: before the run folder exists
     run = RunFolder(cfg.paths.run_dir)
     with locked(run, wait=wait):
         return _train_locked(cfg, run, job_started_at)
@@ -169,12 +170,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     # typed settings first: a bad value fails before any data is loaded
     speed = SpeedSettings.from_config(cfg.get("speed"))
     ckpt_settings = CheckpointSettings.from_config(cfg.get("checkpoint"))
-    strategy = strategy_from_config(cfg.strategy)
-    declared = spec_from_config(cfg.dataset)  # compatibility before any data or pre-stage work
-    strategy.check_compatible(declared, cfg.backbone.arch)
-    backbone_reason = task_incompatibility(cfg.backbone.arch, declared.task)
-    if backbone_reason:
-        raise IncompatibleStrategyError(backbone_reason)
+    strategy = strategy_from_config(cfg.strategy)  # options and compatibility: checked by `train`
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     # pre-stage runs (source model, teacher) first: ordinary runs that seed themselves, so this

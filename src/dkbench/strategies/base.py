@@ -37,6 +37,7 @@ from torch.utils.data import Sampler
 from dkbench.backbones.base import Backbone, IncompatibleInputError
 from dkbench.backbones.registry import dense_backbones
 from dkbench.data.spec import DatasetArrays, DatasetSpec
+from dkbench.errors import UserError
 from dkbench.losses.task import TaskLoss
 from dkbench.metrics.classification import num_outputs
 from dkbench.strategies.options import StrategyOptions, parse_options
@@ -46,7 +47,7 @@ SEGMENTATION_TASKS = frozenset({"segmentation"})
 ALL_TASKS = CLASSIFICATION_TASKS | SEGMENTATION_TASKS
 
 
-class IncompatibleStrategyError(ValueError):
+class IncompatibleStrategyError(UserError, ValueError):
     """A strategy cannot run on a dataset; the message names what is missing."""
 
 

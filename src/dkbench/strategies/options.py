@@ -31,6 +31,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from dkbench.errors import UserError
+
+
+class InvalidOptionsError(UserError, ValueError):
+    """`strategy.options` that do not fit the strategy's `Options` (raised by `parse_options`)."""
+
 
 class OptionError(ValueError):
     """A bad strategy option; `field` names it (the strategy name is added by `parse_options`)."""
@@ -175,7 +181,7 @@ def parse_options(options_type: type[StrategyOptions], raw: Mapping[str, Any] | 
     hints = typing.get_type_hints(options_type, include_extras=True)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ValueError(
+        raise InvalidOptionsError(
             f"strategy '{owner}': unknown option(s) {unknown}; it takes {sorted(fields)} "
             f"(check the spelling in strategy.options)"
         )
@@ -184,14 +190,14 @@ def parse_options(options_type: type[StrategyOptions], raw: Mapping[str, Any] | 
         try:
             values[name] = _coerce(hints[name], value)
         except TypeError:
-            raise ValueError(
+            raise InvalidOptionsError(
                 f"strategy '{owner}': option '{name}' must be {_describe(hints[name])}, got {value!r} "
                 f"(fix strategy.options.{name})"
             ) from None
     try:
         return options_type(**values)
     except OptionError as err:
-        raise ValueError(f"strategy '{owner}': {err} (fix strategy.options.{err.field})") from None
+        raise InvalidOptionsError(f"strategy '{owner}': {err} (fix strategy.options.{err.field})") from None
 
 
 def _out_of_bounds(annotation: Any, value: Any) -> str | None:

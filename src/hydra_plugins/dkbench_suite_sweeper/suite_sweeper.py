@@ -61,7 +61,8 @@ class SuiteSweeper(Sweeper):
         return BATCHES_PER_WORKER * int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1
 
     def sweep(self, arguments: list[str]) -> Any:
-        from dkbench.runner.sweep import SweepProgress, plan_cells
+        from dkbench.errors import UserError
+        from dkbench.runner.sweep import LAST_SWEEP, SweepProgress, plan_cells
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if OmegaConf.select(self.config, "suite") is None:
@@ -72,7 +73,11 @@ class SuiteSweeper(Sweeper):
         def load(overrides: list[str]) -> DictConfig:
             return loader.load_sweep_config(self.config, overrides)
 
-        plan = plan_cells(suite, arguments, load)
+        try:
+            plan = plan_cells(suite, arguments, load)
+        except UserError as err:  # a bad name or setting: the CLI prints it as one line, exit 2
+            LAST_SWEEP.update(error=str(err))
+            return []
         progress = SweepProgress(plan)
         progress.report_plan()
         size = self._batch_size()
