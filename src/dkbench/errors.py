@@ -15,3 +15,8 @@ class UserError(Exception):
 
 class RunConfigError(UserError, ValueError):
     """A run setting that cannot work (checked before data, models or folders are touched)."""
+
+
+class InvalidDataError(UserError, ValueError):
+    """A data file whose content cannot be trained on as it is (dtype, range, labels, split sizes);
+    the message names the dataset, the split (or file) and what to convert."""

@@ -63,3 +63,59 @@ def test_traceback_on_request(tmp_path, monkeypatch, capsys):
 
     with pytest.raises(RunConfigError, match="trainer.max_epochs=0"):
         main(["train", *TINY, "trainer.max_epochs=0", f"paths.root_dir={tmp_path}"])
+
+
+# --- bad data files: refused when the data loads, one line naming the dataset, split and fix ------
+def _medmnist_file(root, *, images=None, labels=None, sizes=(40, 20, 20)):
+    """A small BreastMNIST-shaped file; `images` / `labels` (split → array) replace the good ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), sizes, strict=True):
+        label = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)
+        arrays[f"{split}_images"] = rng.integers(0, 255, size=(n, 28, 28)).astype(np.uint8)
+        arrays[f"{split}_labels"] = label
+    for split, value in (images or {}).items():
+        arrays[f"{split}_images"] = value
+    for split, value in (labels or {}).items():
+        arrays[f"{split}_labels"] = value
+    (root / "medmnist").mkdir(parents=True, exist_ok=True)
+    np.savez(root / "medmnist" / "breastmnist.npz", **arrays)
+    return root
+
+
+def _bad_data_cases():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    unit = rng.random((20, 28, 28)).astype(np.float32)  # float images in [0, 1]
+    return [
+        ("float images in [0, 1]", {"images": {"val": unit}}, ["split val", "dtype float32", "uint8"]),
+        ("NaN in test images", {"images": {"test": np.where(unit > 0.5, np.nan, unit)}}, ["split test", "uint8"]),
+        ("int64 images beyond 255", {"images": {"train": (rng.integers(0, 76500, (40, 28, 28)))}},
+         ["split train", "int64"]),
+        ("float labels 0.5 / 1.5", {"labels": {"train": (np.arange(40) % 2 + 0.5).reshape(40, 1)}},
+         ["train_labels", "non-integral"]),
+        ("single-class validation split", {"labels": {"val": np.zeros((20, 1), np.uint8)}},
+         ["split val", "two classes"]),
+        ("labels shorter than images", {"labels": {"test": (np.arange(10) % 2).reshape(10, 1).astype(np.uint8)}},
+         ["split test", "10 labels for 20 images"]),
+        ("a one-image training split", {"images": {"train": np.zeros((1, 28, 28), np.uint8)},
+                                        "labels": {"train": np.zeros((1, 1), np.uint8)}}, ["split train", "at least 2"]),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_data_cases(), ids=[c[0] for c in _bad_data_cases()])
+def test_bad_data_is_refused_in_one_line(case, tmp_path, capsys, monkeypatch):
+    _, bad, words = case
+    monkeypatch.delenv("DKBENCH_TRACEBACK", raising=False)
+    data = _medmnist_file(tmp_path / "data", **bad)
+    code = main(["train", "dataset=breastmnist", "backbone=tinycnn", "trainer.max_epochs=1", "ui.progress_bar=false",
+                 f"paths.root_dir={tmp_path}", f"paths.data_dir={data}"])
+    err = capsys.readouterr().err
+    message = [line for line in err.strip().splitlines() if line.startswith("dkbench ")]
+    assert code == 2 and len(message) == 1 and "Traceback" not in err, err
+    assert "breastmnist" in message[0]
+    for word in words:
+        assert word in message[0], (word, message[0])

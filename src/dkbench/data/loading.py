@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from dkbench.data.registry import DATASETS
+from dkbench.errors import InvalidDataError
 from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec, SplitArrays
 
 SPEC_FIELDS = ("name", "task", "num_classes", "in_chans", "spatial_dims", "size")
@@ -104,48 +105,73 @@ def validate(arrays: DatasetArrays) -> None:
     where = f"dataset '{spec.name}' (configs/dataset/{spec.name}.yaml)"
     missing_splits = [s for s in SPLITS if s not in arrays.splits]
     if missing_splits:
-        raise ValueError(f"{where}: the reader returned no {missing_splits} split")
+        raise InvalidDataError(f"{where}: the reader returned no {missing_splits} split")
     expected = (spec.in_chans, *([spec.size] * spec.spatial_dims))
     for name, split in arrays.splits.items():
+        _check_images(where, name, split)
         if tuple(split.image.shape[1:]) != expected:
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where}, split {name}: images have shape (C, *spatial) = {split.image.shape[1:]}, "
                 f"the config promises {expected} (in_chans, size, spatial_dims); fix the YAML or the size"
             )
         lacking = spec.provides - set(split.extras)
         if lacking:
-            raise ValueError(f"{where}: provides {sorted(lacking)} but the reader returned none for {name}")
+            raise InvalidDataError(f"{where}: provides {sorted(lacking)} but the reader returned none for {name}")
         if "mask" in split.extras and split.extras["mask"].shape[2:] != split.image.shape[2:]:
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where}: masks {split.extras['mask'].shape[2:]} and images "
                 f"{split.image.shape[2:]} differ in size"
             )
         _check_labels(where, name, spec, split.label)
         if spec.task == "segmentation" and split.label.shape[2:] != split.image.shape[2:]:
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where}, split {name}: masks {split.label.shape[2:]} and images {split.image.shape[2:]} differ "
                 f"in size; resample the masks to the image grid (nearest neighbour) when building the file"
             )
 
 
+#: fewest images a split may hold (train: a batch statistic and a shuffle need two)
+MIN_SPLIT_SIZE = {"train": 2, "val": 1, "test": 1}
+
+
+def _check_images(where: str, split: str, arrays: SplitArrays) -> None:
+    """uint8 pixels (0–255, the data module divides by 255): float images in [0, 1] would be
+    divided again, NaN would reach the metrics, int64 values would overflow the scale."""
+    image = arrays.image
+    if len(image) < MIN_SPLIT_SIZE[split]:
+        raise InvalidDataError(f"{where}, split {split}: {len(image)} image(s); it needs at least "
+                               f"{MIN_SPLIT_SIZE[split]} (check the split file or the reader's options)")
+    if image.dtype != np.uint8:
+        raise InvalidDataError(f"{where}, split {split}: images have dtype {image.dtype}; dkbench reads uint8 "
+                               f"pixels 0-255 (it divides by 255): convert the file's images to uint8")
+
+
 def _check_labels(where: str, split: str, spec: DatasetSpec, label: np.ndarray) -> None:
+    if spec.task != "multilabel" and not np.issubdtype(label.dtype, np.integer) and label.dtype != bool:
+        raise InvalidDataError(f"{where}, split {split}: labels have dtype {label.dtype}; class indices (and mask "
+                               f"values) must be integers — a float label such as 0.5 would be truncated")
+    if spec.task in ("binary", "multiclass") and len(np.unique(label)) < 2:
+        raise InvalidDataError(f"{where}, split {split}: every label is {label.flat[0]!r}; a split needs at least two "
+                               f"classes (AUROC, and model selection on it, are undefined with one)")
+    if spec.task == "multilabel" and not np.isin(label, (0, 1)).all():
+        raise InvalidDataError(f"{where}, split {split}: multilabel targets must be 0 or 1")
     if spec.task in ("binary", "multiclass"):
         if label.ndim != 1 or label.min() < 0 or label.max() >= spec.num_classes:
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where}, split {split}: labels must be class indices in [0, {spec.num_classes}); "
                 f"got shape {label.shape}, range [{label.min()}, {label.max()}]"
             )
     elif spec.task == "multilabel":
         if label.ndim != 2 or label.shape[1] != spec.num_classes:
-            raise ValueError(f"{where}, split {split}: multilabel targets must be (N, {spec.num_classes})")
+            raise InvalidDataError(f"{where}, split {split}: multilabel targets must be (N, {spec.num_classes})")
     elif spec.task == "segmentation":
         if label.ndim != spec.spatial_dims + 2 or label.shape[1] != 1:
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where}, split {split}: segmentation labels must be masks of shape (N, 1, *spatial); got "
                 f"{label.shape}. A dataset without masks cannot be a segmentation task: pick one of the *_seg datasets"
             )
         if label.max() >= max(spec.num_classes, 2):
-            raise ValueError(
+            raise InvalidDataError(
                 f"{where}, split {split}: mask values up to {label.max()} exceed num_classes="
                 f"{spec.num_classes}; binarise the masks or raise num_classes"
             )

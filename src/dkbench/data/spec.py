@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from dkbench.errors import InvalidDataError
+
 Task = Literal["binary", "multiclass", "multilabel", "segmentation"]
 TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "segmentation")
 
@@ -63,7 +65,8 @@ class SplitArrays:
         n = len(self.image)
         for key, arr in {"label": self.label, "ids": self.ids, **self.extras}.items():
             if len(arr) != n:
-                raise ValueError(f"split arrays disagree: image has {n} samples, {key} has {len(arr)}")
+                raise InvalidDataError(f"split arrays disagree: image has {n} samples, {key} has {len(arr)}; "
+                                       "a reader must return one row per image for every array")
 
     def __len__(self) -> int:
         return len(self.image)

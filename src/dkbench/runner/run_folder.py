@@ -70,7 +70,20 @@ class RunFolder:
             return None  # corrupt marker → treated as not done
         if not all(self.file(n).exists() for n in RESULT_FILES):
             return None
+        if not self._results_parse():
+            return None  # a DONE over a corrupt result is not done: the run is redone, not trusted
         return record.get("config_hash")
+
+    def _results_parse(self) -> bool:
+        """metrics.json is a JSON object and config.yaml a YAML mapping (what reports and resumes read)."""
+        import yaml
+
+        try:
+            metrics = json.loads(self.file("metrics.json").read_text())
+            config = yaml.safe_load(self.file("config.yaml").read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            return False
+        return isinstance(metrics, dict) and isinstance(config, dict)
 
     def is_done(self, cfg_hash: str) -> bool:
         return self.done_hash == cfg_hash

@@ -20,6 +20,7 @@ import numpy as np
 
 from dkbench.data.registry import MissingDataError, missing_file_message, register_dataset
 from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.errors import InvalidDataError
 
 SIZES_2D = (28, 64, 128, 224)
 SIZES_3D = (28, 64)
@@ -123,7 +124,12 @@ def to_channels_first(images: np.ndarray, spatial_dims: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(images, -1, 1))
 
 
-def _labels(raw: np.ndarray, task: str) -> np.ndarray:
+def _labels(raw: np.ndarray, task: str, where: str) -> np.ndarray:
+    """Integer class indices (multilabel: 0/1 rows); a non-integral value is refused, never
+    truncated by the cast."""
+    if not np.array_equal(raw, np.round(raw)):
+        raise InvalidDataError(f"{where}: labels hold non-integral values (e.g. {raw[raw != np.round(raw)].flat[0]!r}); "
+                               "class indices must be whole numbers: fix the file's labels")
     if task == "multilabel":
         return raw.astype(np.int64)
     return raw.reshape(len(raw), -1)[:, 0].astype(np.int64)
@@ -142,11 +148,16 @@ def read_medmnist(data_dir: Path, spec: DatasetSpec, flag: str, download: bool =
     with np.load(path) as npz:
         missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in npz]
         if missing:
-            raise ValueError(f"{path} lacks the official keys {missing}; is it a MedMNIST file?")
+            raise InvalidDataError(f"{path} lacks the official keys {missing}; is it a MedMNIST file?")
+        for s in SPLITS:
+            n_images, n_labels = len(npz[f"{s}_images"]), len(npz[f"{s}_labels"])
+            if n_images != n_labels:
+                raise InvalidDataError(f"{path}, split {s}: {n_labels} labels for {n_images} images; every "
+                                       f"image needs exactly one label row (keys {s}_images / {s}_labels)")
         splits = {
             s: SplitArrays(
                 image=to_channels_first(npz[f"{s}_images"], spec.spatial_dims),
-                label=_labels(npz[f"{s}_labels"], task),
+                label=_labels(npz[f"{s}_labels"], task, f"{path}, key {s}_labels"),
                 ids=np.array([f"{flag}-{s}-{i:06d}" for i in range(len(npz[f"{s}_labels"]))]),
             )
             for s in SPLITS
