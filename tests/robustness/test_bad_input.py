@@ -30,6 +30,8 @@ CASES = [
     ("strategy the dataset cannot serve", ["train", "dataset=probe_3class", "strategy=roi_input",
                                            "dataset.provides=[]"], 2, ["roi_input", "mask"]),
     ("sweep with zero epochs", ["sweep", "suite=smoke", "trainer.max_epochs=0"], 2, ["trainer.max_epochs=0"]),
+    ("sweep with seed=", ["sweep", "suite=smoke", "seed=5"], 2, ["seed=5", "suite.seeds="]),
+    ("sweep with strategy=", ["sweep", "suite=smoke", "strategy=curriculum"], 2, ["suite.strategies="]),
     ("report without a suite", ["report"], 2, ["suite=<name>"]),
 ]
 

@@ -22,6 +22,7 @@ from dkbench.backbones.registry import task_incompatibility
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.placement import placed
+from dkbench.errors import RunConfigError
 from dkbench.runner.preflight import check_run_config
 from dkbench.runner.run_folder import RunFolder, RunLockedError, config_hash
 from dkbench.storage import content_key
@@ -76,7 +77,17 @@ def _valid_names() -> dict[str, list[str]]:
     }
 
 
+#: command-line overrides that would collapse the grid's axes onto one value for every cell
+AXIS_OVERRIDES = {"seed": "suite.seeds=[5]", "dataset": "suite.datasets=[probe]",
+                  "backbone": "suite.backbones=[tinycnn]", "strategy": "suite.strategies=[baseline]"}
+
+
 def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig]) -> SweepPlan:
+    for argument in arguments:  # `seed=5` would give every cell seed 5: three "done" seeds, one folder
+        axis = argument.lstrip("+~").split("=", 1)[0]
+        if axis in AXIS_OVERRIDES:
+            raise RunConfigError(f"{argument}: a sweep takes its {axis}s from the suite; choose them with "
+                                 f"{AXIS_OVERRIDES[axis]} (or run one cell with `dkbench train`)")
     validate_suite(suite, _valid_names())
     plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
     seen: set[tuple[str, str]] = set()
