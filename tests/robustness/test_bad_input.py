@@ -31,7 +31,8 @@ CASES = [
                                            "dataset.provides=[]"], 2, ["roi_input", "mask"]),
     ("sweep with zero epochs", ["sweep", "suite=smoke", "trainer.max_epochs=0"], 2, ["trainer.max_epochs=0"]),
     ("sweep with seed=", ["sweep", "suite=smoke", "seed=5"], 2, ["seed=5", "suite.seeds="]),
-    ("sweep with strategy=", ["sweep", "suite=smoke", "strategy=curriculum"], 2, ["suite.strategies="]),
+    ("sweep with dataset= over two datasets", ["sweep", "suite=smoke", "suite.datasets=[probe,probe_3class]",
+                                               "dataset=probe"], 2, ["dataset=probe", "suite.datasets="]),
     ("report without a suite", ["report"], 2, ["suite=<name>"]),
 ]
 

@@ -77,7 +77,8 @@ def _valid_names() -> dict[str, list[str]]:
     }
 
 
-#: command-line overrides that would collapse the grid's axes onto one value for every cell
+#: command-line overrides that would collapse an axis of several values onto one for every cell
+#: (on an axis of one value they just replace it, e.g. a smaller dataset for a smoke test)
 AXIS_OVERRIDES = {"seed": "suite.seeds=[5]", "dataset": "suite.datasets=[probe]",
                   "backbone": "suite.backbones=[tinycnn]", "strategy": "suite.strategies=[baseline]"}
 
@@ -85,7 +86,7 @@ AXIS_OVERRIDES = {"seed": "suite.seeds=[5]", "dataset": "suite.datasets=[probe]"
 def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig]) -> SweepPlan:
     for argument in arguments:  # `seed=5` would give every cell seed 5: three "done" seeds, one folder
         axis = argument.lstrip("+~").split("=", 1)[0]
-        if axis in AXIS_OVERRIDES:
+        if axis in AXIS_OVERRIDES and len(suite.get(f"{axis}s" if axis != "strategy" else "strategies") or ()) > 1:
             raise RunConfigError(f"{argument}: a sweep takes its {axis}s from the suite; choose them with "
                                  f"{AXIS_OVERRIDES[axis]} (or run one cell with `dkbench train`)")
     validate_suite(suite, _valid_names())
