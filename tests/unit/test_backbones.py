@@ -349,5 +349,5 @@ def test_weights_file_with_pickled_objects_is_refused_and_never_unpickled(tmp_pa
     torch.save({"state_dict": src.state_dict(), "hyper_parameters": _Planted()}, tmp_path / "evil.ckpt")
     with pytest.raises(WeightsMismatchError, match="never unpickles") as err:
         load_local_weights(_fresh("resnet18_28", seed=2), tmp_path / "evil.ckpt")
-    assert "weights_only.pt" in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert "state_dict (tensors only)" in str(err.value) and len(str(err.value).splitlines()) == 1
     assert not (tmp_path / "PWNED_BY_WEIGHTS").exists()

@@ -81,9 +81,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         reason = str(err).strip().splitlines()[0][:200]
         raise WeightsMismatchError(
             f"{path}: holds pickled Python objects beyond tensors ({reason}); dkbench never unpickles them "
-            f"(that runs code from the file). If you trust the file, save its tensors alone and point "
-            f"backbone.weights at the result: python -c \"import torch; c = torch.load('{path}', "
-            f"weights_only=False); torch.save(c.get('state_dict', c), 'weights_only.pt')\""
+            f"(that runs code from the file). If you trust the file, open it in your own Python session, "
+            f"torch.save its state_dict (tensors only) to a new file and point backbone.weights at that file"
         ) from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()

@@ -186,7 +186,7 @@ class PeriodicLastCheckpoint(Checkpoint):
             # the full trainer state (optimizer, loops, callbacks); every rank calls it, rank 0 writes.
             # It holds only tensors and plain containers, so the runner reads it back with
             # `weights_only=True` on resume (tests/integration/test_checkpointing.py checks it)
-            trainer.save_checkpoint(tmp, weights_only=False)  # the full state a resume needs (optimizer, loops)
+            trainer.save_checkpoint(tmp)  # Lightning's default: the full state a resume needs
             if trainer.is_global_zero:
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())

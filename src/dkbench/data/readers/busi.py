@@ -164,7 +164,7 @@ def _load(data_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
     path = Path(data_dir) / FILE
     if not path.is_file():
         raise MissingDataError(missing_file_message(path, what="BUSI file busi/busi_128.npz", how=HOW))
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         missing = {"images", "masks", "labels", "ids", "captions"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: lacks arrays {sorted(missing)}; expected the file described in busi/README.md")

@@ -38,7 +38,7 @@ def read_kvasir_seg(data_dir: Path, spec: DatasetSpec, **options) -> DatasetArra
         raise MissingDataError(
             missing_file_message(path, what="Kvasir-SEG file kvasir_seg/kvasir_seg_128.npz", how=HOW)
         )
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         missing = {"images", "masks", "ids"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: lacks arrays {sorted(missing)}; expected the file in kvasir_seg/README.md")

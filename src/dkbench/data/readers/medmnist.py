@@ -145,7 +145,7 @@ def read_medmnist(data_dir: Path, spec: DatasetSpec, flag: str, download: bool =
             f"configs/dataset/{spec.name}.yaml says task={spec.task}, num_classes={spec.num_classes}; "
             f"the official INFO says {task}, {len(info['label'])}. Fix the YAML."
         )
-    with np.load(path) as npz:
+    with np.load(path, allow_pickle=False) as npz:
         missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in npz]
         if missing:
             raise InvalidDataError(f"{path} lacks the official keys {missing}; is it a MedMNIST file?")
