@@ -235,3 +235,21 @@ def test_hd95_is_a_test_metric_unless_validation_asks_for_it():
 
     cfg = compose_config(["dataset=probe_seg", "backbone=unet"])
     assert cfg.model.val_hd95 is False and cfg.monitor.metric == "val/dice"
+
+
+def test_the_run_loss_weights_reach_the_module_through_one_task_loss():
+    """`model.lambda_*` are read once (`TaskLoss.from_model_options`); the module trains with it."""
+    from dkbench.losses.task import TaskLoss
+    from dkbench.metrics.segmentation import dice_ce_loss
+    from dkbench.runner.compose import compose_config
+    from dkbench.runner.train import build_module
+
+    cfg = compose_config(["dataset=probe_seg", "backbone=unet", "model.lambda_dice=0.25", "model.lambda_ce=2.0"])
+    loss = TaskLoss.from_model_options("segmentation", cfg.model)
+    net = task_net(create_backbone("unet", in_chans=1, img_size=32, channels=(4, 8), strides=(2,)), SEG)
+    module = build_module(cfg.model, net=net, spec=SEG, strategy=create_strategy("baseline"), task_loss=loss)
+    target = torch.stack([square(), torch.zeros(32, 32, dtype=torch.long)])[:, None]
+    logits = torch.randn(2, 2, 32, 32)
+    expected = dice_ce_loss(logits, target, 0.25, 2.0)
+    torch.testing.assert_close(module.task_loss({"logits": logits}, {"label": target}), expected)
+    assert module.loss_fn is loss

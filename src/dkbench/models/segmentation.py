@@ -26,7 +26,6 @@ from dkbench.metrics.segmentation import (
     per_image_scores,
     predicted_labels,
 )
-from dkbench.losses.task import TaskLoss
 from dkbench.models.base import TaskModule
 from dkbench.strategies.base import Strategy
 
@@ -37,10 +36,7 @@ class SegmentationModule(TaskModule):
         net: nn.Module,
         spec: DatasetSpec,
         strategy: Strategy,
-        lambda_dice: float = 1.0,
-        lambda_ce: float = 1.0,
         val_hd95: bool = False,
-        task_loss: TaskLoss | None = None,
         **kwargs: Any,
     ):
         if spec.task != "segmentation":
@@ -48,9 +44,7 @@ class SegmentationModule(TaskModule):
                 f"SegmentationModule got dataset '{spec.name}', a {spec.task} task; use model=classification "
                 f"(segmentation datasets select model=segmentation themselves)"
             )
-        # the DiceCE weights: the runner passes the TaskLoss it built from the same model config
-        task_loss = task_loss or TaskLoss(spec.task, float(lambda_dice), float(lambda_ce))
-        super().__init__(net, spec, strategy, task_loss=task_loss, **kwargs)
+        super().__init__(net, spec, strategy, **kwargs)  # task_loss: DiceCE with the run's model.lambda_*
         self.val_hd95 = bool(val_hd95)
         self._scores: dict[str, list[torch.Tensor]] = {}
         self._test_rows: list[dict[str, Any]] = []

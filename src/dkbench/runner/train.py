@@ -81,8 +81,10 @@ def _backbone_factory(cfg: DictConfig, spec, strategy_kwargs: dict[str, Any]):
 
 def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
     """The task module from `configs/model/*.yaml`: its class, optimizer and scheduler partials
-    (`parts`: net, spec, strategy, task_loss)."""
-    options = {k: v for k, v in model_cfg.items() if k not in ("_target_", "optimizer", "scheduler", "monitor")}
+    (`parts`: net, spec, strategy, task_loss). The loss weights (`lambda_*`) live in `task_loss`
+    (`TaskLoss.from_model_options`), the one place that reads them."""
+    options = {k: v for k, v in model_cfg.items()
+               if k not in ("_target_", "optimizer", "scheduler", "monitor", "lambda_dice", "lambda_ce")}
     return get_class(model_cfg._target_)(
         **parts,
         optimizer=instantiate(model_cfg.optimizer),
