@@ -217,8 +217,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
             try:
                 done = build_prestage_artefact(cfg, str(role))
             except Exception as err:  # the cells that need it build it themselves, or fail there
-                log.exception("pre-stage %s failed: %s", role, cfg.paths.run_dir)
-                return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+                return _failed(err, f"pre-stage {role} of {cfg.paths.run_dir}")
             return {"status": "done", "summary": f"cached ({done['wall_time_s']:.0f}s)"}
         cfg, job_started_at = strategy.prestage_runs(cfg)[str(role)], None
     try:
@@ -226,7 +225,12 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     except RunLockedError:  # another sweep holds this cell right now: its result, not a failure
         return {"status": "elsewhere", "summary": "being run by another process"}
     except Exception as err:  # recorded in the run folder by train(); the sweep goes on
-        log.exception("cell failed: %s", cfg.paths.run_dir)
-        return {"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+        return _failed(err, str(cfg.paths.run_dir))
     summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("test/") and "loss" not in k)
     return {"status": "done", "summary": f"{summary} ({metrics.get('wall_time_s', 0):.0f}s)", "metrics": metrics}
+
+
+def _failed(err: Exception, what: str) -> dict[str, Any]:
+    """A job's failure as the sweep reports it (the traceback goes to the job's log)."""
+    log.exception("failed: %s", what)
+    return {"status": "failed", "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"}
