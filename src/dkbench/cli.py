@@ -87,6 +87,10 @@ def _sweep(rest: list[str]) -> int:
     if "error" in LAST_SWEEP:
         print(f"dkbench sweep: {LAST_SWEEP['error']}", file=sys.stderr)
         return 2
+    if LAST_SWEEP.get("no_data"):  # not a failure: e.g. the demo uses BreastMNIST only when present
+        print(f"dkbench sweep: {LAST_SWEEP['no_data']} cell(s) skipped because their data is not under "
+              "paths.data_dir (env DKBENCH_DATA); each run folder's status.json says which file and how to "
+              "get it", file=sys.stderr)
     failed = LAST_SWEEP.get("failed", 0)
     if failed:
         print(f"dkbench sweep: {failed} of {LAST_SWEEP['total']} cell(s) failed (their status.json holds the "

@@ -138,3 +138,14 @@ def test_cached_artefact_prestages_are_built_before_the_cells(tmp_path):
         assert json.loads((run / "metrics.json").read_text())["started_at"] > built
         stats = json.loads((run / "metadata.json").read_text())["strategy"]["roi_predictor"]
         assert stats["cache"] in {str(p) for p in caches}
+
+
+def test_cells_without_their_data_are_skipped_not_failed(tmp_path):
+    """A suite may use a dataset only when its file is present (the demo's BreastMNIST): its cells
+    are reported as without data, on stderr in one line, and the sweep still exits 0."""
+    proc = cli(tmp_path, "sweep", "suite=demo", "suite.seeds=[0]", "suite.strategies=[baseline]",
+               "suite.per_strategy={}", f"paths.data_dir={tmp_path / 'no_data_here'}", "ui.progress_bar=false",
+               check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 done, 0 failed, 1 without their data" in proc.stdout
+    assert "1 cell(s) skipped because their data is not under paths.data_dir" in proc.stderr

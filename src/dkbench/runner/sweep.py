@@ -22,6 +22,7 @@ from dkbench.backbones.registry import task_incompatibility
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.runner.placement import placed
+from dkbench.data.registry import MissingDataError
 from dkbench.errors import RunConfigError
 from dkbench.runner.preflight import check_run_config
 from dkbench.runner.run_folder import RunFolder, RunLockedError, config_hash
@@ -181,13 +182,15 @@ class SweepProgress:
 
     def report_end(self) -> None:
         elsewhere = f"{self.counts['elsewhere']} running elsewhere, " if self.counts["elsewhere"] else ""
+        no_data = f"{self.counts['no data']} without their data, " if self.counts["no data"] else ""
         print(
-            f"sweep finished: {self.counts['done']} done, {self.counts['failed']} failed, {elsewhere}"
+            f"sweep finished: {self.counts['done']} done, {self.counts['failed']} failed, {no_data}{elsewhere}"
             f"{len(self.plan.done)} skipped as already done, {len(self.plan.incompatible)} incompatible",
             flush=True,
         )
         LAST_SWEEP.clear()
-        LAST_SWEEP.update(done=self.counts["done"], failed=self.counts["failed"], total=self.total)
+        LAST_SWEEP.update(done=self.counts["done"], failed=self.counts["failed"], no_data=self.counts["no data"],
+                          total=self.total)
 
 
 def _outcome(job_return: Any) -> dict[str, Any]:
@@ -224,6 +227,8 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         metrics = train(cfg, job_started_at=job_started_at, wait=role is not None)
     except RunLockedError:  # another sweep holds this cell right now: its result, not a failure
         return {"status": "elsewhere", "summary": "being run by another process"}
+    except MissingDataError as err:  # recorded in the run folder; data a suite uses only when present
+        return {"status": "no data", "error": str(err).splitlines()[0]}
     except Exception as err:  # recorded in the run folder by train(); the sweep goes on
         return _failed(err, str(cfg.paths.run_dir))
     summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("test/") and "loss" not in k)
