@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from dkbench.errors import UserError
+from dkbench.errors import RunInterrupted, UserError
 
 USAGE = """usage: dkbench <command> [args]
 
@@ -48,12 +48,12 @@ def _hydra_entry(argv: list[str]) -> object:
             if metric:  # hyperparameter search: the sweeper optimises this number
                 return _selected_value(outcome.get("metrics") or {}, metric, cfg)
             return outcome
-        from dkbench.errors import UserError
+        from dkbench.errors import RunInterrupted, UserError
         from dkbench.runner.train import train
 
         try:
             result["metrics"] = train(cfg)
-        except UserError as err:  # printed by `main` as one line (DKBENCH_TRACEBACK=1: raised)
+        except (UserError, RunInterrupted) as err:  # printed by `main` as one line (DKBENCH_TRACEBACK=1: raised)
             if os.environ.get("DKBENCH_TRACEBACK"):
                 raise
             result["user_error"] = err
@@ -87,10 +87,12 @@ def _sweep(rest: list[str]) -> int:
     if "error" in LAST_SWEEP:
         print(f"dkbench sweep: {LAST_SWEEP['error']}", file=sys.stderr)
         return 2
+    if LAST_SWEEP.get("interrupted"):
+        raise RunInterrupted(LAST_SWEEP["interrupted"])  # printed by `main` as one line
     if LAST_SWEEP.get("no_data"):  # not a failure: e.g. the demo uses BreastMNIST only when present
         print(f"dkbench sweep: {LAST_SWEEP['no_data']} cell(s) skipped because their data is not under "
-              "paths.data_dir (env DKBENCH_DATA); each run folder's status.json says which file and how to "
-              "get it", file=sys.stderr)
+              "paths.data_dir (env DKBENCH_DATA); the lines above name each missing file and how to get it",
+              file=sys.stderr)
     failed = LAST_SWEEP.get("failed", 0)
     if failed:
         print(f"dkbench sweep: {failed} of {LAST_SWEEP['total']} cell(s) failed (their status.json holds the "
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dkbench {command}: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:  # SIGTERM / Ctrl-C: the run says `interrupted` and resumes on rerun
+        print(f"dkbench {command}: {err}", file=sys.stderr)
+        return 128 + err.signum
 
 
 def _preflight(overrides: list[str]) -> None:

@@ -20,3 +20,17 @@ class RunConfigError(UserError, ValueError):
 class InvalidDataError(UserError, ValueError):
     """A data file whose content cannot be trained on as it is (dtype, range, labels, split sizes);
     the message names the dataset, the split (or file) and what to convert."""
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT (Ctrl-C) arrived during a run (`dkbench.runner.signals`). Not a failure:
+    the run's status says `interrupted`, its last.ckpt is kept, and rerunning the same command
+    resumes it. The command line exits with 128 + the signal number, as a shell would."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}; rerun the same command to resume "
+                         "(finished runs are skipped, an interrupted one resumes from its last checkpoint)")

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,9 +87,12 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def content_key(prefix: str, payload: Any, digits: int = 16) -> str:
-    """`<prefix>-<sha256 of the payload as sorted JSON>`: equal payloads, equal keys."""
+    """`<prefix>-<sha256 of the payload as sorted JSON>`: equal payloads, equal keys. Keys name
+    cache files, so the prefix (often a dataset name) is reduced to a plain file-name part: no
+    separators, no `..`, whatever a config or a reader put in it."""
     text = json.dumps(payload, sort_keys=True, default=str)
-    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:digits]}"
+    safe = re.sub(r"[^A-Za-z0-9_.+=@-]", "_", str(prefix)).replace("..", "_").lstrip(".") or "key"
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:digits]}"
 
 
 def arrays_digest(arrays: DatasetArrays, with_masks: bool = False) -> str:

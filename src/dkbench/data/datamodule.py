@@ -41,7 +41,7 @@ class LazyStrings:
     pinning) pass it through untouched instead of rebuilding it element by element.
     """
 
-    __slots__ = ("_values", "_index", "_host")
+    __slots__ = ("_host", "_index", "_values")
 
     def __init__(self, values: np.ndarray, index: torch.Tensor):
         self._values, self._index = values, index
@@ -202,6 +202,19 @@ class DKDataModule(pl.LightningDataModule):
         if device not in self._device_generators:
             self._device_generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._device_generators[device]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffling / augmentation generators' states. Lightning stores them in last.ckpt and
+        hands them back on resume, so a resumed run draws the batches and augmentations an
+        uninterrupted one would (a generator re-seeded at the resume would start epoch k over
+        from epoch 0's stream)."""
+        return {"generator": self.generator.get_state(),
+                "device_generators": {str(d): g.get_state() for d, g in self._device_generators.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.generator.set_state(state_dict["generator"])
+        for device, state in state_dict.get("device_generators", {}).items():
+            self.generator_for(torch.device(device)).set_state(state)
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is None:

@@ -3,7 +3,7 @@
 Layout (written by :mod:`dkbench.runner.run_folder`)::
 
     <runs_dir>/<suite>/<dataset>/<backbone>__<strategy>/seed_<k>/
-        status.json   {"status": done|failed|incompatible|running, "config_hash", "reason"|"error"}
+        status.json   {"status": done|failed|incompatible|running|interrupted, "config_hash", "reason"|"error"}
         DONE, metrics.json, metadata.json, predictions.csv   (done runs)
 
 Every cell of the suite grid (dataset × backbone × strategy × seed) appears in the result:
@@ -12,7 +12,7 @@ Every cell of the suite grid (dataset × backbone × strategy × seed) appears i
   (every numeric ``test/*`` and ``val/*`` key);
 * ``failed``       – ``status.json`` says failed; ``reason`` = its ``error``;
 * ``incompatible`` – ``status.json`` says incompatible; ``reason`` = its ``reason``;
-* ``incomplete``   – a folder that is not done (no ``status.json``, ``running``, or a ``done``
+* ``incomplete``   – a folder that is not done (no ``status.json``, ``running``, ``interrupted``, or a ``done``
   status whose result files are missing: the run was killed mid-way);
 * ``missing``      – no folder at all; ``reason`` = ``"not run"``.
 
@@ -104,6 +104,8 @@ def read_cell(path: Path) -> tuple[str, str, dict[str, float]]:
         return "incomplete", "status.json says done but DONE/metrics.json is missing or unreadable", {}
     if state == "running":
         return "incomplete", "interrupted (status.json still 'running')", {}
+    if state == "interrupted":
+        return "incomplete", f"interrupted by {status.get('signal', 'a signal')}; rerun to resume", {}
     return "incomplete", "interrupted (no status.json)", {}
 
 
@@ -127,7 +129,9 @@ def _grid(suite: dict) -> tuple[str, list[str], list[str], list[str], list[Any]]
 def _out_of_grid(runs_dir: Path, suite: dict) -> list[Path]:
     name, datasets, backbones, strategies, seeds = _grid(suite)
     known = {(d, b, s, str(k)) for d in datasets for b in backbones for s in strategies for k in seeds}
-    from dkbench.leaderboard.controls import control_cells  # the suite's shortcut controls are run too
+    from dkbench.leaderboard.controls import (
+        control_cells,  # the suite's shortcut controls are run too
+    )
 
     known |= control_cells(suite)
     extra = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -73,3 +74,54 @@ class FailOnNonFiniteLoss(pl.Callback):
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteLossError(f"non-finite training loss {float(loss)} at epoch {trainer.current_epoch}")
+
+
+class ResumableRandomState(pl.Callback):
+    """The process-wide random streams (torch CPU and CUDA, numpy, Python's `random`) travel in
+    last.ckpt, so a resumed run draws the dropout masks and random choices an uninterrupted run
+    would. Lightning restores model, optimiser and loops but not these (it reseeds nothing on
+    resume; `seed_everything` at start gives epoch 0's stream to whatever epoch comes first).
+
+    The states are taken when the checkpoint is written (an epoch's end) and put back at the
+    start of the next training epoch, not at restore time: between the restore and that epoch
+    Lightning runs its sanity validation, which an uninterrupted run does not run there. Every
+    value is a tensor or a plain number, so last.ckpt stays loadable with `weights_only=True`."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, python_state, gauss_next = random.getstate()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is None:
+            return
+        import random
+
+        import numpy as np
+
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

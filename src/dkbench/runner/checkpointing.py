@@ -186,7 +186,7 @@ class PeriodicLastCheckpoint(Checkpoint):
             # the full trainer state (optimizer, loops, callbacks); every rank calls it, rank 0 writes.
             # It holds only tensors and plain containers, so the runner reads it back with
             # `weights_only=True` on resume (tests/integration/test_checkpointing.py checks it)
-            trainer.save_checkpoint(tmp)  # Lightning's default: the full state a resume needs
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state a resume needs
             if trainer.is_global_zero:
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -201,3 +201,25 @@ class PeriodicLastCheckpoint(Checkpoint):
             raise
         self.saves += 1
         self._last_save = time.monotonic()
+
+
+def resumable_checkpoint(folder: Path) -> Path | None:
+    """`folder/last.ckpt` if it can be read back safely, else None.
+
+    It is read the way the resume will read it (`weights_only=True`: a planted pickle runs no
+    code) but memory-mapped, so the check costs the archive's index, not its tensors. A file that
+    fails — truncated by a crash outside dkbench's atomic writes, damaged on disk, planted — is
+    renamed to `last.ckpt.unreadable-<time>` (kept for inspection, never deleted) and the run
+    starts from epoch 0 rather than failing on every rerun with a zip-reader error."""
+    path = Path(folder) / LAST
+    if not path.exists():
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # any failure means: not resumable
+        aside = path.with_name(f"{LAST}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("%s cannot be read back (%s: %s); moved to %s, the run starts from epoch 0",
+                    path, type(err).__name__, str(err).splitlines()[0] if str(err) else "", aside.name)
+        return None
+    return path

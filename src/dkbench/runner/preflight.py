@@ -5,8 +5,10 @@ results, refused before any folder is written or any data is loaded.
   plain names: no separators, no ``..`` — a run folder must never land outside the runs folder;
 - ``trainer.max_epochs`` a whole number ≥ 1 (0 would record an untrained model as done, −1
   never ends), ``data.batch_size`` ≥ 1, ``model.optimizer.lr`` a finite number > 0;
-- (`check_cell`) the strategy's options, and whether the strategy and the backbone can serve the
-  dataset as its config declares it (the loaded data is checked again after loading).
+- (`check_cell`) the strategy's options, the dataset's files under paths.data_dir, and whether
+  the strategy and the backbone can serve the dataset as its config declares it (the loaded data
+  is checked again after loading);
+- one process per run (`check_single_process`): several devices are served by several runs.
 """
 
 from __future__ import annotations
@@ -52,9 +54,51 @@ def check_run_config(cfg: DictConfig) -> None:
     batch = OmegaConf.select(cfg, "data.batch_size")
     if batch is not None and (not _whole_number(batch) or batch < 1):
         raise RunConfigError(f"data.batch_size={batch!r}: use a whole number >= 1, e.g. data.batch_size=32")
+    check_single_process(cfg)
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
         raise RunConfigError(f"model.optimizer.lr={lr!r}: use a finite learning rate > 0, e.g. model.optimizer.lr=1e-3")
+
+
+#: one run, one process, one device: the fix for "more devices" is more runs at once
+ONE_RUN_PER_DEVICE = ("run one cell per GPU instead: dkbench sweep suite=<name> hydra/launcher=gpu_pack "
+                      "(every GPU of the node, placement.runs_per_device=k runs on each), or "
+                      "hydra/launcher=submitit_slurm with one GPU per job")
+
+
+def check_single_process(cfg: DictConfig) -> None:
+    """Refuse multi-process training (`trainer.devices` > 1, several nodes, a DDP strategy).
+
+    A dkbench run is one process: its run folder, status and metrics are written by that process,
+    segmentation metrics are reduced on it, and its predictions come from it. Under DDP every rank
+    would write the folder and each would score a shard of the test set. Benchmarks need many
+    small runs, not one large one, so the throughput answer is one run per device (the launcher
+    packs them), which also keeps each run's numbers independent of the GPU count."""
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    count = len(devices) if isinstance(devices, list | tuple) or OmegaConf.is_list(devices) else devices
+    if isinstance(count, str) and count.strip().lstrip("-").isdigit():
+        count = int(count)
+    if count in ("auto", -1) or (isinstance(count, int) and not isinstance(count, bool) and count > 1):
+        raise RunConfigError(f"trainer.devices={devices!r}: a dkbench run trains on one device (trainer.devices=1); "
+                             + ONE_RUN_PER_DEVICE)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes")
+    if nodes not in (None, 1):
+        raise RunConfigError(f"trainer.num_nodes={nodes!r}: a dkbench run is one process on one node; "
+                             + ONE_RUN_PER_DEVICE)
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    if strategy is not None and str(strategy).split("_")[0] in ("ddp", "fsdp", "deepspeed"):
+        raise RunConfigError(f"trainer.strategy={strategy}: distributed training is not supported for a dkbench run; "
+                             + ONE_RUN_PER_DEVICE)
+
+
+def check_data_present(cfg: DictConfig, spec: Any) -> None:
+    """The files the dataset's reader declares (`data.registry.data_files`) exist under
+    paths.data_dir: a missing one is refused in one line naming the file, the setting and where to
+    get it — before a run folder exists, not after the data loader starts."""
+    from dkbench.data.registry import check_data_files
+
+    options = OmegaConf.to_container(cfg.dataset.get("options") or {}, resolve=True)
+    check_data_files(str(cfg.dataset.reader), cfg.paths.data_dir, spec, options)  # type: ignore[arg-type]
 
 
 def check_cell(cfg: DictConfig) -> None:
@@ -67,6 +111,7 @@ def check_cell(cfg: DictConfig) -> None:
 
     strategy = strategy_from_config(cfg.strategy)  # InvalidOptionsError names the option
     spec = spec_from_config(cfg.dataset)
+    check_data_present(cfg, spec)
     strategy.check_compatible(spec, cfg.backbone.arch)
     reason = task_incompatibility(cfg.backbone.arch, spec.task)
     if reason:

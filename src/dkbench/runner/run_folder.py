@@ -30,7 +30,7 @@ NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite
                     "checkpoint")  # how often last.ckpt is saved; `speed` stays in: see runner/speed.py
 RESULT_FILES = ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE")
 #: `status.json` holds one of these (plus `config_hash`, and `reason` / `error` where relevant).
-STATUSES = ("running", "done", "failed", "incompatible")
+STATUSES = ("running", "done", "failed", "incompatible", "interrupted")
 
 
 def identity_config(cfg: DictConfig) -> dict[str, Any]:

@@ -21,16 +21,14 @@ import dkbench.config  # noqa: F401  (registers the resolvers the configs use)
 from dkbench.backbones.registry import task_incompatibility
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
-from dkbench.runner.placement import placed
 from dkbench.data.registry import MissingDataError
-from dkbench.errors import RunConfigError
+from dkbench.errors import RunConfigError, RunInterrupted
+from dkbench.runner.placement import placed
 from dkbench.runner.preflight import check_run_config
 from dkbench.runner.run_folder import RunFolder, RunLockedError, config_hash
-from dkbench.storage import content_key
 from dkbench.runner.suite import Cell, expand_suite, validate_suite
+from dkbench.storage import content_key
 from dkbench.strategies import strategy_from_config
-
-
 
 log = logging.getLogger("dkbench.sweep")
 
@@ -140,6 +138,8 @@ class SweepProgress:
         self.finished = 0
         self.counts: Counter[str] = Counter()
         self.started = time.time()
+        #: the signal that stopped a cell (SIGTERM / SIGINT); the sweep then launches no more
+        self.interrupted_by: int | None = None
 
     def report_plan(self) -> None:
         p = self.plan
@@ -169,6 +169,8 @@ class SweepProgress:
             self.finished += 1
             outcome = _outcome(ret)
             self.counts[outcome["status"]] += 1
+            if outcome["status"] == "interrupted":
+                self.interrupted_by = int(outcome["signum"])
             detail = outcome.get("summary") or outcome.get("error", "")
             print(f"[{self.finished}/{self.total}] {outcome['status']:<6} {cell.label}  {detail}", flush=True)
         elapsed = time.time() - self.started
@@ -191,6 +193,8 @@ class SweepProgress:
         LAST_SWEEP.clear()
         LAST_SWEEP.update(done=self.counts["done"], failed=self.counts["failed"], no_data=self.counts["no data"],
                           total=self.total)
+        if self.interrupted_by is not None:
+            LAST_SWEEP["interrupted"] = self.interrupted_by
 
 
 def _outcome(job_return: Any) -> dict[str, Any]:
@@ -225,6 +229,8 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         cfg, job_started_at = strategy.prestage_runs(cfg)[str(role)], None
     try:
         metrics = train(cfg, job_started_at=job_started_at, wait=role is not None)
+    except RunInterrupted as err:  # SIGTERM / Ctrl-C: the sweep stops launching cells
+        return {"status": "interrupted", "error": str(err), "signum": err.signum}
     except RunLockedError:  # another sweep holds this cell right now: its result, not a failure
         return {"status": "elsewhere", "summary": "being run by another process"}
     except MissingDataError as err:  # recorded in the run folder; data a suite uses only when present

@@ -25,20 +25,35 @@ from dkbench import mark_job_start
 from dkbench.backbones import create_backbone
 from dkbench.data.datamodule import DKDataModule
 from dkbench.data.loading import load_dataset
+from dkbench.errors import RunInterrupted
 from dkbench.leaderboard.collect import selected_val_metrics
+from dkbench.losses.task import TaskLoss
+from dkbench.runner.callbacks import (
+    FailOnNonFiniteLoss,
+    ResumableRandomState,
+    TrainThroughput,
+)
+from dkbench.runner.checkpointing import (
+    BEST_WEIGHTS,
+    BestWeights,
+    CheckpointSettings,
+    PeriodicLastCheckpoint,
+    resumable_checkpoint,
+)
 from dkbench.runner.compose import compose_config
+from dkbench.runner.csv_log import KeepLoggedEpochs
 from dkbench.runner.devices import trainer_device
-from dkbench.runner.callbacks import FailOnNonFiniteLoss, TrainThroughput
-from dkbench.runner.checkpointing import BEST_WEIGHTS, LAST, BestWeights, CheckpointSettings, PeriodicLastCheckpoint
 from dkbench.runner.environment import git_sha, hardware, package_versions
 from dkbench.runner.preflight import check_cell
 from dkbench.runner.run_folder import RunFolder, config_hash, locked
-from dkbench.runner.speed import SpeedSettings, apply_module_settings, apply_process_settings
-from dkbench.losses.task import TaskLoss
+from dkbench.runner.signals import raise_on_signals
+from dkbench.runner.speed import (
+    SpeedSettings,
+    apply_module_settings,
+    apply_process_settings,
+)
 from dkbench.strategies import BuildContext, strategy_from_config
 from dkbench.strategies.base import Strategy
-
-
 
 log = logging.getLogger("dkbench")
 
@@ -48,7 +63,7 @@ for _pattern in (
     ".*does not have many workers.*",
     ".*LeafSpec.*",
     ".*Checkpoint directory .* exists and is not empty.*",
-    ".*module\(s\) in eval mode at the start of training.*",  # a strategy's frozen submodule (ROI predictor)
+    r".*module\(s\) in eval mode at the start of training.*",  # a strategy's frozen submodule (ROI predictor)
 ):
     warnings.filterwarnings("ignore", message=_pattern)
 
@@ -101,9 +116,9 @@ def train(cfg: DictConfig, *, job_started_at: float | None = None, wait: bool = 
     wait for it (then find the run done) instead of refusing — for pre-stage runs cells share."""
     if job_started_at is None:
         job_started_at = mark_job_start()
-    check_cell(cfg)  # names, values, options, compatibility: before the run folder exists
+    check_cell(cfg)  # names, values, options, compatibility, data: before the run folder exists
     run = RunFolder(cfg.paths.run_dir)
-    with locked(run, wait=wait):
+    with raise_on_signals(), locked(run, wait=wait):
         return _train_locked(cfg, run, job_started_at)
 
 
@@ -162,6 +177,10 @@ def _train_locked(cfg: DictConfig, run: RunFolder, job_started_at: float) -> dic
     run.set_status("running", cfg_hash)
     try:
         return _fit_and_record(cfg, run, cfg_hash, job_started_at)
+    except RunInterrupted as err:  # SIGTERM / Ctrl-C: resumable, not failed
+        run.set_status("interrupted", cfg_hash, signal=err.signal_name)
+        log.warning("%s interrupted by %s; rerun to resume from its last checkpoint", run.path, err.signal_name)
+        raise
     except Exception as err:  # recorded for the leaderboard, then re-raised to the caller
         run.set_status("failed", cfg_hash, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
@@ -203,16 +222,19 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     last = PeriodicLastCheckpoint(ckpt_dir, ckpt_settings)
     throughput = TrainThroughput()
     # `best` before `last`: an epoch's improvement is in the last.ckpt written at that epoch
-    callbacks = [best, last, throughput, FailOnNonFiniteLoss(), *_instantiate_list(cfg.get("callbacks"))]
+    # the random streams travel in last.ckpt and the CSV log keeps earlier epochs: a resumed
+    # run ends as an uninterrupted one would (tests/robustness/test_resume.py)
+    callbacks = [best, last, throughput, FailOnNonFiniteLoss(), ResumableRandomState(), KeepLoggedEpochs(),
+                 *_instantiate_list(cfg.get("callbacks"))]
     loggers = _instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, benchmark=speed.cudnn_benchmark)
 
-    resume = ckpt_dir / LAST
+    # an unreadable last.ckpt (damaged, or planted: loaded with weights_only, so no code runs) is
+    # moved aside and the run starts over instead of failing on every rerun
+    resume = resumable_checkpoint(ckpt_dir)
     try:
-        # weights_only: a planted or corrupted last.ckpt is refused, never unpickled (no code runs)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None,
-                    weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
         # the test phase runs on the best weights, straight from memory (no checkpoint reload)
         tested_best = best.load_into(module)
         test_out = trainer.test(module, datamodule=datamodule, verbose=False)[0]

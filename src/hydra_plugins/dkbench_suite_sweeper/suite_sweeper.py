@@ -11,7 +11,7 @@ Imports of dkbench stay inside methods: Hydra imports every plugin at start-up.
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -36,9 +36,9 @@ ConfigStore.instance().store(group="hydra/sweeper", name="dkbench_suite", node=S
 
 
 class SuiteSweeper(Sweeper):
-    def __init__(self, max_batch_size: Optional[int] = None):
+    def __init__(self, max_batch_size: int | None = None):
         self.max_batch_size = max_batch_size
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context = None
 
@@ -61,7 +61,8 @@ class SuiteSweeper(Sweeper):
         return BATCHES_PER_WORKER * int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1
 
     def sweep(self, arguments: list[str]) -> Any:
-        from dkbench.errors import UserError
+        from dkbench.errors import RunInterrupted, UserError
+        from dkbench.runner.signals import raise_on_signals
         from dkbench.runner.sweep import LAST_SWEEP, SweepProgress, plan_cells
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -80,8 +81,18 @@ class SuiteSweeper(Sweeper):
             return []
         progress = SweepProgress(plan)
         progress.report_plan()
+        results: list[Any] = []
+        try:  # SIGTERM / Ctrl-C between cells: stop launching, report what finished
+            with raise_on_signals():
+                self._launch(plan, progress, results)
+        except RunInterrupted as err:
+            progress.interrupted_by = err.signum
+        progress.report_end()
+        return results
+
+    def _launch(self, plan: Any, progress: Any, results: list[Any]) -> None:
+        assert self.launcher is not None
         size = self._batch_size()
-        results = []
         if plan.prestages:  # pre-stage runs first, so no cell waits for another cell's pre-stage
             jobs = [p.overrides for p in plan.prestages]
             returns = self.launcher.launch(jobs, initial_job_idx=0)
@@ -95,5 +106,5 @@ class SuiteSweeper(Sweeper):
                                            initial_job_idx=len(plan.prestages) + start)
             progress.record(batch, returns, time.time() - began, parallel=size)
             results.append(returns)
-        progress.report_end()
-        return results
+            if progress.interrupted_by is not None:  # a cell was stopped by a signal: launch no more
+                return

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dkbench.data.registry import MissingDataError, missing_file_message, register_dataset
+from dkbench.data.registry import check_data_files, data_files, register_dataset
 from dkbench.data.saved_splits import (
     check_masks,
     load_split,
@@ -26,6 +26,7 @@ from dkbench.data.saved_splits import (
     split_notes,
 )
 from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.errors import InvalidDataError
 
 FILE = Path("busi") / "busi_128.npz"
 NORMAL, BENIGN, MALIGNANT = 0, 1, 2
@@ -162,20 +163,19 @@ def _flag(name: str, options: dict, key: str, default: bool) -> bool:
 
 def _load(data_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
     path = Path(data_dir) / FILE
-    if not path.is_file():
-        raise MissingDataError(missing_file_message(path, what="BUSI file busi/busi_128.npz", how=HOW))
+    check_data_files("busi", data_dir, None, {})
     with np.load(path, allow_pickle=False) as z:
         missing = {"images", "masks", "labels", "ids", "captions"} - set(z.files)
         if missing:
-            raise ValueError(f"{path}: lacks arrays {sorted(missing)}; expected the file described in busi/README.md")
+            raise InvalidDataError(f"{path}: lacks arrays {sorted(missing)}; expected the file described in busi/README.md")
         arrays = {k: z[k] for k in ("images", "masks", "labels", "ids", "captions")}
     images, masks = arrays["images"], arrays["masks"]
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{path}: images have shape {images.shape} dtype {images.dtype}; expected (N, H, W) uint8")
+        raise InvalidDataError(f"{path}: images have shape {images.shape} dtype {images.dtype}; expected (N, H, W) uint8")
     check_masks(masks, images, path)
     labels = arrays["labels"]
     if labels.shape != (len(images),) or labels.min() < NORMAL or labels.max() > MALIGNANT:
-        raise ValueError(f"{path}: labels must be (N,) in 0..2 (normal, benign, malignant)")
+        raise InvalidDataError(f"{path}: labels must be (N,) in 0..2 (normal, benign, malignant)")
     return path, arrays
 
 
@@ -183,7 +183,7 @@ def _read(data_dir: Path, spec: DatasetSpec, *, mode: str, include_normal: bool)
     path, a = _load(data_dir)
     images, masks, labels = a["images"], a["masks"], a["labels"]
     if images.shape[1:] != (spec.size, spec.size):
-        raise ValueError(
+        raise InvalidDataError(
             f"dataset '{spec.name}': {path} holds {images.shape[1]}×{images.shape[2]} images but the "
             f"config says size {spec.size}"
         )
@@ -234,6 +234,13 @@ def _read(data_dir: Path, spec: DatasetSpec, *, mode: str, include_normal: bool)
         )
     notes["include_normal"] = include_normal
     return DatasetArrays(spec=spec, splits=splits, checksum=checksum, notes=notes)
+
+
+@data_files("busi")
+@data_files("busi_binary")
+@data_files("busi_seg")
+def busi_files(data_dir: Path, spec: DatasetSpec | None, options: dict) -> list:
+    return [(Path(data_dir) / FILE, "BUSI file busi/busi_128.npz", HOW)]
 
 
 @register_dataset("busi")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dkbench.data.registry import MissingDataError, missing_file_message, register_dataset
+from dkbench.data.registry import check_data_files, data_files, register_dataset
 from dkbench.data.saved_splits import (
     check_masks,
     load_split,
@@ -17,6 +17,7 @@ from dkbench.data.saved_splits import (
     split_notes,
 )
 from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
+from dkbench.errors import InvalidDataError
 
 FILE = Path("kvasir_seg") / "kvasir_seg_128.npz"
 
@@ -28,26 +29,28 @@ HOW = (
 )
 
 
+@data_files("kvasir_seg")
+def kvasir_files(data_dir: Path, spec: DatasetSpec | None, options: dict) -> list:
+    return [(Path(data_dir) / FILE, "Kvasir-SEG file kvasir_seg/kvasir_seg_128.npz", HOW)]
+
+
 @register_dataset("kvasir_seg")
 def read_kvasir_seg(data_dir: Path, spec: DatasetSpec, **options) -> DatasetArrays:
     """Polyp segmentation: image (N, 3, H, W) uint8, label = mask (N, 1, H, W) uint8 in {0, 1}."""
     if options:
         raise TypeError(f"dataset '{spec.name}': unknown option(s) {sorted(options)}; it takes none")
     path = Path(data_dir) / FILE
-    if not path.is_file():
-        raise MissingDataError(
-            missing_file_message(path, what="Kvasir-SEG file kvasir_seg/kvasir_seg_128.npz", how=HOW)
-        )
+    check_data_files("kvasir_seg", data_dir, spec, options)
     with np.load(path, allow_pickle=False) as z:
         missing = {"images", "masks", "ids"} - set(z.files)
         if missing:
-            raise ValueError(f"{path}: lacks arrays {sorted(missing)}; expected the file in kvasir_seg/README.md")
+            raise InvalidDataError(f"{path}: lacks arrays {sorted(missing)}; expected the file in kvasir_seg/README.md")
         images, masks, ids = z["images"], z["masks"], z["ids"]
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{path}: images have shape {images.shape} dtype {images.dtype}; expected (N, H, W, 3) uint8")
+        raise InvalidDataError(f"{path}: images have shape {images.shape} dtype {images.dtype}; expected (N, H, W, 3) uint8")
     check_masks(masks, images, path)
     if images.shape[1:3] != (spec.size, spec.size):
-        raise ValueError(
+        raise InvalidDataError(
             f"dataset '{spec.name}': {path} holds {images.shape[1]}×{images.shape[2]} images but the "
             f"config says size {spec.size}"
         )

@@ -18,9 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dkbench.data.registry import MissingDataError, missing_file_message, register_dataset
+from dkbench.data.registry import (
+    MissingDataError,
+    check_data_files,
+    data_files,
+    register_dataset,
+)
 from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec, SplitArrays
-from dkbench.errors import InvalidDataError
+from dkbench.errors import InvalidDataError, RunConfigError
 
 SIZES_2D = (28, 64, 128, 224)
 SIZES_3D = (28, 64)
@@ -92,29 +97,35 @@ def download(flag: str, size: int, dest: Path, timeout: float = 60.0) -> Path:
     return dest
 
 
-def resolve_file(data_dir: Path, flag: str, size: int, allow_download: bool) -> Path:
+def _file_and_source(data_dir: Path, flag: str, size: int) -> tuple[Path, str, str]:
     info = medmnist_info()
     if flag not in info:
-        raise ValueError(f"unknown MedMNIST flag '{flag}'. Valid flags: {', '.join(sorted(info))}")
+        raise RunConfigError(f"dataset.options.flag={flag!r} is not a MedMNIST flag; valid flags: "
+                             f"{', '.join(sorted(info))}")
     sizes = SIZES_3D if is_3d(flag) else SIZES_2D
     if size not in sizes:
-        raise ValueError(f"MedMNIST '{flag}' comes in sizes {sizes}, not {size} (set dataset.size)")
-    path = Path(data_dir) / "medmnist" / file_name(flag, size)
-    if path.exists():
-        return path
-    if allow_download:
-        return download(flag, size, path)
+        raise RunConfigError(f"dataset.size={size}: MedMNIST '{flag}' comes in sizes {sizes}; set dataset.size to one")
     url, md5 = url_and_md5(flag, size)
-    raise MissingDataError(
-        missing_file_message(
-            path,
-            what=f"MedMNIST file for '{flag}' at {size}px",
-            how=(
-                f"on a machine with internet add `dataset.options.download=true` (fetches {url}, "
-                f"MD5 {md5}), or download it yourself to that path."
-            ),
-        )
-    )
+    return Path(data_dir) / "medmnist" / file_name(flag, size), url, md5
+
+
+@data_files("medmnist")
+def medmnist_files(data_dir: Path, spec: DatasetSpec, options: dict) -> list:
+    """The official file for (flag, size); none needed up front when the reader may download it."""
+    path, url, md5 = _file_and_source(data_dir, str(options.get("flag")), int(spec.size))
+    if options.get("download"):
+        return []
+    how = (f"on a machine with internet add `dataset.options.download=true` (fetches {url}, MD5 {md5}), "
+           "or download it yourself to that path.")
+    return [(path, f"MedMNIST file for '{options.get('flag')}' at {spec.size}px", how)]
+
+
+def resolve_file(data_dir: Path, spec: DatasetSpec, flag: str, allow_download: bool) -> Path:
+    path, _, _ = _file_and_source(data_dir, flag, int(spec.size))
+    if not path.exists() and allow_download:
+        return download(flag, int(spec.size), path)
+    check_data_files("medmnist", data_dir, spec, {"flag": flag, "download": False})
+    return path
 
 
 def to_channels_first(images: np.ndarray, spatial_dims: int) -> np.ndarray:
@@ -137,7 +148,7 @@ def _labels(raw: np.ndarray, task: str, where: str) -> np.ndarray:
 
 @register_dataset("medmnist")
 def read_medmnist(data_dir: Path, spec: DatasetSpec, flag: str, download: bool = False, **_) -> DatasetArrays:
-    path = resolve_file(Path(data_dir), flag, spec.size, download)
+    path = resolve_file(Path(data_dir), spec, flag, download)
     info = medmnist_info()[flag]
     task = TASK_MAP[info["task"]]
     if task != spec.task or len(info["label"]) != spec.num_classes:
