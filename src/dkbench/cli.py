@@ -6,6 +6,7 @@ overrides (`trainer.max_epochs=5`), `--cfg job`, launchers (`hydra/launcher=jobl
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -48,13 +49,12 @@ def _hydra_entry(argv: list[str]) -> object:
             if metric:  # hyperparameter search: the sweeper optimises this number
                 return _selected_value(outcome.get("metrics") or {}, metric, cfg)
             return outcome
-        from dkbench.errors import RunInterrupted, UserError
         from dkbench.runner.train import train
 
         try:
             result["metrics"] = train(cfg)
-        except (UserError, RunInterrupted) as err:  # printed by `main` as one line (DKBENCH_TRACEBACK=1: raised)
-            if os.environ.get("DKBENCH_TRACEBACK"):
+        except Exception as err:  # printed by `main` as one line (DKBENCH_TRACEBACK=1: raised)
+            if not _said_in_one_line(err) or os.environ.get("DKBENCH_TRACEBACK"):
                 raise
             result["user_error"] = err
         return result.get("metrics")
@@ -64,6 +64,15 @@ def _hydra_entry(argv: list[str]) -> object:
     if "user_error" in result:
         raise result["user_error"]  # type: ignore[misc]
     return result.get("metrics")
+
+
+#: errno values of a full disk or an exhausted quota
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _said_in_one_line(err: BaseException) -> bool:
+    """Errors `main` reports as one line: bad input, a signal, a full disk."""
+    return isinstance(err, UserError | RunInterrupted) or (isinstance(err, OSError) and err.errno in DISK_FULL)
 
 
 def _selected_value(metrics: dict, metric: str, cfg) -> float:
@@ -82,7 +91,11 @@ def _sweep(rest: list[str]) -> int:
     status.json and printed above), so scripts and schedulers see it."""
     from dkbench.runner.sweep import LAST_SWEEP
 
+    from dkbench.runner.compose import compose_config
+
     LAST_SWEEP.clear()
+    # unknown suite / config names and malformed overrides: refused in one line before Hydra starts
+    compose_config([o for o in rest if not o.startswith(("hydra/", "hydra.", "-"))])
     _hydra_entry(["dkbench sweep", "-m", "hydra/sweeper=dkbench_suite", *rest])
     if "error" in LAST_SWEEP:
         print(f"dkbench sweep: {LAST_SWEEP['error']}", file=sys.stderr)
@@ -123,16 +136,49 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    from hydra.errors import HydraException
+
     try:
         return _run(command, rest)
+    except HydraException as err:  # an unknown config name or key, a malformed override
+        if os.environ.get("DKBENCH_TRACEBACK"):
+            raise
+        print(f"dkbench {command}: {_hydra_message(err)}", file=sys.stderr)
+        return 2
     except UserError as err:  # bad input: its message names the setting and the fix
         if os.environ.get("DKBENCH_TRACEBACK"):
             raise
         print(f"dkbench {command}: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL or os.environ.get("DKBENCH_TRACEBACK"):
+            raise
+        # every file is written atomically: what finished is whole, this run is `failed` and redone
+        print(f"dkbench {command}: the disk is full ({err.filename or 'writing results'}); free space and "
+              "rerun the same command: finished runs are kept and skipped, this one is redone", file=sys.stderr)
+        return 1
     except RunInterrupted as err:  # SIGTERM / Ctrl-C: the run says `interrupted` and resumes on rerun
         print(f"dkbench {command}: {err}", file=sys.stderr)
         return 128 + err.signum
+
+
+def _hydra_message(err: Exception) -> str:
+    """Hydra's composition errors as one line: an unknown name with the valid ones, or what
+    failed with Hydra's own hint (e.g. "use +key=value to add a key")."""
+    import re
+
+    from dkbench.config import config_dir
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    head = lines[0] if lines else type(err).__name__
+    unknown = re.search(r"Could not find '([\w/]+)/([^']+)'", head)
+    if unknown:
+        group, name = unknown.groups()
+        names = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        return f"{group}={name}: no such {group}; valid names: {', '.join(names)} (see `dkbench list`)"
+    if "override_grammar" in str(err):
+        return f"malformed override ({head}); write key=value, quote lists: 'key=[a,b]'"
+    return " ".join(lines[:3])
 
 
 def _preflight(overrides: list[str]) -> None:

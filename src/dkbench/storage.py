@@ -3,6 +3,7 @@
 - `atomic_file` / `atomic_write_text`: the old file or the complete new one, never half of it
   (temporary file beside the target, fsync, rename, fsync of the folder);
 - `file_lock`: an exclusive advisory lock, for caches that parallel sweep cells fill once;
+- `load_cached_tensors`: a torch cache read without unpickling code, None when unreadable;
 - `content_key` / `arrays_digest`: cache keys from the content that determines a cached result
   (the data's bytes and ids, the settings), so a changed input never reads a stale entry.
 """
@@ -84,6 +85,23 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def load_cached_tensors(path: Path) -> Any | None:
+    """A cache file written with `torch.save`, read with `weights_only=True` (tensors and plain
+    containers only: a planted pickle runs no code), or None when it cannot be read — truncated,
+    damaged, planted, from an incompatible version — with a warning: a cache is recomputed, never
+    trusted past a failed read and never a reason for a run to fail."""
+    import logging
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # whatever the damage, the answer is the same: recompute
+        logging.getLogger("dkbench").warning("cache %s is unreadable (%s: %s); recomputing it", path,
+                                             type(err).__name__, (str(err).splitlines() or [""])[0][:200])
+        return None
 
 
 def content_key(prefix: str, payload: Any, digits: int = 16) -> str:

@@ -4,6 +4,8 @@ written (no run folder, nothing outside the runs folder). The start of issue 12'
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dkbench.cli import main
@@ -34,6 +36,36 @@ CASES = [
     ("sweep with dataset= over two datasets", ["sweep", "suite=smoke", "suite.datasets=[probe,probe_3class]",
                                                "dataset=probe"], 2, ["dataset=probe", "suite.datasets="]),
     ("report without a suite", ["report"], 2, ["suite=<name>"]),
+    # settings that used to fail late (after imports and data loading), with a traceback, or never
+    ("epochs not a number", ["train", "trainer.max_epochs=abc"], 2, ["trainer.max_epochs='abc'", "whole number"]),
+    ("two devices", ["train", "trainer.devices=2"], 2, ["trainer.devices=2", "one device", "hydra/launcher=gpu_pack"]),
+    ("a list of devices", ["train", "trainer.devices=[0,1]"], 2, ["trainer.devices=[0, 1]", "one cell per GPU"]),
+    ("a DDP strategy", ["train", "+trainer.strategy=ddp"], 2, ["trainer.strategy=ddp", "one cell per GPU"]),
+    ("two nodes", ["train", "+trainer.num_nodes=2"], 2, ["trainer.num_nodes=2", "one node"]),
+    ("a key the config lacks", ["train", "trainer.num_nodes=2"], 2, ["trainer.num_nodes", "+trainer.num_nodes=2"]),
+    ("negative seed", ["train", "seed=-1"], 2, ["seed=-1", "0 to 2**32-1"]),
+    ("on_device typo", ["train", "data.on_device=maybe"], 2, ["data.on_device='maybe'", "true, false or auto"]),
+    ("monitor mode typo", ["train", "monitor.mode=median"], 2, ["monitor.mode='median'", "min or max"]),
+    ("checkpoint every 0 epochs", ["train", "checkpoint.last_every_n_epochs=0"], 2,
+     ["checkpoint.last_every_n_epochs=0", "≥ 1"]),
+    ("speed flag not a boolean", ["train", "speed.compile=maybe"], 2, ["speed.compile", "true or false"]),
+    ("weights file missing", ["train", "backbone.weights=/nonexistent/w.pt"], 2,
+     ["/nonexistent/w.pt", "backbone.weights=null"]),
+    ("unknown dataset", ["train", "dataset=nosuchdataset"], 2, ["dataset=nosuchdataset", "valid names", "probe"]),
+    ("unknown backbone", ["train", "backbone=nosuchnet"], 2, ["backbone=nosuchnet", "resnet18_28"]),
+    ("unknown strategy", ["train", "strategy=nosuchidea"], 2, ["strategy=nosuchidea", "baseline"]),
+    ("malformed override", ["train", "trainer.max_epochs=["], 2, ["malformed override", "key=value"]),
+    ("backbone name with ..", ["train", "backbone.name=../x"], 2, ["backbone.name", "no '..'"]),
+    ("suite name with a separator", ["train", "suite_name=a/b"], 2, ["suite_name", "path separators"]),
+    ("tag that is ..", ["train", "tag=.."], 2, ["tag="]),
+    ("learning rate not a number", ["train", "model.optimizer.lr=abc"], 2, ["model.optimizer.lr='abc'"]),
+    ("fractional batch size", ["train", "data.batch_size=1.5"], 2, ["data.batch_size=1.5", "whole number"]),
+    ("probe option out of range", ["train", "dataset.options.signal=2"], 2, ["signal", "[0, 1]"]),
+    ("unknown probe option", ["train", "+dataset.options.bogus=2"], 2, ["bogus", "valid"]),
+    ("unknown suite in a sweep", ["sweep", "suite=nosuchsuite"], 2, ["suite=nosuchsuite", "valid names", "smoke"]),
+    ("unknown suite in a report", ["report", "suite=nosuchsuite"], 2, ["suite=nosuchsuite", "smoke"]),
+    ("sweep axis dataset that does not exist", ["sweep", "suite=smoke", "suite.datasets=[nosuchdataset]"], 2,
+     ["nosuchdataset"]),
 ]
 
 
@@ -57,6 +89,60 @@ def test_refused_in_one_line_without_a_traceback(case, tmp_path, capsys, monkeyp
     written = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
     assert not written, written  # refused before any folder or file
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"])  # nothing beside it either
+
+
+def _one_line_refusal(capsys, code: int) -> str:
+    err = capsys.readouterr().err
+    message = [line for line in err.strip().splitlines() if line.startswith("dkbench ")]
+    assert code == 2 and len(message) == 1 and "Traceback" not in err, err
+    return message[0]
+
+
+#: (id, overrides, words): data that is absent or set up wrongly, refused before any folder exists
+DATA_CASES = [
+    ("MedMNIST file missing", ["dataset=breastmnist", "paths.data_dir={nowhere}"],
+     ["breastmnist.npz", "not found", "DKBENCH_DATA", "download=true"]),
+    ("BUSI file missing", ["dataset=busi", "paths.data_dir={nowhere}"], ["busi/busi_128.npz", "To obtain it"]),
+    ("Kvasir-SEG file missing", ["dataset=kvasir_seg", "backbone=unet", "paths.data_dir={nowhere}"],
+     ["kvasir_seg_128.npz", "DKBENCH_DATA"]),
+    ("data root is a file", ["dataset=breastmnist", "paths.data_dir={a_file}"], ["not found", "paths.data_dir"]),
+    ("MedMNIST size that does not exist", ["dataset=breastmnist", "dataset.size=100", "paths.data_dir={data}"],
+     ["dataset.size=100", "28, 64, 128, 224"]),
+    ("unknown MedMNIST option", ["dataset=breastmnist", "+dataset.options.bogus=1", "paths.data_dir={data}"],
+     ["bogus", "dataset.options.flag"]),
+    ("unknown BUSI option", ["dataset=busi", "+dataset.options.bogus=1", "paths.data_dir={data}"],
+     ["bogus", "include_normal"]),
+    ("DenseNet at 28 px", ["dataset=breastmnist", "backbone=densenet121", "paths.data_dir={data}"],
+     ["32px", "dataset.size=64"]),
+    ("runs folder under a file", ["dataset=breastmnist", "paths.data_dir={data}", "paths.runs_dir={a_file}/runs"],
+     ["paths.runs_dir", "is a file"]),
+]
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_setting_refused_before_anything_is_written(case, tmp_path, capsys, monkeypatch):
+    _, overrides, words = case
+    monkeypatch.delenv("DKBENCH_TRACEBACK", raising=False)
+    data = _medmnist_file(tmp_path / "data")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    places = {"nowhere": tmp_path / "nowhere", "a_file": a_file, "data": data}
+    argv = ["train", "backbone=tinycnn", "trainer.max_epochs=1", "ui.progress_bar=false",
+            f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}",
+            *(o.format(**places) for o in overrides)]
+    message = _one_line_refusal(capsys, main(argv))
+    for word in words:
+        assert word in message, (word, message)
+    assert not (tmp_path / "runs").exists()  # refused before any run folder
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: permissions cannot refuse it")
+def test_read_only_runs_folder_is_refused_in_one_line(tmp_path, capsys):
+    runs = tmp_path / "ro"
+    runs.mkdir()
+    runs.chmod(0o555)
+    message = _one_line_refusal(capsys, main(["train", *TINY, f"paths.runs_dir={runs}"]))
+    assert "not writable" in message and "paths.runs_dir" in message
 
 
 def test_traceback_on_request(tmp_path, monkeypatch, capsys):

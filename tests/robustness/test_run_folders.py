@@ -10,7 +10,8 @@ from dkbench.runner.run_folder import RunFolder
 
 
 @pytest.mark.parametrize("name,garbage", [("metrics.json", "{truncated"), ("metrics.json", "[1, 2]"),
-                                          ("config.yaml", "key: [unclosed"), ("config.yaml", "just a string")])
+                                          ("config.yaml", "key: [unclosed"), ("config.yaml", "just a string"),
+                                          ("DONE", "{not json")])
 def test_done_over_a_corrupt_result_is_redone(tiny_run, name, garbage):
     metrics, run = tiny_run()
     (run / name).write_text(garbage)

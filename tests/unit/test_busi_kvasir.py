@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from dkbench.data.loading import load_dataset, spec_from_config
+from dkbench.errors import RunConfigError
 from dkbench.data.registry import DATASETS, MissingDataError
 from dkbench.data.saved_splits import SplitMismatchError, load_split, masks_to_bbox, split_path
 from dkbench.data.spec import SPLITS
@@ -190,7 +191,7 @@ def test_busi_include_normal_options(data_dir):
     assert sum(len(s) for s in seg.splits.values()) == busi_total(data_dir, lesions_only=False)
     no_normal = loaded("busi", data_dir, include_normal=False)
     assert sum(len(s) for s in no_normal.splits.values()) == busi_total(data_dir, lesions_only=True)
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(RunConfigError, match="unknown option"):
         loaded("busi_binary", data_dir, include_normal=True)
 
 

@@ -52,6 +52,10 @@ class WeightsMismatchError(UserError, ValueError):
     """A weight file does not fit the backbone; the message lists the offending keys."""
 
 
+class WeightsFileNotFoundError(UserError, FileNotFoundError):
+    """`backbone.weights` names a file that does not exist."""
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights were asked for but cannot be had offline; says what to set instead."""
 
@@ -60,7 +64,7 @@ def check_weights_file(path: str | os.PathLike) -> str:
     """Return `path` as a string, or raise FileNotFoundError naming the setting."""
     path = os.fspath(os.path.expanduser(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise WeightsFileNotFoundError(
             f"backbone weights file not found: {path!r}. Set `backbone.weights` to an existing "
             f"local file (a state_dict or a Lightning checkpoint), or `backbone.weights=null`."
         )

@@ -82,3 +82,9 @@ class DatasetArrays:
     checksum: str = ""
     #: Free-form facts the run's metadata should record (split file used, warnings, …).
     notes: dict[str, object] = field(default_factory=dict)
+
+
+def num_outputs(task: str, num_classes: int) -> int:
+    """Logits per sample: two for binary, to match the MedMNIST protocol. (Here, beside the spec,
+    so that checking a strategy against a dataset needs no metrics library.)"""
+    return 2 if task == "binary" else num_classes

@@ -23,11 +23,6 @@ from torchmetrics.classification import (
 )
 
 
-def num_outputs(task: str, num_classes: int) -> int:
-    """Logits per sample: two for binary, to match the MedMNIST protocol."""
-    return 2 if task == "binary" else num_classes
-
-
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     """(B, K) per-class probabilities as written to predictions.csv."""
     if task == "multilabel":

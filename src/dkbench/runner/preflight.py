@@ -14,6 +14,7 @@ results, refused before any folder is written or any data is loaded.
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -32,6 +33,20 @@ def check_name(key: str, value: Any) -> None:
         raise RunConfigError(
             f"{key}={value!r} cannot name a run folder: use letters, digits and _ . @ + = - only "
             f"(no path separators, no '..'), e.g. {key}=my_name")
+
+
+def check_writable(key: str, folder: str) -> None:
+    """`folder` exists as a writable folder, or can be created: its nearest existing ancestor is
+    a writable folder. Checked without writing anything."""
+    path = os.path.abspath(os.path.expanduser(str(folder)))
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise RunConfigError(f"{key}={folder}: {probe} is a file, not a folder; point {key} at a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunConfigError(f"{key}={folder}: {probe} is not writable by this user; point {key} at a writable "
+                             f"folder (e.g. {key}=$HOME/dkbench/runs, or env DKBENCH_ROOT)")
 
 
 def _whole_number(value: Any) -> bool:
@@ -55,6 +70,18 @@ def check_run_config(cfg: DictConfig) -> None:
     if batch is not None and (not _whole_number(batch) or batch < 1):
         raise RunConfigError(f"data.batch_size={batch!r}: use a whole number >= 1, e.g. data.batch_size=32")
     check_single_process(cfg)
+    runs_dir = OmegaConf.select(cfg, "paths.runs_dir")
+    if runs_dir:
+        check_writable("paths.runs_dir", runs_dir)
+    seed = OmegaConf.select(cfg, "seed")
+    if not _whole_number(seed) or not 0 <= seed < 2**32:
+        raise RunConfigError(f"seed={seed!r}: use a whole number from 0 to 2**32-1, e.g. seed=0")
+    on_device = OmegaConf.select(cfg, "data.on_device")
+    if on_device not in (None, True, False, "auto"):
+        raise RunConfigError(f"data.on_device={on_device!r}: use true, false or auto")
+    mode = OmegaConf.select(cfg, "monitor.mode")
+    if mode not in (None, "min", "max"):
+        raise RunConfigError(f"monitor.mode={mode!r}: use min or max (the direction in which monitor.metric improves)")
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
         raise RunConfigError(f"model.optimizer.lr={lr!r}: use a finite learning rate > 0, e.g. model.optimizer.lr=1e-3")
@@ -97,24 +124,62 @@ def check_data_present(cfg: DictConfig, spec: Any) -> None:
     get it — before a run folder exists, not after the data loader starts."""
     from dkbench.data.registry import check_data_files
 
-    options = OmegaConf.to_container(cfg.dataset.get("options") or {}, resolve=True)
+    node = cfg.dataset.get("options")
+    options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
     check_data_files(str(cfg.dataset.reader), cfg.paths.data_dir, spec, options)  # type: ignore[arg-type]
 
 
 def check_cell(cfg: DictConfig) -> None:
-    """`check_run_config`, then the strategy's typed options and the declared compatibility of
-    dataset, backbone and strategy — all before a folder is written or data is read."""
+    """`check_run_config`, then the dataset's files, the strategy's typed options, the declared
+    compatibility of dataset, backbone and strategy, the typed run settings and whether the
+    backbone takes the input size — all before a folder is written or data is read. Cheapest
+    first: a refusal costs only the imports its own check needs."""
     check_run_config(cfg)  # first: it needs no torch import
-    from dkbench.backbones.registry import task_incompatibility
     from dkbench.data.loading import spec_from_config
+
+    spec = spec_from_config(cfg.dataset)
+    check_data_present(cfg, spec)  # numpy and the reader's module only
+    from dkbench.backbones.registry import task_incompatibility
     from dkbench.strategies import strategy_from_config
 
     strategy = strategy_from_config(cfg.strategy)  # InvalidOptionsError names the option
-    spec = spec_from_config(cfg.dataset)
-    check_data_present(cfg, spec)
     strategy.check_compatible(spec, cfg.backbone.arch)
     reason = task_incompatibility(cfg.backbone.arch, spec.task)
     if reason:
         from dkbench.strategies.base import IncompatibleStrategyError
 
         raise IncompatibleStrategyError(reason)
+    from dkbench.backbones.weights import check_weights_file
+    from dkbench.runner.checkpoint_settings import CheckpointSettings
+    from dkbench.runner.speed import SpeedSettings
+
+    SpeedSettings.from_config(cfg.get("speed"))  # typed settings: each error names its key
+    CheckpointSettings.from_config(cfg.get("checkpoint"))
+    weights = OmegaConf.select(cfg, "backbone.weights")
+    if weights:
+        check_weights_file(weights)
+    check_backbone_fits(cfg, spec)
+
+
+def check_backbone_fits(cfg: DictConfig, spec: Any) -> None:
+    """Build the backbone on PyTorch's `meta` device (shapes only: no memory, no weights, a
+    fraction of a second) so that its own input checks — DenseNet-121 needs ≥ 32 px, a U-Net an
+    input divisible by its downsampling — refuse the pair before a run folder exists. Pretrained
+    backbones are left to the run (their weights cannot load onto `meta`); any other failure here
+    is left to the run too, which reports it with its full context."""
+    import torch
+
+    from dkbench.backbones import create_backbone
+    from dkbench.backbones.base import IncompatibleInputError
+
+    if cfg.backbone.get("pretrained") or cfg.backbone.get("weights"):
+        return
+    size = int(cfg.dataset.get("resize") or spec.size)
+    try:
+        with torch.device("meta"):
+            create_backbone(cfg.backbone.arch, in_chans=spec.in_chans, spatial_dims=spec.spatial_dims, img_size=size,
+                            **dict(cfg.backbone.get("kwargs") or {}))
+    except IncompatibleInputError:
+        raise
+    except Exception:  # noqa: BLE001 - not this check's business: the run reports it in context
+        return

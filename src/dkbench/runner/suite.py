@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+from dkbench.errors import RunConfigError
+
 SUITE_KEYS = {
     "name", "description", "datasets", "backbones", "strategies", "seeds", "baseline", "rank_metric",
     "metrics", "experiment", "overrides", "per_dataset", "per_backbone", "per_strategy", "controls",
@@ -53,7 +55,7 @@ def validate_suite(suite: Mapping[str, Any], valid: Mapping[str, Sequence[str]])
         problems.append("suite lists no seeds")
     problems += _control_problems(suite, valid)
     if problems:
-        raise ValueError(f"suite '{suite.get('name', '?')}' is invalid:\n  - " + "\n  - ".join(problems))
+        raise RunConfigError(f"suite '{suite.get('name', '?')}' is invalid: " + "; ".join(problems))
 
 
 def controls(suite: Mapping[str, Any]) -> dict[str, dict[str, str]]:

@@ -39,7 +39,7 @@ from dkbench.backbones.registry import dense_backbones
 from dkbench.data.spec import DatasetArrays, DatasetSpec
 from dkbench.errors import UserError
 from dkbench.losses.task import TaskLoss
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.options import StrategyOptions, parse_options
 
 CLASSIFICATION_TASKS = frozenset({"binary", "multiclass", "multilabel"})

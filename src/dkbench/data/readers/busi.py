@@ -26,7 +26,7 @@ from dkbench.data.saved_splits import (
     split_notes,
 )
 from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
-from dkbench.errors import InvalidDataError
+from dkbench.errors import InvalidDataError, RunConfigError
 
 FILE = Path("busi") / "busi_128.npz"
 NORMAL, BENIGN, MALIGNANT = 0, 1, 2
@@ -149,7 +149,7 @@ def _attributes(masks: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, ch
 def _check_options(name: str, options: dict, allowed: set[str]) -> None:
     unknown = set(options) - allowed
     if unknown:
-        raise TypeError(
+        raise RunConfigError(
             f"dataset '{name}': unknown option(s) {sorted(unknown)}; valid options: {sorted(allowed) or 'none'}"
         )
 
@@ -157,7 +157,7 @@ def _check_options(name: str, options: dict, allowed: set[str]) -> None:
 def _flag(name: str, options: dict, key: str, default: bool) -> bool:
     value = options.get(key, default)
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"dataset '{name}': option {key} must be true or false, got {value!r}")
+        raise RunConfigError(f"dataset '{name}': option {key} must be true or false, got {value!r}")
     return bool(value)
 
 
@@ -236,17 +236,25 @@ def _read(data_dir: Path, spec: DatasetSpec, *, mode: str, include_normal: bool)
     return DatasetArrays(spec=spec, splits=splits, checksum=checksum, notes=notes)
 
 
-@data_files("busi")
-@data_files("busi_binary")
-@data_files("busi_seg")
-def busi_files(data_dir: Path, spec: DatasetSpec | None, options: dict) -> list:
-    return [(Path(data_dir) / FILE, "BUSI file busi/busi_128.npz", HOW)]
+#: each reader's options (checked before anything is loaded, and again by the reader)
+OPTIONS = {"busi": {"include_normal"}, "busi_binary": set(), "busi_seg": {"include_normal"}}
+
+
+def _declare_files(reader: str) -> None:
+    @data_files(reader)
+    def busi_files(data_dir: Path, spec: DatasetSpec | None, options: dict) -> list:
+        _check_options(spec.name if spec else reader, options, OPTIONS[reader])
+        return [(Path(data_dir) / FILE, "BUSI file busi/busi_128.npz", HOW)]
+
+
+for _reader in OPTIONS:
+    _declare_files(_reader)
 
 
 @register_dataset("busi")
 def read_busi(data_dir: Path, spec: DatasetSpec, **options) -> DatasetArrays:
     """3-class BUSI: labels 0 normal, 1 benign, 2 malignant. Option `include_normal` (default true)."""
-    _check_options(spec.name, options, {"include_normal"})
+    _check_options(spec.name, options, OPTIONS["busi"])
     return _read(data_dir, spec, mode="multiclass", include_normal=_flag(spec.name, options, "include_normal", True))
 
 

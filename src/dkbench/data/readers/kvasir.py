@@ -17,7 +17,7 @@ from dkbench.data.saved_splits import (
     split_notes,
 )
 from dkbench.data.spec import DatasetArrays, DatasetSpec, SplitArrays
-from dkbench.errors import InvalidDataError
+from dkbench.errors import InvalidDataError, RunConfigError
 
 FILE = Path("kvasir_seg") / "kvasir_seg_128.npz"
 
@@ -38,7 +38,7 @@ def kvasir_files(data_dir: Path, spec: DatasetSpec | None, options: dict) -> lis
 def read_kvasir_seg(data_dir: Path, spec: DatasetSpec, **options) -> DatasetArrays:
     """Polyp segmentation: image (N, 3, H, W) uint8, label = mask (N, 1, H, W) uint8 in {0, 1}."""
     if options:
-        raise TypeError(f"dataset '{spec.name}': unknown option(s) {sorted(options)}; it takes none")
+        raise RunConfigError(f"dataset '{spec.name}': unknown option(s) {sorted(options)}; it takes none")
     path = Path(data_dir) / FILE
     check_data_files("kvasir_seg", data_dir, spec, options)
     with np.load(path, allow_pickle=False) as z:

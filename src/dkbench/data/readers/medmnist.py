@@ -112,6 +112,10 @@ def _file_and_source(data_dir: Path, flag: str, size: int) -> tuple[Path, str, s
 @data_files("medmnist")
 def medmnist_files(data_dir: Path, spec: DatasetSpec, options: dict) -> list:
     """The official file for (flag, size); none needed up front when the reader may download it."""
+    unknown = sorted(set(options) - {"flag", "download"})
+    if unknown:
+        raise RunConfigError(f"dataset '{spec.name}': unknown option(s) {unknown}; MedMNIST takes "
+                             "dataset.options.flag and dataset.options.download")
     path, url, md5 = _file_and_source(data_dir, str(options.get("flag")), int(spec.size))
     if options.get("download"):
         return []
@@ -147,7 +151,9 @@ def _labels(raw: np.ndarray, task: str, where: str) -> np.ndarray:
 
 
 @register_dataset("medmnist")
-def read_medmnist(data_dir: Path, spec: DatasetSpec, flag: str, download: bool = False, **_) -> DatasetArrays:
+def read_medmnist(data_dir: Path, spec: DatasetSpec, flag: str, download: bool = False, **unknown) -> DatasetArrays:
+    if unknown:
+        medmnist_files(data_dir, spec, {"flag": flag, **unknown})  # raises, naming them
     path = resolve_file(Path(data_dir), spec, flag, download)
     info = medmnist_info()[flag]
     task = TASK_MAP[info["task"]]

@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from dkbench.data.registry import register_dataset
+from dkbench.errors import RunConfigError
+from dkbench.data.registry import data_files, register_dataset
 from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec, SplitArrays
 
 GENERATOR_VERSION = 1
@@ -206,7 +207,7 @@ def resolve_options(options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     given = _plain(dict(options or {}))
     unknown = set(given) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"probe: unknown option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+        raise RunConfigError(f"probe: unknown option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     opts = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     sc = dict(DEFAULTS["shortcut"])
     given_sc = given.pop("shortcut", None) or {}
@@ -214,22 +215,22 @@ def resolve_options(options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         given_sc = {"enabled": given_sc}
     unknown = set(given_sc) - set(sc)
     if unknown:
-        raise ValueError(f"probe: unknown shortcut option(s) {sorted(unknown)}; valid: {sorted(sc)}")
+        raise RunConfigError(f"probe: unknown shortcut option(s) {sorted(unknown)}; valid: {sorted(sc)}")
     sc.update(given_sc)
     opts.update(given)
     opts["shortcut"] = sc
     for key in ("seed", "n_train", "n_val", "n_test", "distractors"):
         opts[key] = int(opts[key])
         if opts[key] < 0:
-            raise ValueError(f"probe: option {key} must be >= 0, got {opts[key]}")
+            raise RunConfigError(f"probe: option {key} must be >= 0, got {opts[key]}")
     radius = tuple(float(r) for r in opts["radius"])
     if len(radius) != 2 or not 1.0 <= radius[0] <= radius[1] <= 24.0:
-        raise ValueError(f"probe: option radius must be [r_min, r_max] with 1 <= r_min <= r_max <= 24 "
+        raise RunConfigError(f"probe: option radius must be [r_min, r_max] with 1 <= r_min <= r_max <= 24 "
                          f"(px at 64 px), got {opts['radius']}")
     opts["radius"] = list(radius)
     opts["signal"] = float(opts["signal"])
     if not 0.0 <= opts["signal"] <= 1.0:
-        raise ValueError(f"probe: option signal must be in [0, 1], got {opts['signal']}")
+        raise RunConfigError(f"probe: option signal must be in [0, 1], got {opts['signal']}")
     opts["normal_class"] = bool(opts["normal_class"])
     opts["age_gap"] = float(opts["age_gap"])
     sc["enabled"] = bool(sc["enabled"])
@@ -237,13 +238,13 @@ def resolve_options(options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     for key in ("train_rate", "test_rate"):
         sc[key] = float(sc[key])
         if not 0.0 <= sc[key] <= 1.0:
-            raise ValueError(f"probe: option shortcut.{key} must be in [0, 1], got {sc[key]}")
+            raise RunConfigError(f"probe: option shortcut.{key} must be in [0, 1], got {sc[key]}")
     sc["size"] = int(sc["size"])
     sc["intensity"] = int(sc["intensity"])
     if not 1 <= sc["size"] <= 16:
-        raise ValueError(f"probe: option shortcut.size must be in [1, 16], got {sc['size']}")
+        raise RunConfigError(f"probe: option shortcut.size must be in [1, 16], got {sc['size']}")
     if not 0 <= sc["intensity"] <= 255:
-        raise ValueError(f"probe: option shortcut.intensity must be in [0, 255], got {sc['intensity']}")
+        raise RunConfigError(f"probe: option shortcut.intensity must be in [0, 255], got {sc['intensity']}")
     return opts
 
 
@@ -254,7 +255,7 @@ def _check_spec(spec: DatasetSpec, opts: dict[str, Any]) -> None:
         want_task, want_k, names = "binary", 2, ("benign", "malignant")
     if spec.task != want_task or spec.num_classes != want_k:
         other = "false" if opts["normal_class"] else "true"
-        raise ValueError(
+        raise RunConfigError(
             f"dataset '{spec.name}': probe with normal_class={str(opts['normal_class']).lower()} "
             f"is a {want_task} task with {want_k} classes {list(names)}, but the spec says "
             f"task={spec.task}, num_classes={spec.num_classes}. Either set `task: {want_task}` and "
@@ -262,17 +263,17 @@ def _check_spec(spec: DatasetSpec, opts: dict[str, Any]) -> None:
             f"`options.normal_class` to {other}."
         )
     if spec.class_names and tuple(spec.class_names) != names:
-        raise ValueError(
+        raise RunConfigError(
             f"dataset '{spec.name}': probe class_names must be {list(names)} "
             f"(normal_class={opts['normal_class']}), the spec says {list(spec.class_names)}"
         )
     if spec.in_chans != 1 or spec.spatial_dims != 2:
-        raise ValueError(
+        raise RunConfigError(
             f"dataset '{spec.name}': the probe is 2-D grey-level; set in_chans: 1 and "
             f"spatial_dims: 2 (got {spec.in_chans}, {spec.spatial_dims})"
         )
     if spec.size < 32:
-        raise ValueError(f"dataset '{spec.name}': probe size must be >= 32, got {spec.size}")
+        raise RunConfigError(f"dataset '{spec.name}': probe size must be >= 32, got {spec.size}")
 
 
 def options_checksum(opts: dict[str, Any], size: int) -> str:
@@ -603,6 +604,15 @@ def marker_present(image: np.ndarray, options: Mapping[str, Any] | None = None) 
     return (image[:, 0, :s, :s] == sc["intensity"]).all(axis=(1, 2))
 
 
+@data_files("probe")
+@data_files("probe_seg")
+def probe_files(data_dir: Path, spec: DatasetSpec, options: Mapping[str, Any]) -> list:
+    """No file (generated in process); the pre-flight still checks the options here, so a bad one
+    is refused before a run folder exists."""
+    resolve_options(options)
+    return []
+
+
 @register_dataset("probe")
 def read_probe(data_dir: Path, spec: DatasetSpec, **options: Any) -> DatasetArrays:
     """The synthetic knowledge probe (data_dir is ignored: generated in process)."""
@@ -649,7 +659,7 @@ def read_probe_seg(data_dir: Path, spec: DatasetSpec, **options: Any) -> Dataset
     marker (if enabled) is just another distractor."""
     opts = resolve_options(options)
     if opts["normal_class"]:
-        raise ValueError(f"dataset '{spec.name}': probe_seg has lesion images only; set options.normal_class: false")
+        raise RunConfigError(f"dataset '{spec.name}': probe_seg has lesion images only; set options.normal_class: false")
     if spec.task != "segmentation" or spec.num_classes != 2:
         raise ValueError(
             f"dataset '{spec.name}': probe_seg is a segmentation task with 2 classes (background, lesion); "

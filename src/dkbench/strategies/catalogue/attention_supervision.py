@@ -59,7 +59,7 @@ from torch import nn
 
 from dkbench.data.spec import DatasetSpec
 from dkbench.metrics.attention import activation_map
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, ClassifierNet, StepContext, Strategy
 from dkbench.strategies.catalogue.roi_input import expert_region
 from dkbench.strategies.options import NonNegative, StrategyOptions

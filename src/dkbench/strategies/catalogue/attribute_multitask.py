@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dkbench.backbones.base import Backbone
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import NonNegative, StrategyOptions
 from dkbench.strategies.registry import register_strategy

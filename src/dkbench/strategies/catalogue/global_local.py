@@ -54,7 +54,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.geometry.boxes import box_from_mask, box_iou, clamp_box, crop_resize, or_whole_image
 from dkbench.geometry.components import device_constant, largest_component
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import Bounds, Count, Fraction, OptionError, StrategyOptions
 from dkbench.strategies.registry import register_strategy

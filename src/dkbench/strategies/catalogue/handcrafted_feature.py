@@ -44,7 +44,7 @@ from dkbench.backbones.base import Backbone
 from dkbench.data.spec import SPLITS, DatasetArrays, DatasetSpec
 from dkbench.features.cache import CachedFeatures, load_or_extract
 from dkbench.features.radiomics import FEATURE_CLASSES, RadiomicsConfig
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import Bounds, Count, OptionError, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy

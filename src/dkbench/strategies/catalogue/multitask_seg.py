@@ -45,7 +45,7 @@ from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
 from dkbench.backbones.base import Backbone
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.metrics.segmentation import per_image_scores, soft_dice
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import Count, NonNegative, NonNegativeInt, StrategyOptions

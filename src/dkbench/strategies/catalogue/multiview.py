@@ -40,7 +40,7 @@ from torch import nn
 
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, Strategy
 from dkbench.strategies.options import Bounds, Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy

@@ -65,7 +65,7 @@ from dkbench.geometry.boxes import box_from_mask, or_whole_image
 from dkbench.geometry.components import largest_component
 from dkbench.metrics.segmentation import per_image_scores, soft_dice
 from dkbench.seeding import seeded_module
-from dkbench.storage import atomic_file, content_key, file_lock
+from dkbench.storage import atomic_file, content_key, file_lock, load_cached_tensors
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import Count, Fraction, NonNegative, NonNegativeInt, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
@@ -361,8 +361,8 @@ class ROIInput(Strategy):
         path = self._cache_path(ctx, mean, std)
         train, val = ctx.arrays.splits["train"], ctx.arrays.splits["val"]
         with file_lock(path.with_suffix(".lock")):
-            if path.exists():
-                saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors + floats: no code runs
+            saved = load_cached_tensors(path) if path.exists() else None  # unreadable: retrained below
+            if saved is not None:
                 net = ROIPredictor(train.image.shape[1], o.predictor_width)
                 net.load_state_dict(saved["state_dict"])
                 log.info("roi_input: ROI predictor loaded from %s (val Dice %.3f)", path, saved["stats"]["val_dice"])

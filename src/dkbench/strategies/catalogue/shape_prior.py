@@ -57,7 +57,7 @@ from dkbench.data.spec import DatasetArrays, DatasetSpec
 from dkbench.losses import foreground_probabilities, foreground_targets
 from dkbench.metrics.segmentation import soft_dice
 from dkbench.seeding import seeded_module
-from dkbench.storage import atomic_file, content_key, file_lock
+from dkbench.storage import atomic_file, content_key, file_lock, load_cached_tensors
 from dkbench.strategies.base import SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import Count, NonNegative, OptionError, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
@@ -213,13 +213,15 @@ class PriorFile:
 
 
 def _load(path: Path, cfg: ShapeAEConfig, key: str) -> tuple[ShapeAutoencoder, torch.Tensor, PriorFile] | None:
+    blob = load_cached_tensors(path)
+    if blob is None:
+        return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob["config"] != cfg.as_dict():
             raise ValueError("stored config differs")
         model = ShapeAutoencoder(cfg)
         model.load_state_dict(blob["state_dict"])
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
         log.warning("shape prior cache %s unreadable (%s): retraining", path, err)
         return None
     record = PriorFile(key, path, computed=False, seconds=float(blob["seconds"]), train_dice=float(blob["train_dice"]))

@@ -34,7 +34,7 @@ from dkbench.backbones import load_local_weights
 from dkbench.config import config_dir
 from dkbench.data.loading import spec_from_config
 from dkbench.data.spec import DatasetSpec
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, ClassifierNet, Strategy
 from dkbench.strategies.options import Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy

@@ -29,7 +29,7 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.backbones.registry import pretrained_weights_file
 from dkbench.data.spec import DatasetSpec
-from dkbench.metrics.classification import num_outputs
+from dkbench.data.spec import num_outputs
 from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, BuildContext, ClassifierNet, Strategy, task_net
 from dkbench.strategies.options import StrategyOptions
 from dkbench.strategies.registry import register_strategy
