@@ -39,8 +39,9 @@ test: $(STAMP) ## fast test suite (offline; slow tests deselected)
 test-full: $(STAMP) ## every test, including slow end-to-end runs
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## speed benchmark: dkbench vs a plain PyTorch loop (writes benchmarks/results/)
+bench: $(STAMP) ## speed benchmarks: dkbench vs a plain PyTorch loop, and how fast bad input is refused (benchmarks/results/)
 	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_refusal.py
 
 # No venv dependency: a lent GPU machine has its own PyTorch (see scripts/gpu_check.sh).
 GPU_CHECK_ARGS ?=

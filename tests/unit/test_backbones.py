@@ -110,6 +110,35 @@ def test_densenet_refuses_28px():
         create_backbone("densenet121", in_chans=1, img_size=28)
 
 
+def _backbone_yamls_declaring_min_size():
+    import yaml
+
+    from dkbench.config import config_dir
+
+    found = []
+    for path in sorted((config_dir() / "backbone").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if cfg.get("min_size"):
+            found.append(cfg)
+    return found
+
+
+@pytest.mark.parametrize("cfg", _backbone_yamls_declaring_min_size(), ids=lambda c: c["name"])
+def test_declared_min_size_is_what_the_backbone_enforces(cfg):
+    """The pre-flight refuses a too-small input from the YAML's `min_size` before importing the
+    network's library; the network itself (built on the meta device) must agree."""
+    if cfg["arch"] not in BACKBONES:
+        pytest.skip(f"{cfg['arch']} needs an optional extra")
+    with torch.device("meta"):
+        create_backbone(cfg["arch"], in_chans=1, img_size=cfg["min_size"])
+        with pytest.raises(IncompatibleInputError):
+            create_backbone(cfg["arch"], in_chans=1, img_size=cfg["min_size"] - 1)
+
+
+def test_the_backbones_that_need_32px_declare_it():
+    assert {c["name"] for c in _backbone_yamls_declaring_min_size()} >= {"densenet121", "timm_convnext_atto"}
+
+
 def test_tinycnn_is_tiny():
     n = sum(p.numel() for p in create_backbone("tinycnn", in_chans=1, img_size=28).parameters())
     assert 50_000 <= n <= 100_000

@@ -49,6 +49,12 @@ def check_writable(key: str, folder: str) -> None:
                              f"folder (e.g. {key}=$HOME/dkbench/runs, or env DKBENCH_ROOT)")
 
 
+def _input_size(cfg: DictConfig) -> int | None:
+    """The side (px) of the images the network sees: `dataset.resize` if set, else `dataset.size`."""
+    size = OmegaConf.select(cfg, "dataset.resize") or OmegaConf.select(cfg, "dataset.size")
+    return int(size) if _whole_number(size) else None
+
+
 def _whole_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -79,6 +85,12 @@ def check_run_config(cfg: DictConfig) -> None:
     on_device = OmegaConf.select(cfg, "data.on_device")
     if on_device not in (None, True, False, "auto"):
         raise RunConfigError(f"data.on_device={on_device!r}: use true, false or auto")
+    min_size, size = OmegaConf.select(cfg, "backbone.min_size"), _input_size(cfg)
+    if min_size and size and size < int(min_size):
+        raise RunConfigError(
+            f"backbone={OmegaConf.select(cfg, 'backbone.name')} needs inputs of at least {min_size}px, the dataset "
+            f"gives {size}px: use a larger dataset size (e.g. dataset.size=64) or a backbone made for small "
+            f"images (e.g. backbone=resnet18_28)")
     mode = OmegaConf.select(cfg, "monitor.mode")
     if mode not in (None, "min", "max"):
         raise RunConfigError(f"monitor.mode={mode!r}: use min or max (the direction in which monitor.metric improves)")
@@ -174,7 +186,7 @@ def check_backbone_fits(cfg: DictConfig, spec: Any) -> None:
 
     if cfg.backbone.get("pretrained") or cfg.backbone.get("weights"):
         return
-    size = int(cfg.dataset.get("resize") or spec.size)
+    size = _input_size(cfg) or spec.size
     try:
         with torch.device("meta"):
             create_backbone(cfg.backbone.arch, in_chans=spec.in_chans, spatial_dims=spec.spatial_dims, img_size=size,
