@@ -31,9 +31,10 @@ def _joined(values) -> str:
 
 def list_datasets() -> str:
     return _table(
-        ["config", "task", "classes", "chans", "dims", "size", "provides"],
+        ["config", "task", "classes", "chans", "dims", "size", "provides", "label-derived (never an input)"],
         [[name, cfg.get("task"), cfg.get("num_classes"), cfg.get("in_chans"), f"{cfg.get('spatial_dims')}D",
-          cfg.get("size"), _joined(cfg.get("provides"))] for name, cfg in _yaml_entries("dataset").items()],
+          cfg.get("size"), _joined(cfg.get("provides")), _joined(cfg.get("label_derived"))]
+         for name, cfg in _yaml_entries("dataset").items()],
     )
 
 
