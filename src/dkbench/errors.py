@@ -17,6 +17,11 @@ class RunConfigError(UserError, ValueError):
     """A run setting that cannot work (checked before data, models or folders are touched)."""
 
 
+class IncompatibleInputError(UserError, ValueError):
+    """The input size / channels do not fit a backbone; the message says what to change. (Here, not
+    beside the backbones, so the pre-flight raises it without importing PyTorch.)"""
+
+
 class InvalidDataError(UserError, ValueError):
     """A data file whose content cannot be trained on as it is (dtype, range, labels, split sizes);
     the message names the dataset, the split (or file) and what to convert."""

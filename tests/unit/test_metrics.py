@@ -44,3 +44,21 @@ def test_multiclass_accuracy_is_micro_not_macro():
     logits[:, 0] = 1.0  # always predicts class 0
     _, acc = _ours("multiclass", 2, logits, labels)
     assert acc == pytest.approx(0.8)  # micro; macro would be 0.5
+
+
+@pytest.mark.parametrize("task,k", [("binary", 2), ("multiclass", 5)])
+def test_balanced_accuracy_equals_sklearn(task, k):
+    """`bacc` = mean per-class recall (binary: mean of sensitivity and specificity at 0.5)."""
+    import torch
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dkbench.metrics.classification import make_metrics, metric_inputs
+
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(80, k, generator=gen), 1)
+    target = torch.randint(0, k, (80,), generator=gen)
+    metrics = make_metrics(task, k, "test")
+    for chunk in range(0, 80, 32):  # accumulated over batches, as in a run
+        metrics.update(metric_inputs(probs[chunk:chunk + 32], task), target[chunk:chunk + 32])
+    pred = (probs[:, 1] >= 0.5).long() if task == "binary" else probs.argmax(1)
+    assert float(metrics.compute()["test/bacc"]) == pytest.approx(balanced_accuracy_score(target, pred), abs=1e-6)

@@ -10,11 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dkbench.errors import UserError
-
-
-class IncompatibleInputError(UserError, ValueError):
-    """The input size / channels do not fit a backbone; the message says what to change."""
+from dkbench.errors import IncompatibleInputError  # noqa: F401  (re-exported: backbones raise it)
 
 
 class Backbone(nn.Module):

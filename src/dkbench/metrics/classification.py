@@ -5,6 +5,8 @@
   `y_score[:, -1]`;
 - multiclass: macro one-vs-rest AUROC and *micro* accuracy (torchmetrics' default `macro`
   accuracy is a different number);
+- binary and multiclass also get `bacc`, balanced accuracy (mean per-class recall; for binary
+  tasks the mean of sensitivity and specificity at 0.5), not part of the MedMNIST evaluator;
 - multilabel: macro AUROC over labels and accuracy at 0.5 averaged over all label entries.
 """
 
@@ -18,6 +20,9 @@ from torchmetrics.classification import (
     BinaryAUROC,
     MulticlassAccuracy,
     MulticlassAUROC,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassRecall,
     MultilabelAccuracy,
     MultilabelAUROC,
 )
@@ -49,11 +54,15 @@ def metric_inputs(probs: torch.Tensor, task: str) -> torch.Tensor:
 
 def make_metrics(task: str, num_classes: int, prefix: str) -> MetricCollection:
     if task == "binary":
-        metrics = {"auroc": BinaryAUROC(), "acc": BinaryAccuracy(threshold=0.5)}
+        metrics = {"auroc": BinaryAUROC(), "acc": BinaryAccuracy(threshold=0.5),
+                   # balanced accuracy: the mean of sensitivity and specificity at 0.5
+                   "bacc": (BinaryRecall(threshold=0.5) + BinarySpecificity(threshold=0.5)) / 2}
     elif task == "multiclass":
         metrics = {
             "auroc": MulticlassAUROC(num_classes=num_classes, average="macro"),
             "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+            # balanced accuracy: the mean per-class recall (what imbalanced dermoscopy sets report)
+            "bacc": MulticlassRecall(num_classes=num_classes, average="macro"),
         }
     elif task == "multilabel":
         metrics = {

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dkbench.errors import RunConfigError
+from dkbench.errors import IncompatibleInputError, RunConfigError
 
 #: a name that is safe as one path component on every filesystem dkbench runs on
 SAFE_NAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@+=-]*")
@@ -87,7 +87,7 @@ def check_run_config(cfg: DictConfig) -> None:
         raise RunConfigError(f"data.on_device={on_device!r}: use true, false or auto")
     min_size, size = OmegaConf.select(cfg, "backbone.min_size"), _input_size(cfg)
     if min_size and size and size < int(min_size):
-        raise RunConfigError(
+        raise IncompatibleInputError(
             f"backbone={OmegaConf.select(cfg, 'backbone.name')} needs inputs of at least {min_size}px, the dataset "
             f"gives {size}px: use a larger dataset size (e.g. dataset.size=64) or a backbone made for small "
             f"images (e.g. backbone=resnet18_28)")
