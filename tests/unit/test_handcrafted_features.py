@@ -180,3 +180,33 @@ def test_a_sweep_extracts_the_features_once(tmp_path):
     assert extraction_count() == before + 1, "the radiomics features must be extracted once per dataset"
     assert sorted(hits) == [False, True, True, True]
     assert len(list((tmp_path / "runs" / ".cache" / "features").glob("*.npz"))) == 1
+
+
+def test_colour_moments_see_hue_that_grey_features_cannot():
+    """Dermoscopy adaptation: two lesions with the same grey level (channel mean) but opposite hue
+    (red-brown vs blue-grey) give identical grey features and different colour moments."""
+    from dkbench.features.radiomics import RadiomicsConfig, extract_features, feature_names
+
+    red, blue = np.zeros((1, 3, 16, 16), np.uint8), np.zeros((1, 3, 16, 16), np.uint8)
+    red[0, 0], red[0, 1], red[0, 2] = 180, 90, 30  # mean 100
+    blue[0, 0], blue[0, 1], blue[0, 2] = 30, 90, 180  # mean 100
+    grey_cfg, colour_cfg = RadiomicsConfig(), RadiomicsConfig(color=True)
+    assert np.array_equal(extract_features(red, None, grey_cfg), extract_features(blue, None, grey_cfg))
+    names = feature_names(colour_cfg)
+    a, b = extract_features(red, None, colour_cfg)[0], extract_features(blue, None, colour_cfg)[0]
+    assert a[names.index("color_r_mean")] == pytest.approx(180 / 255) and b[names.index("color_b_mean")] == pytest.approx(180 / 255)
+    assert "color" not in grey_cfg.as_dict() and colour_cfg.as_dict()["color"] is True  # grey cache keys unchanged
+
+
+def test_colour_moments_follow_the_mask():
+    from dkbench.features.radiomics import RadiomicsConfig, extract_features, feature_names
+
+    image = np.zeros((1, 3, 16, 16), np.uint8)
+    image[0, 2, 4:12, 4:12] = 200  # a blue lesion on black skin
+    mask = np.zeros((1, 1, 16, 16), np.uint8)
+    mask[0, 0, 4:12, 4:12] = 1
+    cfg = RadiomicsConfig(use_mask=True, color=True)
+    values = extract_features(image, mask, cfg)[0]
+    names = feature_names(cfg)
+    assert values[names.index("color_b_mean")] == pytest.approx(200 / 255)
+    assert values[names.index("color_b_std")] == 0.0  # only lesion pixels count

@@ -29,6 +29,12 @@ pyradiomics does not install on Python 3.11, so scikit-image computes them):
   aspect = bounding-box height / width (BI-RADS "taller than wide" when > 1). An empty mask
   gives zeros and the indicator ``shape_empty_mask`` = 1 (intensity and texture then fall
   back to the whole image).
+- ``color`` (colour images only, `RadiomicsConfig.color`): mean, standard deviation and
+  skewness of each RGB channel (/255) in the ROI. Grey-level features average the channels and
+  so cannot see hue, while dermoscopy's checklists weigh colour (the "C" of the ABCD rule, the
+  blue-whitish veil of the 7-point checklist); per-channel colour moments in the lesion are the
+  standard hand-crafted colour descriptor of dermoscopy classifiers (e.g. Celebi et al., Comput.
+  Med. Imaging Graph. 31(6):362-373, 2007, who use several colour spaces; here RGB only).
 
 Every value is finite (NaN and inf are replaced by 0).
 
@@ -64,7 +70,9 @@ SHAPE = ("area", "perimeter", "eccentricity", "solidity", "extent", "compactness
          "orientation", "major_axis", "minor_axis", "aspect")
 #: The pyradiomics feature classes (and extra families) the vector follows.
 FEATURE_CLASSES = {"firstorder": "firstorder", "glcm": "glcm", "lbp": "extra (not in pyradiomics)",
-                   "shape": "shape2D"}
+                   "shape": "shape2D", "color": "extra (colour images; not in pyradiomics)"}
+
+COLOR_MOMENTS = ("mean", "std", "skewness")
 
 MAP_NAMES = ("sobel", "local_std", "local_entropy", "lbp")
 
@@ -78,11 +86,15 @@ class RadiomicsConfig:
     distances: tuple[int, ...] = (1, 2)
     lbp_points: int = 8
     lbp_radius: float = 1.0
+    #: per-channel colour moments (3-channel images); off for grey data
+    color: bool = False
     version: int = field(default=FEATURE_VERSION)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["distances"] = list(self.distances)
+        if not self.color:  # grey configs keep the cache keys they had before colour existed
+            del d["color"]
         return d
 
 
@@ -92,6 +104,8 @@ def feature_names(cfg: RadiomicsConfig) -> list[str]:
     names += [f"lbp_{k}" for k in range(cfg.lbp_points + 2)]
     if cfg.use_mask:
         names += [f"shape_{n}" for n in SHAPE] + ["shape_empty_mask"]
+    if cfg.color:
+        names += [f"color_{c}_{m}" for c in "rgb" for m in COLOR_MOMENTS]
     return names
 
 
@@ -167,9 +181,22 @@ def shape_features(mask: np.ndarray | None) -> np.ndarray:
     return np.array([*values, 0.0])
 
 
+def color_features(rgb: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """(3, H, W) uint8 → (9,): mean, std, skewness of each channel (/255) in the ROI, channel-major."""
+    out = []
+    for channel in rgb:
+        x = channel[roi].astype(np.float64) / 255.0
+        d = x - x.mean()
+        m2, m3 = (d**2).mean(), (d**3).mean()
+        flat = m2 <= 1e-12
+        out += [x.mean(), 0.0 if flat else math.sqrt(m2), 0.0 if flat else m3 / m2**1.5]
+    return np.array(out)
+
+
 def image_features(gray: np.ndarray, mask: np.ndarray | None = None, cfg: RadiomicsConfig = RadiomicsConfig(),
-                   lbp_codes: np.ndarray | None = None) -> np.ndarray:
-    """One (H, W) uint8 image (and optional (H, W) mask) → the vector named by `feature_names`."""
+                   lbp_codes: np.ndarray | None = None, rgb: np.ndarray | None = None) -> np.ndarray:
+    """One (H, W) uint8 image (and optional (H, W) mask; with `cfg.color` its (3, H, W) colour
+    version `rgb`) → the vector named by `feature_names`."""
     mask = None if mask is None else np.asarray(mask) > 0
     roi = mask if (cfg.use_mask and mask is not None and mask.any()) else np.ones(gray.shape, bool)
     parts = [
@@ -179,6 +206,10 @@ def image_features(gray: np.ndarray, mask: np.ndarray | None = None, cfg: Radiom
     ]
     if cfg.use_mask:
         parts.append(shape_features(mask))
+    if cfg.color:
+        if rgb is None or len(rgb) != 3:
+            raise ValueError("RadiomicsConfig.color needs the image's three colour channels")
+        parts.append(color_features(rgb, roi))
     return np.nan_to_num(np.concatenate(parts), nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -189,7 +220,7 @@ def extract_features(images: np.ndarray, masks: np.ndarray | None, cfg: Radiomic
     gray = to_gray_uint8(images)
     out = np.empty((len(gray), len(feature_names(cfg))), np.float32)
     for i, g in enumerate(gray):
-        out[i] = image_features(g, None if masks is None else masks[i, 0], cfg)
+        out[i] = image_features(g, None if masks is None else masks[i, 0], cfg, rgb=images[i] if cfg.color else None)
     return out
 
 

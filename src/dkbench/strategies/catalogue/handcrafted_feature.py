@@ -63,6 +63,8 @@ class RadiomicsOptions(StrategyOptions):
     #: uniform LBP histogram: neighbours P (P + 2 bins) and radius R (px)
     lbp_points: Count = 8
     lbp_radius: Positive = 1.0
+    #: per-channel colour moments in the ROI: auto = for 3-channel (RGB) images, e.g. dermoscopy
+    color: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,16 +110,20 @@ class HandcraftedVectors(Strategy):
                     f"'{spec.name}' provides {sorted(spec.provides) or 'none'} (use use_mask=auto or false)")
         return None
 
-    def radiomics_config(self, use_mask: bool) -> RadiomicsConfig:
+    def radiomics_config(self, use_mask: bool, in_chans: int = 1) -> RadiomicsConfig:
         o = self.options
+        if o.color is True and in_chans != 3:
+            raise OptionError("color", f"needs RGB images (3 channels); this dataset has {in_chans}")
+        color = in_chans == 3 if o.color == "auto" else bool(o.color)
         return RadiomicsConfig(use_mask=use_mask, levels=o.levels, distances=o.distances,
-                               lbp_points=o.lbp_points, lbp_radius=o.lbp_radius)
+                               lbp_points=o.lbp_points, lbp_radius=o.lbp_radius, color=color)
 
     def standardised_features(self, ctx: BuildContext) -> dict[str, torch.Tensor]:
         """Split → (N, F) float32 z-scores of the cached vectors with the TRAIN statistics, which
         are registered as the buffers ``feature_mean`` / ``feature_std``."""
         self.use_mask, self.mask_reason = self.resolve_mask(ctx.arrays)
-        self.cached: CachedFeatures = load_or_extract(ctx.arrays, self.radiomics_config(self.use_mask), ctx.cache_dir)
+        self.cached: CachedFeatures = load_or_extract(
+            ctx.arrays, self.radiomics_config(self.use_mask, ctx.arrays.spec.in_chans), ctx.cache_dir)
         raw = self.cached.splits
         mean = raw["train"].astype(np.float64).mean(0)
         std = raw["train"].astype(np.float64).std(0)
