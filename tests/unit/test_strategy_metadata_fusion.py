@@ -164,3 +164,34 @@ def test_tiny_run_records_train_statistics(tiny_run):
     train = load_dataset(cfg.dataset, "unused").splits["train"].extras["metadata"].astype(np.float64)
     assert meta["metadata_names"] == METADATA_NAMES
     assert meta["standardisation"]["mean"] == pytest.approx(train.mean(0).tolist(), rel=1e-5)
+
+
+def test_missing_and_unknown_real_metadata_are_told_apart_from_average(probe):
+    """Real metadata (HAM10000: age with gaps, sex / site unknown for some) through the reader's
+    encoding: a missing age becomes the train mean after standardising, but its indicator column
+    keeps it apart from a patient whose age IS the mean; an unknown sex is an all-zero one-hot.
+    The network's output then differs for the two patients."""
+    from dkbench.data.tabular import Column, encode_metadata
+
+    spec, arrays, batches = probe
+    ages = np.array([40.0, 50.0, 60.0, np.nan, 70.0, 30.0] * 22)[:128]
+    sex = np.array([0, 1, -1, 0, 1, 1] * 22)[:128]
+    matrix, names = encode_metadata([Column("age", ages), Column("sex", sex, ("female", "male"))])
+    assert names == ["age", "age_missing", "sex=female", "sex=male"]
+    splits = {s: SplitArrays(a.image[:128], a.label[:128], a.ids[:128],
+                             {**a.extras, "metadata": matrix[: len(a.image[:128])]})
+              for s, a in arrays.splits.items()}
+    strategy, net = _built(DatasetArrays(spec=spec, splits=splits, notes={"metadata_names": names}))
+    assert strategy.metadata_names == names
+    mean_age = float(np.nanmean(ages))
+    missing, average = (torch.tensor([[np.nan, 1.0, 1.0, 0.0]]), torch.tensor([[mean_age, 0.0, 1.0, 0.0]]))
+    z_missing, z_average = strategy.standardise(missing), strategy.standardise(average)
+    assert torch.isfinite(z_missing).all()
+    assert z_missing[0, 0] == pytest.approx(0.0) and z_average[0, 0] == pytest.approx(0.0, abs=1e-5)
+    assert z_missing[0, 1] > 0 > z_average[0, 1]  # the indicator tells them apart
+    image = batches["test"]["image"][:1]
+    net.eval()
+    with torch.no_grad():
+        out_missing = net({"image": image, "metadata_standardised": z_missing})["logits"]
+        out_average = net({"image": image, "metadata_standardised": z_average})["logits"]
+    assert not torch.allclose(out_missing, out_average)

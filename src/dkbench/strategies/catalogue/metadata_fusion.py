@@ -16,9 +16,14 @@ Dropout, `hidden` units, `layers` layers) and fused:
 - ``fusion: concat`` (feature-level): diagnosis head on [image embedding, metadata features];
 - ``fusion: late`` (decision-level): image head logits + metadata head logits.
 
-Simplified relative to Kawahara et al.: no multitask 7-point-checklist heads, no second image
-modality, metadata are numeric columns as the dataset gives them (categorical columns are
-expected one-hot encoded by the reader), no missing-value indicators.
+Real metadata (Derm7pt, HAM10000) arrive through `dkbench.data.tabular.encode_metadata`:
+categorical fields one-hot (all zero when unknown) and each numeric field followed by a
+``<name>_missing`` indicator, so after standardisation a missing age is the train mean *and*
+flagged, and the branch can tell "unknown" from "average".
+
+Simplified relative to Kawahara et al.: no multitask 7-point-checklist heads (the criteria are
+attribute_multitask's auxiliary targets), no second image modality (multiview's), metadata are
+numeric columns as the reader gives them.
 """
 
 from __future__ import annotations
