@@ -30,12 +30,18 @@ def _joined(values) -> str:
 
 
 def list_datasets() -> str:
-    return _table(
+    entries = _yaml_entries("dataset")
+    knowledge = [f"- {name} · {key}: {' '.join(str(text).split())}"
+                 for name, cfg in entries.items() for key, text in (cfg.get("knowledge") or {}).items()]
+    overview = _table(
         ["config", "task", "classes", "chans", "dims", "size", "provides", "label-derived (never an input)"],
         [[name, cfg.get("task"), cfg.get("num_classes"), cfg.get("in_chans"), f"{cfg.get('spatial_dims')}D",
           cfg.get("size"), _joined(cfg.get("provides")), _joined(cfg.get("label_derived"))]
-         for name, cfg in _yaml_entries("dataset").items()],
+         for name, cfg in entries.items()],
     )
+    if not knowledge:
+        return overview
+    return overview + "\n\nExpert knowledge each dataset provides (its YAML's `knowledge:`):\n" + "\n".join(knowledge)
 
 
 def list_backbones() -> str:
