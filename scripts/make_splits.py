@@ -128,6 +128,12 @@ def duplicate_split(
         raise RuntimeError(f"{npz_path}: the duplicate detector misses known pairs {missed}; "
                            f"scores {[round(cal.known[m], 4) for m in missed]} ≤ {cal.threshold}")
     groups = duplicates.union_find_groups(len(ids), duplicates.pairs_above(score, cal.threshold))
+    return grouped_split_doc(dataset, npz_path, labels, ids, groups, fractions, method, cal.as_dict())
+
+
+def grouped_split_doc(dataset: str, npz_path: Path, labels: np.ndarray, ids: np.ndarray, groups: list[list[int]],
+                      fractions: tuple[float, ...], method: str, detector: dict) -> dict:
+    """The split file's content: cross-label groups excluded, whole groups assigned, counts."""
     noisy = duplicates.cross_label_groups(groups, labels)
     excluded = sorted(i for g in noisy for i in g)
     kept = [g for g in groups if g not in noisy]
@@ -137,7 +143,7 @@ def duplicate_split(
         "source_sha256": sha256_file(npz_path),
         "method": method,
         "seed": SEED,
-        "detector": cal.as_dict(),
+        "detector": detector,
         "counts": {"images": len(ids), "groups": sum(len(g) > 1 for g in kept),
                    "grouped_images": sum(len(g) for g in kept if len(g) > 1),
                    "cross_label_groups": len(noisy), "excluded": len(excluded),
@@ -207,25 +213,7 @@ def listed_group_split(dataset: str, npz_path: Path, images: np.ndarray, labels:
     listed = _indices(ids, pairs, str(npz_path))
     _, cal = duplicates.calibrate(images, listed)
     groups = duplicates.union_find_groups(len(ids), [(i, j) for i, j, _ in listed])
-    noisy = duplicates.cross_label_groups(groups, labels)
-    excluded = sorted(i for g in noisy for i in g)
-    kept = [g for g in groups if g not in noisy]
-    assignment = assign_groups(kept, labels, fractions)
-    detector = {**cal.as_dict(), "used": False}
-    doc = {
-        "dataset": dataset, "source_sha256": sha256_file(npz_path), "method": method, "seed": SEED,
-        "detector": detector,
-        "counts": {"images": len(ids), "groups": sum(len(g) > 1 for g in kept),
-                   "grouped_images": sum(len(g) for g in kept if len(g) > 1),
-                   "cross_label_groups": len(noisy), "excluded": len(excluded),
-                   **{name: int((assignment == s).sum()) for s, name in enumerate(SPLIT_NAMES)}},
-        "groups": [[str(ids[i]) for i in g] for g in kept if len(g) > 1],
-        "cross_label_groups": [[str(ids[i]) for i in g] for g in noisy],
-        "excluded": [str(ids[i]) for i in excluded],
-    }
-    for s, name in enumerate(SPLIT_NAMES):
-        doc[name] = [str(x) for x in ids[assignment == s]]
-    return doc
+    return grouped_split_doc(dataset, npz_path, labels, ids, groups, fractions, method, {**cal.as_dict(), "used": False})
 
 
 def ph2_split(data_dir: Path) -> dict:
