@@ -1,0 +1,87 @@
+"""The `knowledge_real` matrix for docs/results/knowledge_real.md, from the suite's report.
+
+    dkbench report suite=knowledge_real            # writes reports/knowledge_real/
+    .venv/bin/python scripts/summarize_knowledge_real.py [reports/knowledge_real] [--metric test/auroc]
+
+Rows: strategies with the knowledge each one uses on these datasets (in training / at test time);
+columns: dataset × backbone; a cell is the paired Δ vs the baseline (mean over the seeds both
+finished, n beside it) with `*` where the Holm-adjusted paired t-test gives p < 0.05 (never from
+fewer than 3 paired seeds); the first row holds the baseline's absolute score (mean ± std, n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+#: what each strategy feeds the network on the knowledge_real datasets (issue 19 will move this
+#: declaration into the strategies themselves)
+KNOWLEDGE = {
+    "baseline": "image only",
+    "transfer_natural": "ImageNet weights (training)",
+    "multitask_seg": "expert masks (training)",
+    "curriculum": "a teacher's difficulty (training)",
+    "self_paced": "its own loss (training)",
+    "global_local": "model-chosen crop (train + test)",
+    "multiview": "clinical photo as 2nd view (train + **test**)",
+    "attention_supervision": "expert masks (training)",
+    "roi_input": "expert masks (train + **test**)",
+    "roi_input_predicted": "expert masks (training; test ROI predicted)",
+    "handcrafted_input": "texture maps (train + test)",
+    "handcrafted_feature": "radiomics in expert masks (train + **test**)",
+    "handcrafted_feature_nomask": "radiomics, whole image (train + test)",
+    "handcrafted_decision": "radiomics in expert masks (train + **test**)",
+    "handcrafted_decision_nomask": "radiomics, whole image (train + test)",
+    "attribute_multitask": "expert criteria (training)",
+    "metadata_fusion": "age / sex / site (train + **test**)",
+}
+
+
+def _cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "—"
+    if not row["n_pairs"] or (isinstance(row["delta"], float) and math.isnan(row["delta"])):
+        return "—"
+    mark = "*" if bool(row["significant"]) else ""
+    return f"{row['delta']:+.3f}{mark} (n={int(row['n_pairs'])})"
+
+
+def matrix(report: Path, metric: str) -> str:
+    board = pd.read_csv(report / "leaderboard.csv")
+    deltas = pd.read_csv(report / "deltas.csv")
+    board, deltas = board[board.metric == metric], deltas[deltas.metric == metric]
+    columns = [(d, b) for d, b in board[["dataset", "backbone"]].drop_duplicates().itertuples(index=False)]
+    header = ["strategy", "knowledge used", *[f"{d} · {b}" for d, b in columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base = []
+    for d, b in columns:
+        r = board[(board.dataset == d) & (board.backbone == b) & (board.strategy == "baseline")]
+        r = r.iloc[0] if len(r) else None
+        base.append("—" if r is None or not r["n_done"] else f"{r['mean']:.3f} ± {r['std']:.3f} (n={int(r['n_done'])})")
+    lines.append(f"| baseline ({metric}) | {KNOWLEDGE['baseline']} | " + " | ".join(base) + " |")
+    for strategy in [s for s in board.strategy.drop_duplicates() if s != "baseline"]:
+        cells = []
+        for d, b in columns:
+            r = deltas[(deltas.dataset == d) & (deltas.backbone == b) & (deltas.strategy == strategy)]
+            status = board[(board.dataset == d) & (board.backbone == b) & (board.strategy == strategy)]
+            if len(status) and status.iloc[0]["n_incompatible"] and not status.iloc[0]["n_done"]:
+                cells.append("n/a")
+            else:
+                cells.append(_cell(r.iloc[0] if len(r) else None))
+        lines.append(f"| {strategy} | {KNOWLEDGE.get(strategy, '?')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("report", nargs="?", type=Path, default=Path("reports/knowledge_real"))
+    ap.add_argument("--metric", default="test/auroc")
+    args = ap.parse_args()
+    print(matrix(args.report, args.metric))
+
+
+if __name__ == "__main__":
+    main()
