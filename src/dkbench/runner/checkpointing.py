@@ -154,10 +154,11 @@ class PeriodicLastCheckpoint(Checkpoint):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.dirpath / f".{LAST}.{os.getpid()}.tmp"
         try:
-            # the full trainer state (optimizer, loops, callbacks); every rank calls it, rank 0 writes.
-            # It holds only tensors and plain containers, so the runner reads it back with
-            # `weights_only=True` on resume (tests/integration/test_checkpointing.py checks it)
-            trainer.save_checkpoint(tmp, weights_only=False)  # the full state a resume needs
+            # the full trainer state (optimizer, loops, callbacks; Lightning's default for a save);
+            # every rank calls it, rank 0 writes. It holds only tensors and plain containers, so the
+            # runner reads it back with `weights_only=True` on resume
+            # (tests/integration/test_checkpointing.py checks it)
+            trainer.save_checkpoint(tmp)
             if trainer.is_global_zero:
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())

@@ -56,6 +56,9 @@ from dkbench.strategies import BuildContext, strategy_from_config
 from dkbench.strategies.base import Strategy
 
 log = logging.getLogger("dkbench")
+# Lightning logs "`weights_only` was not set, defaulting to False" at INFO on every periodic save of
+# last.ckpt: that default (the full trainer state) is what a resume needs; the note is noise
+logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
 # Lightning hints that do not apply to in-memory data and fixed logging intervals.
 for _pattern in (
