@@ -190,8 +190,30 @@ def _preflight(overrides: list[str]) -> None:
 
     if "-m" in overrides or "--multirun" in overrides:
         return  # a search: every trial is checked by `train` itself (its values come from the sweeper)
-    plain = [o for o in overrides if not o.startswith(("hydra/", "hydra.", "-"))]
-    check_cell(compose_config(plain))
+    if any(flag in overrides for flag in HYDRA_NO_RUN_FLAGS):
+        return  # `--cfg job`, `--info`, `--help`: Hydra prints and runs nothing, so there is nothing to refuse
+    check_cell(compose_config(_overrides_only(overrides)))
+
+
+# Hydra's command-line flags that take a value (`--cfg job`, `-cn name`, ...) and those that print
+# instead of running; neither the flags nor their values are config overrides.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+HYDRA_NO_RUN_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
+
+
+def _overrides_only(args: list[str]) -> list[str]:
+    """The config overrides among `dkbench train` arguments: Hydra's own flags, their values and
+    `hydra.*` / `hydra/*` settings left out."""
+    plain, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in HYDRA_VALUE_FLAGS:
+            skip_next = True
+        elif not arg.startswith(("hydra/", "hydra.", "-")):
+            plain.append(arg)
+    return plain
 
 
 def _run(command: str, rest: list[str]) -> int:

@@ -39,3 +39,19 @@ def test_report_on_an_empty_runs_folder_says_where_it_looked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and str(tmp_path / "nowhere" / "smoke") in err and "dkbench sweep suite=smoke" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "reports").exists()
+
+
+def test_hydra_flags_and_their_values_are_not_taken_for_overrides():
+    from dkbench.cli import _overrides_only
+
+    args = ["--cfg", "job", "-cn", "train", "dataset=breastmnist_64", "hydra.run.dir=x", "--package", "_global_",
+            "seed=3"]
+    assert _overrides_only(args) == ["dataset=breastmnist_64", "seed=3"]
+
+
+def test_printing_the_config_needs_no_data(tmp_path, monkeypatch, capsys):
+    """`--cfg job` prints the composed config; it runs nothing, so missing data is no reason to refuse."""
+    monkeypatch.setenv("DKBENCH_DATA", str(tmp_path / "nothing_here"))
+    assert main(["train", "experiment=medmnist_v2_resnet18_28_3d", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "name: vesselmnist3d" in out and "batch_size: 32" in out and "spatial_dims: 3" in out

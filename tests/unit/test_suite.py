@@ -64,3 +64,28 @@ def test_config_hash_ignores_paths_and_logging_only():
     h = config_hash(OmegaConf.create(base))
     assert config_hash(OmegaConf.create({**base, "paths": {"runs_dir": "b"}, "suite_name": "y"})) == h
     assert config_hash(OmegaConf.create({**base, "model": {"lr": 2}})) != h
+
+
+def test_every_shipped_suite_is_valid_and_each_of_its_datasets_composes():
+    """A typo in a suite file (a dataset renamed, an experiment preset missing) is caught here, not
+    an hour into a sweep; one cell per dataset is composed and checked like `dkbench sweep` does."""
+    from omegaconf import OmegaConf
+
+    from dkbench.config import config_dir
+    from dkbench.runner.compose import compose_config
+    from dkbench.runner.preflight import check_run_config
+    from dkbench.runner.sweep import _valid_names
+
+    suites = sorted((config_dir() / "suite").glob("*.yaml"))
+    assert len(suites) >= 5
+    for path in suites:
+        suite = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        assert suite["name"] == path.stem, f"{path.name}: name must equal the file name"
+        validate_suite(suite, _valid_names())
+        first_of_each_dataset = {}
+        for cell in expand_suite(suite):
+            first_of_each_dataset.setdefault(cell.dataset, cell)
+        for cell in first_of_each_dataset.values():
+            cfg = compose_config(list(cell.overrides))
+            check_run_config(cfg)
+            assert cfg.dataset.name == cell.dataset and cfg.backbone.name == cell.backbone
