@@ -39,6 +39,16 @@ KNOWLEDGE = {
     "metadata_fusion": "age / sex / site (train + **test**)",
 }
 
+#: cells whose knowledge differs from their row's label, marked and explained under the table
+CELL_NOTES = {
+    ("handcrafted_feature", "derm7pt"): "†",
+    ("handcrafted_decision", "derm7pt"): "†",
+    ("attribute_multitask", "busi_binary"): "‡",
+}
+LEGEND = ("† Derm7pt has no masks: the mask variant reads the whole image and equals its `_nomask` row.  \n"
+          "‡ BUSI's attributes (shape, orientation, margin, size) are computed from the expert masks, "
+          "not scored by radiologists.")
+
 
 def _cell(row: pd.Series | None) -> str:
     if row is None:
@@ -70,9 +80,9 @@ def matrix(report: Path, metric: str) -> str:
             if len(status) and status.iloc[0]["n_incompatible"] and not status.iloc[0]["n_done"]:
                 cells.append("n/a")
             else:
-                cells.append(_cell(r.iloc[0] if len(r) else None))
+                cells.append(_cell(r.iloc[0] if len(r) else None) + CELL_NOTES.get((strategy, d), ""))
         lines.append(f"| {strategy} | {KNOWLEDGE.get(strategy, '?')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + LEGEND
 
 
 def main() -> None:
