@@ -88,7 +88,9 @@ def test_optuna_search_runs_three_trials_as_run_folders(tmp_path):
               "dataset.options.n_test=48", "data.batch_size=32", "ui.progress_bar=false")
     trials = sorted((tmp_path / "runs/hps_probe_lr/probe").glob("tinycnn__baseline@trial*/seed_0/DONE"))
     assert len(trials) == 3, out.stdout[-2000:]
-    assert "Best parameters" in out.stdout + out.stderr or (tmp_path / "runs/hps_probe_lr/optimization_results.yaml").exists()
+    study = tmp_path / "runs/hps_probe_lr/optuna/probe__tinycnn__baseline"
+    assert (study / "optimization_results.yaml").exists(), "each study keeps its own results file"
+    assert "probe__tinycnn__baseline" in (study / "optimization_results.yaml").read_text() + out.stdout + out.stderr
 
 
 def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -149,3 +151,42 @@ def test_cells_without_their_data_are_skipped_not_failed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 done, 0 failed, 1 without their data" in proc.stdout
     assert "1 cell(s) skipped because their data is not under paths.data_dir" in proc.stderr
+
+
+def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(tmp_path):
+    """Trials are run folders: a tuned sweep killed mid-way recomputes none that finished; the
+    selection then runs the suite's seeds at the chosen setting, and the report sets the tuned
+    result beside the default protocol's with the chosen setting and the (bound-only) oracle."""
+    args = ["sweep", *SMOKE, "protocol=tuned", "tuning.trials=2", "suite.seeds=[0,1]"]
+    env = {**os.environ, "DKBENCH_ROOT": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "dkbench.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    trials = tmp_path / "runs" / "smoke@tuning" / "probe"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(trials.glob("*@trial*/seed_1000/DONE")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [p.parent for p in trials.glob("*@trial*/seed_1000/DONE")]
+    assert len(finished) == 1, "the kill should land after the first trial"
+    stamps = {f: f.stat().st_mtime_ns for run in finished for f in run.iterdir() if f.is_file()}
+    assert not (tmp_path / "runs/smoke@tuned/probe/tinycnn__baseline/chosen.json").exists()  # 1 of 2 trials: no choice
+
+    out = cli(tmp_path, *args).stdout
+    assert "1 already done (skipped)" in out
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # the finished trial untouched
+    chosen = json.loads((tmp_path / "runs/smoke@tuned/probe/tinycnn__baseline/chosen.json").read_text())
+    assert chosen["trial"] in (0, 1) and chosen["selected_by"] == "val/auroc" and len(chosen["trials"]) == 2
+    assert all(not k.startswith("test/") for t in chosen["trials"] for k in t)
+    tuned = sorted((tmp_path / "runs/smoke@tuned/probe/tinycnn__baseline").glob("seed_*/DONE"))
+    assert [p.parent.name for p in tuned] == ["seed_0", "seed_1"]
+    if chosen["trial"] == 1:  # the chosen values reach the seeds' configs
+        lr = chosen["params"]["model.optimizer.lr"]
+        assert f"lr: {lr}" in (tuned[0].parent / "config.yaml").read_text()
+
+    cli(tmp_path, "sweep", *SMOKE, "suite.seeds=[0,1]")  # the default protocol, for the side-by-side table
+    report = cli(tmp_path, "report", *SMOKE, "protocol=tuned", "suite.seeds=[0,1]").stdout
+    assert "Tuned protocol: default vs tuned" in report and "upper bound" in report
+    table = (tmp_path / "reports/smoke@tuned/tuning.md").read_text()
+    row = next(line for line in table.splitlines() if "| baseline |" in line)
+    assert "(n=2)" in row and f"trial {chosen['trial']}" in row

@@ -20,6 +20,8 @@ def report_suite(overrides: list[str]) -> dict:
         raise RunConfigError("report needs a suite: `dkbench report suite=<name>` (see `dkbench list suites`)")
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
     runs_dir = Path(cfg.paths.runs_dir)
+    if str(cfg.get("protocol") or "default") == "tuned":
+        return _report_tuned(runs_dir, suite, Path(cfg.paths.reports_dir))
     suite_dir = runs_dir / suite["name"]
     if not any(suite_dir.glob("*/*/seed_*/status.json")):  # nothing was ever run here
         print(f"dkbench report: no run folders of suite '{suite['name']}' under {suite_dir}; run "
@@ -31,3 +33,29 @@ def report_suite(overrides: list[str]) -> dict:
     print(result["markdown"])
     print(f"\nreport of {suite_dir} written to {out_dir}/ (leaderboard.md, .html, .csv, .tex, PNGs)")
     return result
+
+
+def _report_tuned(runs_dir: Path, suite: dict, reports_dir: Path) -> dict:
+    """The tuned protocol's leaderboard (`<suite>@tuned`, the usual tables and tests) with the
+    default-vs-tuned table appended (leaderboard/tuning.py); also tuning.csv / tuning.md."""
+    from dkbench.leaderboard import build_report
+    from dkbench.leaderboard.tuning import budget_line, render_tuning_markdown, tuning_table
+    from dkbench.runner.tuning import TUNED_SUFFIX
+
+    tuned = {**suite, "name": suite["name"] + TUNED_SUFFIX}
+    if not any((runs_dir / tuned["name"]).glob("*/*/seed_*/status.json")):
+        print(f"dkbench report: no tuned runs of suite '{suite['name']}' under {runs_dir / tuned['name']}; run "
+              f"`dkbench sweep suite={suite['name']} protocol=tuned` first", file=sys.stderr)
+        return {}
+    out_dir = reports_dir / tuned["name"]
+    result = build_report(runs_dir, tuned, out_dir)
+    metric = suite.get("rank_metric") or "test/auroc"
+    table = tuning_table(runs_dir, suite, metric)
+    section = render_tuning_markdown(table, budget_line(runs_dir, suite), metric)
+    table.to_csv(out_dir / "tuning.csv", index=False)
+    (out_dir / "tuning.md").write_text(section, encoding="utf-8")
+    markdown = result["markdown"] + "\n" + section
+    (out_dir / "leaderboard.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    print(f"\nreport of {runs_dir / tuned['name']} written to {out_dir}/ (leaderboard.md, tuning.md, .html, .csv, PNGs)")
+    return {**result, "markdown": markdown, "tuning": table}

@@ -26,7 +26,7 @@ from dkbench.storage import atomic_file, atomic_write_text, fsync_dir  # noqa: F
 
 #: Config sections that do not change results (where files go, how they are logged).
 NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite_name", "keep_checkpoints", "threads",
-                    "placement", "prestage_only",
+                    "placement", "prestage_only", "search", "protocol", "tuning",
                     "checkpoint")  # how often last.ckpt is saved; `speed` stays in: see runner/speed.py
 RESULT_FILES = ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE")
 #: `status.json` holds one of these (plus `config_hash`, and `reason` / `error` where relevant).
@@ -42,6 +42,9 @@ def identity_config(cfg: DictConfig) -> dict[str, Any]:
             continue
         value = cfg[key]
         identity[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    if isinstance(identity.get("strategy"), dict):
+        # a search space says how a value would be chosen (runner/tuning.py); the value is in `options`
+        identity["strategy"].pop("search", None)
     return identity
 
 

@@ -22,6 +22,7 @@ from dkbench.errors import RunConfigError
 SUITE_KEYS = {
     "name", "description", "datasets", "backbones", "strategies", "seeds", "baseline", "rank_metric",
     "metrics", "experiment", "overrides", "per_dataset", "per_backbone", "per_strategy", "controls",
+    "protocol", "tuning",  # copied from the run config's top-level keys by the sweeper (runner/tuning.py)
 }
 CONTROL_KEYS = {"ceiling", "strategy"}
 
@@ -33,10 +34,11 @@ class Cell:
     strategy: str
     seed: int
     overrides: tuple[str, ...]
+    tag: str = ""  # a trial of the tuned protocol: "@trial03" (runner/tuning.py)
 
     @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.backbone}__{self.strategy}/seed_{self.seed}"
+        return f"{self.dataset}/{self.backbone}__{self.strategy}{self.tag}/seed_{self.seed}"
 
 
 def validate_suite(suite: Mapping[str, Any], valid: Mapping[str, Sequence[str]]) -> None:

@@ -66,6 +66,8 @@ class SweepPlan:
     incompatible: list[tuple[Cell, str]] = field(default_factory=list)
     #: unfinished pre-stage runs of the pending cells, one per (run folder, config hash)
     prestages: list[Prestage] = field(default_factory=list)
+    #: cell label → (run folder, config hash) of every compatible cell
+    folders: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _valid_names() -> dict[str, list[str]]:
@@ -82,14 +84,16 @@ AXIS_OVERRIDES = {"seed": "suite.seeds=[5]", "dataset": "suite.datasets=[probe]"
                   "backbone": "suite.backbones=[tinycnn]", "strategy": "suite.strategies=[baseline]"}
 
 
-def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig]) -> SweepPlan:
+def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig],
+               cells: list[Cell] | None = None) -> SweepPlan:
+    """Classify the suite's cells (or the given `cells`, e.g. the trials of the tuned protocol)."""
     for argument in arguments:  # `seed=5` would give every cell seed 5: three "done" seeds, one folder
         axis = argument.lstrip("+~").split("=", 1)[0]
         if axis in AXIS_OVERRIDES and len(suite.get(f"{axis}s" if axis != "strategy" else "strategies") or ()) > 1:
             raise RunConfigError(f"{argument}: a sweep takes its {axis}s from the suite; choose them with "
                                  f"{AXIS_OVERRIDES[axis]} (or run one cell with `dkbench train`)")
     validate_suite(suite, _valid_names())
-    plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)))
+    plan = SweepPlan(suite=suite, cells=expand_suite(suite, list(arguments)) if cells is None else list(cells))
     seen: set[tuple[str, str]] = set()
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
@@ -105,7 +109,9 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
             run.path.mkdir(parents=True, exist_ok=True)
             run.set_status("incompatible", cfg_hash, reason=reason)
             plan.incompatible.append((cell, reason))
-        elif run.is_done(cfg_hash):
+            continue
+        plan.folders[cell.label] = (str(run.path), cfg_hash)
+        if run.is_done(cfg_hash):
             plan.done.append(cell)
         else:
             if run.path.exists() and run.done_hash is None and any(run.path.iterdir()):

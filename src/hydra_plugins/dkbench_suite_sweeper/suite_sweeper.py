@@ -61,33 +61,75 @@ class SuiteSweeper(Sweeper):
         return BATCHES_PER_WORKER * int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1
 
     def sweep(self, arguments: list[str]) -> Any:
-        from dkbench.errors import RunInterrupted, UserError
-        from dkbench.runner.signals import raise_on_signals
-        from dkbench.runner.sweep import LAST_SWEEP, SweepProgress, plan_cells
+        from dkbench.errors import UserError
+        from dkbench.runner.sweep import LAST_SWEEP, plan_cells
+        from dkbench.runner.tuning import protocol
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if OmegaConf.select(self.config, "suite") is None:
             raise ValueError("dkbench_suite sweeper needs a suite: add `suite=<name>` (see `dkbench list suites`)")
         suite = OmegaConf.to_container(self.config.suite, resolve=True)
+        suite["protocol"] = OmegaConf.select(self.config, "protocol", default="default")
+        suite["tuning"] = OmegaConf.to_container(self.config.tuning, resolve=True) if "tuning" in self.config else {}
         loader = self.hydra_context.config_loader
 
         def load(overrides: list[str]) -> DictConfig:
             return loader.load_sweep_config(self.config, overrides)
 
         try:
+            if protocol(suite) == "tuned":
+                return self._tuned(suite, arguments, load)
             plan = plan_cells(suite, arguments, load)
         except UserError as err:  # a bad name or setting: the CLI prints it as one line, exit 2
             LAST_SWEEP.update(error=str(err))
             return []
+        results: list[Any] = []
+        self._run_plan(plan, results)
+        return results
+
+    def _run_plan(self, plan: Any, results: list[Any]) -> Any:
+        from dkbench.errors import RunInterrupted
+        from dkbench.runner.signals import raise_on_signals
+        from dkbench.runner.sweep import SweepProgress
+
         progress = SweepProgress(plan)
         progress.report_plan()
-        results: list[Any] = []
         try:  # SIGTERM / Ctrl-C between cells: stop launching, report what finished
             with raise_on_signals():
                 self._launch(plan, progress, results)
         except RunInterrupted as err:
             progress.interrupted_by = err.signum
         progress.report_end()
+        return progress
+
+    def _tuned(self, suite: dict, arguments: list[str], load: Any) -> list[Any]:
+        """The tuned protocol: every group's N trials, then its seeds at the trial chosen on
+        validation (dkbench/runner/tuned_sweep.py). The exit status counts both phases."""
+        from dkbench.runner.sweep import LAST_SWEEP
+        from dkbench.runner.tuned_sweep import plan_final, plan_trials, select_groups
+
+        assert self.config is not None
+        results: list[Any] = []
+        trials = plan_trials(suite, arguments, load)
+        print(f"tuned protocol: {trials.options['trials']} trials per cell ({trials.options['sampler']} search, "
+              f"seed {trials.options['trial_seed']}, selected on validation), then seeds {list(suite['seeds'])}",
+              flush=True)
+        first = self._run_plan(trials.plan, results)
+        phase_one = dict(LAST_SWEEP)
+        if first.interrupted_by is not None:
+            return results
+        chosen = select_groups(suite, trials, self.config.paths.runs_dir, str(self.config.monitor.metric),
+                               str(self.config.monitor.mode))
+        waiting = len(trials.groups) - len(chosen) - len({(c.dataset, c.backbone, c.strategy)
+                                                          for c, _ in trials.plan.incompatible})
+        if waiting:
+            print(f"tuned protocol: {waiting} cell(s) keep an unfinished trial; their seeds wait for the next sweep",
+                  flush=True)
+        final = plan_final(suite, arguments, load, chosen)
+        if final is not None:
+            self._run_plan(final, results)
+        for key in ("done", "failed", "no_data", "total"):
+            LAST_SWEEP[key] = LAST_SWEEP.get(key, 0) + phase_one.get(key, 0) if final is not None else phase_one.get(key, 0)
         return results
 
     def _launch(self, plan: Any, progress: Any, results: list[Any]) -> None:
