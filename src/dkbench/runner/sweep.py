@@ -158,11 +158,13 @@ class SweepProgress:
             print(f"  {len(p.prestages)} pre-stage run(s) first (shared by the cells that need them):", flush=True)
             for prestage in p.prestages:
                 print(f"    {prestage.label}", flush=True)
-        grouped: dict[tuple[str, str], list[int]] = {}
+        grouped: dict[tuple[str, str], list[str]] = {}
         for cell, reason in p.incompatible:  # one line per dataset × backbone × strategy
-            grouped.setdefault((cell.label.rsplit("/seed_", 1)[0], reason), []).append(cell.seed)
+            key = (f"{cell.dataset}/{cell.backbone}__{cell.strategy}", reason)
+            grouped.setdefault(key, []).append(f"{cell.tag}/seed_{cell.seed}" if cell.tag else str(cell.seed))
         for (label, reason), seeds in grouped.items():
-            print(f"  incompatible {label} (seeds {seeds}): {reason}", flush=True)
+            what = "runs" if any("/" in s for s in seeds) else "seeds"
+            print(f"  incompatible {label} ({what} {', '.join(seeds)}): {reason}", flush=True)
 
     def record_prestages(self, prestages: list[Prestage], returns: list[Any]) -> None:
         for prestage, ret in zip(prestages, returns, strict=True):
