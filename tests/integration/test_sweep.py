@@ -172,8 +172,11 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     stamps = {f: f.stat().st_mtime_ns for run in finished for f in run.iterdir() if f.is_file()}
     assert not (tmp_path / "runs/smoke@tuned/probe/tinycnn__baseline/chosen.json").exists()  # 1 of 2 trials: no choice
 
-    out = cli(tmp_path, *args).stdout
+    done = cli(tmp_path, *args)
+    out = done.stdout
     assert "1 already done (skipped)" in out
+    quiet = out + done.stderr + next(trials.glob("*@trial01/seed_1000/train.log")).read_text()
+    assert "alembic" not in quiet and "Tip:" not in quiet  # no start-up noise in the console or the run's log
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # the finished trial untouched
     chosen = json.loads((tmp_path / "runs/smoke@tuned/probe/tinycnn__baseline/chosen.json").read_text())
     assert chosen["trial"] in (0, 1) and chosen["selected_by"] == "val/auroc" and len(chosen["trials"]) == 2

@@ -60,6 +60,16 @@ log = logging.getLogger("dkbench")
 # last.ckpt: that default (the full trainer state) is what a resume needs; the note is noise
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 
+
+class _WithoutAdvertising(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line, logged at every Trainer start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdvertising())
+
 # Lightning hints that do not apply to in-memory data and fixed logging intervals.
 for _pattern in (
     ".*number of training batches.*smaller than the logging interval.*",
