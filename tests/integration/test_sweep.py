@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,8 +176,11 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     done = cli(tmp_path, *args)
     out = done.stdout
     assert "1 already done (skipped)" in out
-    quiet = out + done.stderr + next(trials.glob("*@trial01/seed_1000/train.log")).read_text()
+    train_log = next(trials.glob("*@trial01/seed_1000/train.log")).read_text()
+    quiet = out + done.stderr + train_log
     assert "alembic" not in quiet and "Tip:" not in quiet  # no start-up noise in the console or the run's log
+    # no terminal: progress as log lines, the last epoch always (with this epoch's loss and validation)
+    assert re.search(r"epoch 1/1 · train/loss \d\.\d{4} · val/auroc \d\.\d{4} \(best", train_log), train_log[-2000:]
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # the finished trial untouched
     chosen = json.loads((tmp_path / "runs/smoke@tuned/probe/tinycnn__baseline/chosen.json").read_text())
     assert chosen["trial"] in (0, 1) and chosen["selected_by"] == "val/auroc" and len(chosen["trials"]) == 2

@@ -63,6 +63,61 @@ class TrainThroughput(pl.Callback):
         return sum(n for n, _ in steady) / seconds if seconds > 0 else float("nan")
 
 
+class ProgressLog(pl.Callback):
+    """Progress as log lines when there is no progress bar (a sweep worker, a batch job): at most
+    one line every `every_s` seconds, at an epoch's end or inside a long epoch, plus the last
+    epoch: epoch, loss, the monitored validation metric (and its best so far), elapsed, ETA."""
+
+    def __init__(self, logger: Any, monitor: str, mode: str, every_s: float = 30.0) -> None:
+        self.logger, self.monitor, self.mode, self.every_s = logger, monitor, mode, float(every_s)
+        self._began = self._last = time.time()
+        self._first_epoch = 0  # a resumed run's ETA counts from where it resumed
+        self._best: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._began = self._last = time.time()
+        self._first_epoch = trainer.current_epoch
+
+    def _due(self) -> bool:
+        return time.time() - self._last >= self.every_s
+
+    def _eta(self, trainer, epoch_fraction: float) -> str:
+        """Elapsed and remaining minutes, from the pace since this process started training."""
+        elapsed = time.time() - self._began
+        total = max(trainer.max_epochs - self._first_epoch, 1)
+        progress = (trainer.current_epoch - self._first_epoch + epoch_fraction) / total
+        eta = elapsed / progress * (1 - progress) if progress > 0 else float("nan")
+        return f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._due() and batch_idx + 1 < trainer.num_training_batches:
+            self._last = time.time()
+            fraction = (batch_idx + 1) / max(trainer.num_training_batches, 1)
+            self.logger.info("epoch %d/%d · batch %d/%d · %s", trainer.current_epoch + 1, trainer.max_epochs,
+                          batch_idx + 1, trainer.num_training_batches, self._eta(trainer, fraction))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # (runs after the epoch's validation; a callback's on_validation_epoch_end would run before
+        # the module's and see the previous epoch's numbers)
+        metrics = trainer.callback_metrics
+        value = metrics.get(self.monitor)
+        if value is not None and math.isfinite(float(value)):
+            better = (max if self.mode == "max" else min)
+            self._best = float(value) if self._best is None else better(self._best, float(value))
+        last_epoch = trainer.current_epoch + 1 >= trainer.max_epochs
+        if not (self._due() or last_epoch):
+            return
+        self._last = time.time()
+        loss = metrics.get("train/loss")
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if loss is not None:
+            parts.append(f"train/loss {float(loss):.4f}")
+        if value is not None:
+            parts.append(f"{self.monitor} {float(value):.4f} (best {self._best:.4f})")
+        parts.append(self._eta(trainer, 1.0))
+        self.logger.info(" · ".join(parts))
+
+
 class NonFiniteLossError(RuntimeError):
     """Training loss became NaN/inf: the run is recorded as failed."""
 

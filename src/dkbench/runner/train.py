@@ -30,6 +30,7 @@ from dkbench.leaderboard.collect import selected_val_metrics
 from dkbench.losses.task import TaskLoss
 from dkbench.runner.callbacks import (
     FailOnNonFiniteLoss,
+    ProgressLog,
     ResumableRandomState,
     TrainThroughput,
 )
@@ -239,6 +240,9 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     # run ends as an uninterrupted one would (tests/robustness/test_resume.py)
     callbacks = [best, last, throughput, FailOnNonFiniteLoss(), ResumableRandomState(), KeepLoggedEpochs(),
                  *_instantiate_list(cfg.get("callbacks"))]
+    if not cfg.ui.progress_bar:  # no terminal: progress as log lines (train.log and the console)
+        callbacks.append(ProgressLog(logging.getLogger("dkbench.progress"), str(cfg.monitor.metric), str(cfg.monitor.mode),
+                                     float(cfg.ui.get("progress_every_s", 30))))
     loggers = _instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, benchmark=speed.cudnn_benchmark)
