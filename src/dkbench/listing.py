@@ -44,16 +44,41 @@ def list_datasets() -> str:
     return overview + "\n\nExpert knowledge each dataset provides (its YAML's `knowledge:`):\n" + "\n".join(knowledge)
 
 
-def list_backbones() -> str:
-    from dkbench.backbones import BACKBONES
+def _builds_in_3d(arch: str) -> bool:
+    """Whether backbone `arch` builds for 3D input (on the `meta` device: shapes only, no memory)."""
+    import torch
 
-    configs: dict[str, list[str]] = {}
+    from dkbench.backbones import create_backbone
+
+    try:
+        with torch.device("meta"):
+            create_backbone(arch, in_chans=1, spatial_dims=3, img_size=64)
+    except Exception:  # noqa: BLE001 - any refusal means: not for 3D input
+        return False
+    return True
+
+
+def list_backbones() -> str:
+    """Every backbone config with what it can do: dims, dense (segmentation), offline ImageNet
+    weights, the smallest input, and the optional extra a config needs when it is not installed."""
+    from dkbench.backbones import BACKBONES
+    from dkbench.backbones.registry import is_dense, pretrained_weights_file
+
+    installed = set(BACKBONES.names())
+    rows = []
     for stem, cfg in _yaml_entries("backbone").items():
-        configs.setdefault(cfg.get("arch", stem), []).append(stem)
-    return _table(
-        ["registry name", "configs (backbone=…)"],
-        [[name, ", ".join(configs.get(name, [])) or "(no yaml)"] for name in BACKBONES.names()],
-    )
+        arch = str(cfg.get("arch", stem))
+        about = _first_comment(config_dir() / "backbone" / f"{stem}.yaml")
+        if arch not in installed:
+            extra = about[about.find("dkbench["):].split("]")[0] + "]" if "dkbench[" in about else "an optional extra"
+            rows.append([stem, arch, "-", "-", "-", cfg.get("min_size") or "-", f"not installed: needs {extra}"])
+            continue
+        weights = "shipped / cached" if pretrained_weights_file(arch, 2) else "-"
+        rows.append([stem, arch, "2D, 3D" if _builds_in_3d(arch) else "2D", "yes" if is_dense(arch) else "no",
+                     weights, cfg.get("min_size") or "-",
+                     "pretrained: true" if cfg.get("pretrained") else ""])
+    return _table(["config (backbone=…)", "registry name", "dims", "dense (segmentation)",
+                   "ImageNet weights offline (2D)", "min input px", "notes"], rows)
 
 
 def list_strategies() -> str:

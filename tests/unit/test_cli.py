@@ -55,3 +55,15 @@ def test_printing_the_config_needs_no_data(tmp_path, monkeypatch, capsys):
     assert main(["train", "experiment=medmnist_v2_resnet18_28_3d", "--cfg", "job"]) == 0
     out = capsys.readouterr().out
     assert "name: vesselmnist3d" in out and "batch_size: 32" in out and "spatial_dims: 3" in out
+
+
+def test_list_backbones_says_what_each_can_do(capsys):
+    assert main(["list", "backbones"]) == 0
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()}
+    assert rows["unet"][2] == "2D, 3D" and rows["unet"][3] == "yes"          # dense: serves segmentation
+    assert rows["resnet18_28"][3] == "no"
+    assert rows["efficientnet_lite0_imagenet"][4] == "shipped / cached"     # offline ImageNet weights
+    assert rows["densenet121"][5] == "32"                                    # smallest input
+    for name in ("timm_resnet18", "timm_convnext_atto"):                     # configs of an absent extra stay listed
+        assert name in rows
+        assert "timm" in rows[name][6] or rows[name][2] != "-"
