@@ -176,6 +176,7 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     done = cli(tmp_path, *args)
     out = done.stdout
     assert "1 already done (skipped)" in out
+    assert f"runs → {tmp_path / 'runs'} · reports → {tmp_path / 'reports'}" in out  # said at the start
     train_log = next(trials.glob("*@trial01/seed_1000/train.log")).read_text()
     quiet = out + done.stderr + train_log
     assert "alembic" not in quiet and "Tip:" not in quiet  # no start-up noise in the console or the run's log

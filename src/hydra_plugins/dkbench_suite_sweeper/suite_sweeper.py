@@ -71,6 +71,8 @@ class SuiteSweeper(Sweeper):
         suite = OmegaConf.to_container(self.config.suite, resolve=True)
         suite["protocol"] = OmegaConf.select(self.config, "protocol", default="default")
         suite["tuning"] = OmegaConf.to_container(self.config.tuning, resolve=True) if "tuning" in self.config else {}
+        print(f"runs → {self.config.paths.runs_dir} · reports → {self.config.paths.reports_dir} "
+              "(paths.root_dir, env DKBENCH_ROOT)", flush=True)
         loader = self.hydra_context.config_loader
 
         def load(overrides: list[str]) -> DictConfig:
