@@ -21,6 +21,9 @@ commands:
                                (hydra/launcher=joblib hydra.launcher.n_jobs=2 for parallel runs)
   report suite=<name> [overrides]
                                leaderboard from the suite's run folders → reports/<suite>/
+  evaluate run=<run folder> dataset=<name> [split=test] [dataset overrides]
+                               external validation: a finished run's selected model scored on
+                               another dataset → <run>/external/<dataset>/metrics.json
   demo   [overrides]           the main job: sweep + report of the `demo` suite, offline
   list   datasets|backbones|strategies|experiments|suites
                                what `dataset=…`, `backbone=…` etc. accept
@@ -118,6 +121,21 @@ def _report(rest: list[str]) -> int:
     from dkbench.runner.reporting import report_suite
 
     return 0 if report_suite(rest) else 1
+
+
+def _evaluate(rest: list[str]) -> int:
+    from dkbench.errors import RunConfigError
+    from dkbench.runner.evaluate import evaluate
+
+    run = [a.split("=", 1)[1] for a in rest if a.startswith("run=")]
+    split = [a.split("=", 1)[1] for a in rest if a.startswith("split=")]
+    overrides = [a for a in rest if not a.startswith(("run=", "split="))]
+    if len(run) != 1 or not any(a.startswith("dataset=") for a in overrides):
+        raise RunConfigError("evaluate needs one run folder and a dataset: "
+                             "`dkbench evaluate run=runs/<suite>/<dataset>/<backbone>__<strategy>/seed_0 dataset=<name>`")
+    record = evaluate(run[0], overrides, split=split[0] if split else "test")
+    print(" ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("test/")))
+    return 0
 
 
 def _list(what: str | None) -> int:
@@ -224,6 +242,8 @@ def _run(command: str, rest: list[str]) -> int:
         return _sweep(rest)
     elif command == "report":
         return _report(rest)
+    elif command == "evaluate":
+        return _evaluate(rest)
     elif command == "demo":
         has_suite = any(a.startswith("suite=") for a in rest)
         args = rest if has_suite else ["suite=demo", *rest]
