@@ -265,7 +265,7 @@ def test_load_local_weights_round_trip(tmp_path):
     _assert_same(src, via_factory)
 
 
-def test_load_lightning_checkpoint_with_prefix(tmp_path):
+def test_load_lightning_checkpoint_with_prefix(tmp_path, caplog):
     src = _fresh("resnet18_28", seed=1)
     state = {f"model.backbone.{k}": v for k, v in src.state_dict().items()}
     state["model.backbone.fc.weight"] = torch.zeros(10, 512)  # a classifier inside the prefix
@@ -274,8 +274,13 @@ def test_load_lightning_checkpoint_with_prefix(tmp_path):
     ckpt = {"epoch": 3, "global_step": 99, "state_dict": state, "hyper_parameters": {"lr": 0.001}}
     path = tmp_path / "last.ckpt"
     torch.save(ckpt, path)
-    dst = create_backbone("resnet18_28", in_chans=1, img_size=28, weights=str(path))
+    with caplog.at_level("WARNING", logger="dkbench"):
+        dst = create_backbone("resnet18_28", in_chans=1, img_size=28, weights=str(path))
     _assert_same(src, dst)
+    # the partial load names what it left behind
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "1 classifier key(s) [fc.weight]" in said
+    assert "2 key(s) outside prefix 'model.backbone.' [model.head.bias, model.head.weight]" in said
     # DataParallel-style prefix, plain state dict
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "dp.pth")
     _assert_same(src, load_local_weights(_fresh("resnet18_28", seed=3), tmp_path / "dp.pth"))

@@ -159,6 +159,10 @@ def _is_classifier_key(key: str) -> bool:
     return any(part in CLASSIFIER_NAMES for part in key.split(".")[:-1])
 
 
+def _listed(keys: list[str], n: int = 8) -> str:
+    return "[" + ", ".join(keys[:n]) + (f", … +{len(keys) - n} more" if len(keys) > n else "") + "]"
+
+
 def match_state_dict(
     backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state_dict"
 ) -> dict[str, torch.Tensor]:
@@ -173,12 +177,16 @@ def match_state_dict(
     if prefix:
         log.info("%s: using keys under prefix %r", source, prefix)
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    ignored = len(state) - len(own)
+    outside = sorted(k for k in state if not k.startswith(prefix))
+    ignored = len(outside)
 
     # classifier keys of the source model: a backbone has no classifier
     dropped = [k for k in own if k not in target and _is_classifier_key(k)]
     for k in dropped:
         del own[k]
+    if dropped or outside:  # a partial load says what it left behind
+        log.warning("%s: not loaded — %d classifier key(s) %s; %d key(s) outside prefix %r %s", source,
+                    len(dropped), _listed(dropped), len(outside), prefix, _listed(outside))
 
     # input stem with another channel count
     stem = stem_weight_key(backbone)

@@ -29,10 +29,12 @@ def git_sha(repo: Path | None = None) -> str:
         sha = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        # dirty: a tracked file changed anywhere, or a new file where code and configs live (a
+        # strategy or dataset YAML not yet committed changes results as much as an edit does)
+        dirty = any(subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", *flags],
             capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
+        ).stdout.strip() for flags in (["--untracked-files=no"], ["--untracked-files=all", "--", "src", "configs"]))
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
