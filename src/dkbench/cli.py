@@ -27,6 +27,10 @@ commands:
   demo   [overrides]           the main job: sweep + report of the `demo` suite, offline
   list   datasets|backbones|strategies|experiments|suites
                                what `dataset=…`, `backbone=…` etc. accept
+
+options (any command):
+  --configs DIR                a folder of your own configs (dataset/, backbone/, strategy/, suite/,
+                               ...) added to dkbench's; repeatable; or env DKBENCH_USER_CONFIGS
 """
 
 
@@ -62,7 +66,9 @@ def _hydra_entry(argv: list[str]) -> object:
             result["user_error"] = err
         return result.get("metrics")
 
-    sys.argv = argv
+    from dkbench.config import searchpath_overrides
+
+    sys.argv = [*argv, *searchpath_overrides()]  # the user's config folders, when given
     main()
     if "user_error" in result:
         raise result["user_error"]  # type: ignore[misc]
@@ -148,8 +154,28 @@ def _list(what: str | None) -> int:
     return 0
 
 
+def _take_configs_flag(argv: list[str]) -> list[str]:
+    """`--configs DIR` (repeatable, anywhere): the user's config folders, passed on through the
+    environment so that sweep workers and pre-stage runs see them too."""
+    from dkbench.config import USER_CONFIGS_ENV
+
+    rest, dirs = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--configs":
+            dirs.append(os.path.abspath(next(args, "")))
+        elif arg.startswith("--configs="):
+            dirs.append(os.path.abspath(arg.split("=", 1)[1]))
+        else:
+            rest.append(arg)
+    if dirs:
+        known = [d for d in os.environ.get(USER_CONFIGS_ENV, "").split(os.pathsep) if d]
+        os.environ[USER_CONFIGS_ENV] = os.pathsep.join(dict.fromkeys([*dirs, *known]))
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _take_configs_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -185,14 +211,14 @@ def _hydra_message(err: Exception) -> str:
     failed with Hydra's own hint (e.g. "use +key=value to add a key")."""
     import re
 
-    from dkbench.config import config_dir
+    from dkbench.config import group_files
 
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     head = lines[0] if lines else type(err).__name__
     unknown = re.search(r"Could not find '([\w/]+)/([^']+)'", head)
     if unknown:
         group, name = unknown.groups()
-        names = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        names = sorted(group_files(group))
         return f"{group}={name}: no such {group}; valid names: {', '.join(names)} (see `dkbench list`)"
     if "override_grammar" in str(err):
         return f"malformed override ({head}); write key=value, quote lists: 'key=[a,b]'"

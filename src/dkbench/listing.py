@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dkbench.config import config_dir, group_entry
+from dkbench.config import group_entry, group_files
 
 
 def _yaml_entries(group: str) -> dict[str, dict]:
-    return {p.stem: group_entry(group, p.stem) for p in sorted((config_dir() / group).glob("*.yaml"))}
+    return {name: group_entry(group, name) for name in sorted(group_files(group))}
 
 
 def _first_comment(path: Path) -> str:
@@ -68,7 +68,7 @@ def list_backbones() -> str:
     rows = []
     for stem, cfg in _yaml_entries("backbone").items():
         arch = str(cfg.get("arch", stem))
-        about = _first_comment(config_dir() / "backbone" / f"{stem}.yaml")
+        about = _first_comment(group_files("backbone")[stem])
         if arch not in installed:
             extra = about[about.find("dkbench["):].split("]")[0] + "]" if "dkbench[" in about else "an optional extra"
             rows.append([stem, arch, "-", "-", "-", cfg.get("min_size") or "-", f"not installed: needs {extra}"])
@@ -92,8 +92,7 @@ def list_strategies() -> str:
 
 
 def list_experiments() -> str:
-    paths = sorted((config_dir() / "experiment").glob("*.yaml"))
-    return "\n".join(f"{p.stem}: {_first_comment(p)}" for p in paths)
+    return "\n".join(f"{name}: {_first_comment(path)}" for name, path in sorted(group_files("experiment").items()))
 
 
 def list_suites() -> str:

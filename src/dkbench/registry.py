@@ -26,6 +26,38 @@ class UnknownNameError(UserError, KeyError):
         return str(self.args[0])
 
 
+#: the user's own modules that register datasets, backbones or strategies (comma-separated
+#: import names); installed packages can instead declare an entry point in the group below
+PLUGINS_ENV = "DKBENCH_PLUGINS"
+ENTRY_POINT_GROUP = "dkbench.plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the user's plugin modules once, so their `@register_*` decorators run. These are
+    modules the user names (DKBENCH_PLUGINS) or installs (entry points): their own code, imported
+    like any package, never a file dkbench reads as data."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import os
+    from importlib.metadata import entry_points
+
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise PluginError(f"plugin module '{name}' (from {PLUGINS_ENV}) cannot be imported: {err}; install "
+                              "it or put its folder on PYTHONPATH") from None
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+
+
+class PluginError(UserError, ImportError):
+    """A plugin module named by the user cannot be imported."""
+
+
 class Registry(Generic[T]):
     """Name → entry (a class or factory), with the axis name used in error messages."""
 
@@ -74,6 +106,7 @@ class Registry(Generic[T]):
         for mod in pkgutil.iter_modules(pkg.__path__):
             if not mod.name.startswith("_"):
                 importlib.import_module(f"{self._package}.{mod.name}")
+        load_plugins()
 
     def _load_for(self, name: str) -> None:
         """Make `name` resolvable at the least import cost: its own module, else everything."""

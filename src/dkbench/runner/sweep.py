@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 import dkbench.config  # noqa: F401  (registers the resolvers the configs use)
 from dkbench.backbones.registry import task_incompatibility
-from dkbench.config import config_dir
+from dkbench.config import group_files
 from dkbench.data.loading import spec_from_config
 from dkbench.data.registry import MissingDataError
 from dkbench.errors import RunConfigError, RunInterrupted
@@ -72,9 +72,9 @@ class SweepPlan:
 
 def _valid_names() -> dict[str, list[str]]:
     return {
-        "dataset": [p.stem for p in (config_dir() / "dataset").glob("*.yaml")],
-        "backbone": [p.stem for p in (config_dir() / "backbone").glob("*.yaml")],
-        "strategy": [p.stem for p in (config_dir() / "strategy").glob("*.yaml")],
+        "dataset": list(group_files("dataset")),
+        "backbone": list(group_files("backbone")),
+        "strategy": list(group_files("strategy")),
     }
 
 

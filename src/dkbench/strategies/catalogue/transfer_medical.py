@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dkbench.backbones import load_local_weights
-from dkbench.config import config_dir
+from dkbench.config import group_files
 from dkbench.data.loading import spec_from_config
 from dkbench.data.spec import DatasetSpec
 from dkbench.data.spec import num_outputs
@@ -85,11 +85,11 @@ class TransferMedical(Strategy):
 
     def _source_spec(self) -> DatasetSpec | str:
         source = self.options.source
-        path = config_dir() / "dataset" / f"{source}.yaml"
-        if not path.exists():
-            valid = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-            return f"strategy '{self.name}': unknown source dataset '{source}' (options.source); valid: {valid}"
-        return spec_from_config(OmegaConf.load(path))
+        datasets = group_files("dataset")
+        if source not in datasets:
+            return (f"strategy '{self.name}': unknown source dataset '{source}' (options.source); "
+                    f"valid: {', '.join(sorted(datasets))}")
+        return spec_from_config(OmegaConf.load(datasets[source]))
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:
         reason = super().incompatibility(spec, backbone)
         if reason:
