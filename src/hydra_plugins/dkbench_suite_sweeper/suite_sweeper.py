@@ -128,10 +128,11 @@ class SuiteSweeper(Sweeper):
             print(f"tuned protocol: {waiting} cell(s) keep an unfinished trial; their seeds wait for the next sweep",
                   flush=True)
         final = plan_final(suite, arguments, load, chosen)
-        if final is not None:
-            self._run_plan(final, results)
-        for key in ("done", "failed", "no_data", "total"):
-            LAST_SWEEP[key] = LAST_SWEEP.get(key, 0) + phase_one.get(key, 0) if final is not None else phase_one.get(key, 0)
+        if final is None:
+            return results  # LAST_SWEEP still holds the trials' counts
+        self._run_plan(final, results)
+        for key in ("done", "failed", "no_data", "total"):  # the exit status counts both phases
+            LAST_SWEEP[key] = LAST_SWEEP.get(key, 0) + phase_one.get(key, 0)
         return results
 
     def _launch(self, plan: Any, progress: Any, results: list[Any]) -> None:
