@@ -14,6 +14,7 @@ from dkbench.runner.compose import compose_config
 from dkbench.runner.run_folder import config_hash
 from dkbench.runner.tuning import (
     TrialResult,
+    protocol,
     parse_distribution,
     sample_trial,
     search_space,
@@ -149,3 +150,11 @@ def test_tuning_options_refuse_a_trial_seed_among_the_evaluation_seeds():
     with pytest.raises(RunConfigError, match="sampler"):
         tuning_options({"name": "s", "seeds": [0], "tuning": {"sampler": "tpe"}})
     assert tuning_options({"name": "s", "seeds": [0], "tuning": {"trials": 3}})["trials"] == 3
+
+
+def test_protocol_names_are_checked_with_the_setting_to_type():
+    assert protocol({}) == "default" and protocol({"protocol": "tuned"}) == "tuned"
+    with pytest.raises(RunConfigError, match=r"protocol=tunned is not a protocol \(valid: default, tuned\)"):
+        protocol({"protocol": "tunned"})
+    with pytest.raises(RunConfigError, match=r"tuning.trials must be a whole number"):
+        tuning_options({"name": "s", "seeds": [0], "tuning": {"trials": 0}})

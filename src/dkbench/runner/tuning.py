@@ -38,7 +38,7 @@ import numpy as np
 from dkbench.errors import RunConfigError
 from dkbench.storage import atomic_write_text
 
-#: suite keys of the protocol (`suite.protocol=tuned`, `suite.tuning.trials=8`, ...)
+#: the protocol's settings: top-level `protocol=tuned`, `tuning.trials=8`, ... (configs/train.yaml)
 PROTOCOLS = ("default", "tuned")
 TUNING_DEFAULTS = {"trials": 8, "trial_seed": 1000, "sampler": "random"}
 TUNING_KEYS = set(TUNING_DEFAULTS)
@@ -136,18 +136,18 @@ def trial_overrides(params: Mapping[str, Any]) -> list[str]:
 
 
 def tuning_options(suite: Mapping[str, Any]) -> dict[str, Any]:
-    """The suite's `tuning:` block over the defaults, checked."""
+    """The `tuning:` settings (copied into the suite by the sweeper) over the defaults, checked."""
     given = dict(suite.get("tuning") or {})
     unknown = sorted(set(given) - TUNING_KEYS)
     if unknown:
-        raise RunConfigError(f"suite '{suite.get('name')}': unknown tuning key(s) {unknown} (valid: {sorted(TUNING_KEYS)})")
+        raise RunConfigError(f"unknown tuning key(s) {unknown} (valid: {', '.join(sorted(TUNING_KEYS))}), e.g. tuning.trials=8")
     options = {**TUNING_DEFAULTS, **given}
     if not isinstance(options["trials"], int) or options["trials"] < 1:
-        raise RunConfigError(f"suite.tuning.trials must be a whole number ≥ 1, got {options['trials']!r}")
+        raise RunConfigError(f"tuning.trials must be a whole number ≥ 1, got {options['trials']!r}")
     if options["sampler"] != "random":
-        raise RunConfigError(f"suite.tuning.sampler '{options['sampler']}' is not available (valid: random)")
+        raise RunConfigError(f"tuning.sampler '{options['sampler']}' is not available (valid: random)")
     if int(options["trial_seed"]) in {int(s) for s in suite.get("seeds") or []}:
-        raise RunConfigError(f"suite.tuning.trial_seed {options['trial_seed']} is one of the evaluation seeds "
+        raise RunConfigError(f"tuning.trial_seed={options['trial_seed']} is one of the evaluation seeds "
                              f"{list(suite.get('seeds'))}: the chosen trial's run would be reported as a result")
     return options
 
@@ -155,7 +155,7 @@ def tuning_options(suite: Mapping[str, Any]) -> dict[str, Any]:
 def protocol(suite: Mapping[str, Any]) -> str:
     value = str(suite.get("protocol") or "default")
     if value not in PROTOCOLS:
-        raise RunConfigError(f"suite.protocol '{value}' is not a protocol (valid: {', '.join(PROTOCOLS)})")
+        raise RunConfigError(f"protocol={value} is not a protocol (valid: {', '.join(PROTOCOLS)})")
     return value
 
 
