@@ -198,3 +198,23 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     table = (tmp_path / "reports/smoke@tuned/tuning.md").read_text()
     row = next(line for line in table.splitlines() if "| baseline |" in line)
     assert "(n=2)" in row and f"trial {chosen['trial']}" in row
+
+
+def test_external_test_sets_are_evaluated_once_and_reported_beside_internal(tmp_path):
+    external = ["+suite.external={probe:[probe_clean]}", "suite.seeds=[0,1]"]
+    refused = cli(tmp_path, "sweep", *SMOKE, *external, check=False)  # the smoke suite drops its weights
+    assert refused.returncode == 2 and "need the runs' weights: drop keep_checkpoints=false" in refused.stderr
+    args = ["sweep", *SMOKE, *external, "keep_checkpoints=true"]
+    out = cli(tmp_path, *args).stdout
+    assert "external test sets: 2 evaluated, 0 already done, 0 failed" in out
+    runs = tmp_path / "runs/smoke/probe/tinycnn__baseline"
+    for seed in (0, 1):
+        record = json.loads((runs / f"seed_{seed}/external/probe_clean/metrics.json").read_text())
+        assert record["evaluated_on"] == "probe_clean" and 0.0 <= record["test/auroc"] <= 1.0
+    again = cli(tmp_path, *args).stdout
+    assert "external test sets: 0 evaluated, 2 already done, 0 failed" in again  # never recomputed
+    cli(tmp_path, "report", *SMOKE, *external)
+    board = (tmp_path / "reports/smoke/leaderboard.md").read_text()
+    assert "## External validation" in board
+    row = next(line for line in board.splitlines() if line.startswith("| probe | probe_clean | tinycnn | baseline"))
+    assert row.count("(n=2)") == 3  # internal, external and the paired change, each over both seeds

@@ -88,6 +88,13 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
         df.to_csv(out / name, index=False)
         paths[name] = out / name
     markdown = render.render_markdown(t, links)
+    if suite.get("external"):  # internal and external test scores side by side (leaderboard/external.py)
+        from dkbench.leaderboard.external import external_table, render_external_markdown
+
+        external = external_table(runs_dir, suite, t.rank_metric)
+        external.to_csv(out / "external.csv", index=False)
+        paths["external.csv"] = out / "external.csv"
+        markdown += "\n" + render_external_markdown(external)
     for name, text in {"leaderboard.md": markdown, "leaderboard.html": render.render_html(t),
                        "leaderboard.tex": render.render_latex(t)}.items():
         (out / name).write_text(text, encoding="utf-8")

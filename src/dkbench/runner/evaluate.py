@@ -100,7 +100,8 @@ def evaluate(run_dir: str | Path, overrides: list[str], split: str = "test") -> 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     out = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {k: float(v) for k, v in out.items() if k.startswith("test/")}
-    record = {**metrics, "run": str(run.path), "trained_on": trained.spec.name, "evaluated_on": other.spec.name,
+    record = {**metrics, "run": str(run.path), "run_config_hash": run.done_hash,
+              "trained_on": trained.spec.name, "evaluated_on": other.spec.name,
               "split": split, "checkpoint": saved.get("checkpoint"), "data_checksum_sha256": other.checksum,
               "wall_time_s": round(time.time() - started, 2)}
     folder = f"external/{other.spec.name}" + ("" if split == "test" else f"@{split}")
@@ -118,3 +119,43 @@ def _as_test(arrays: Any, split: str) -> Any:
     import dataclasses
 
     return dataclasses.replace(arrays, splits={**arrays.splits, "test": arrays.splits[split]})
+
+
+def external_folder(run_dir: str | Path, other: str) -> Path:
+    return Path(run_dir) / "external" / other
+
+
+def is_evaluated(run_dir: str | Path, other: str) -> bool:
+    """An external result of this very run (a retrained run's old result does not count)."""
+    import json
+
+    try:
+        record = json.loads((external_folder(run_dir, other) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("run_config_hash") == RunFolder(run_dir).done_hash
+
+
+def evaluate_external_sets(suite: dict, folders: dict[str, tuple[str, str]], cells: list) -> dict[str, int]:
+    """The suite's external test sets (`external: {dataset: [others]}`) for every finished cell
+    that lacks them; each failure is printed in one line and counted, the sweep goes on."""
+    external = suite.get("external") or {}
+    counts = {"evaluated": 0, "already": 0, "failed": 0}
+    for cell in cells:
+        folder = folders.get(cell.label)
+        if folder is None or cell.dataset not in external or RunFolder(folder[0]).done_hash is None:
+            continue
+        for other in external[cell.dataset] or []:
+            if is_evaluated(folder[0], other):
+                counts["already"] += 1
+                continue
+            try:
+                record = evaluate(folder[0], [f"dataset={other}"])
+            except Exception as err:  # noqa: BLE001 - one external set must not stop the others
+                counts["failed"] += 1
+                print(f"[external] failed {cell.label} on {other}: {(str(err).splitlines() or [''])[0]}", flush=True)
+                continue
+            counts["evaluated"] += 1
+            scores = ", ".join(f"{k}={v:.3f}" for k, v in record.items() if k in ("test/auroc", "test/dice"))
+            print(f"[external] {cell.label} on {other}: {scores}", flush=True)
+    return counts

@@ -22,6 +22,7 @@ from dkbench.errors import RunConfigError
 SUITE_KEYS = {
     "name", "description", "datasets", "backbones", "strategies", "seeds", "baseline", "rank_metric",
     "metrics", "experiment", "overrides", "per_dataset", "per_backbone", "per_strategy", "controls",
+    "external",  # {training dataset: [other datasets]}: external test sets (runner/evaluate.py)
     "protocol", "tuning",  # copied from the run config's top-level keys by the sweeper (runner/tuning.py)
 }
 CONTROL_KEYS = {"ceiling", "strategy"}
@@ -56,6 +57,10 @@ def validate_suite(suite: Mapping[str, Any], valid: Mapping[str, Sequence[str]])
     if not suite.get("seeds"):
         problems.append("suite lists no seeds")
     problems += _control_problems(suite, valid)
+    for dataset, others in (suite.get("external") or {}).items():
+        for name in [dataset, *(others or [])]:
+            if name not in valid["dataset"]:
+                problems.append(f"external: unknown dataset '{name}'")
     if problems:
         raise RunConfigError(f"suite '{suite.get('name', '?')}' is invalid: " + "; ".join(problems))
 

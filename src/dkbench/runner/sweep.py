@@ -98,6 +98,9 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
     for cell in plan.cells:
         cfg = load(list(cell.overrides))
         check_run_config(cfg)  # a bad name or setting stops the sweep before anything is written
+        if cell.dataset in (suite.get("external") or {}) and not cfg.get("keep_checkpoints", True):
+            raise RunConfigError(f"suite '{suite['name']}' has external test sets for '{cell.dataset}', which "
+                                 "need the runs' weights: drop keep_checkpoints=false (or the `external:` entry)")
         spec = spec_from_config(cfg.dataset)
         strategy = strategy_from_config(cfg.strategy)
         reason = strategy.incompatibility(spec, cfg.backbone.arch)

@@ -89,8 +89,9 @@ class SuiteSweeper(Sweeper):
         self._run_plan(plan, results)
         return results
 
-    def _run_plan(self, plan: Any, results: list[Any]) -> Any:
+    def _run_plan(self, plan: Any, results: list[Any], externals: bool = True) -> Any:
         from dkbench.errors import RunInterrupted
+        from dkbench.runner.evaluate import evaluate_external_sets
         from dkbench.runner.signals import raise_on_signals
         from dkbench.runner.sweep import SweepProgress
 
@@ -99,6 +100,11 @@ class SuiteSweeper(Sweeper):
         try:  # SIGTERM / Ctrl-C between cells: stop launching, report what finished
             with raise_on_signals():
                 self._launch(plan, progress, results)
+                if externals and plan.suite.get("external") and progress.interrupted_by is None:
+                    counts = evaluate_external_sets(plan.suite, plan.folders, plan.cells)
+                    print(f"external test sets: {counts['evaluated']} evaluated, {counts['already']} already done, "
+                          f"{counts['failed']} failed", flush=True)
+                    progress.counts["failed"] += counts["failed"]
         except RunInterrupted as err:
             progress.interrupted_by = err.signum
         progress.report_end()
@@ -116,7 +122,7 @@ class SuiteSweeper(Sweeper):
         print(f"tuned protocol: {trials.options['trials']} trials per cell ({trials.options['sampler']} search, "
               f"seed {trials.options['trial_seed']}, selected on validation), then seeds {list(suite['seeds'])}",
               flush=True)
-        first = self._run_plan(trials.plan, results)
+        first = self._run_plan(trials.plan, results, externals=False)
         phase_one = dict(LAST_SWEEP)
         if first.interrupted_by is not None:
             return results
