@@ -54,6 +54,7 @@ def test_another_dataset_and_another_split_get_their_own_folders(trained, monkey
     before = (run / "metrics.json").read_bytes()
     shifted = evaluate(run, ["dataset=probe_clean", *SMALL])
     assert shifted["evaluated_on"] == "probe_clean" and 0.0 <= shifted["test/auroc"] <= 1.0
+    assert shifted["same_source"] is True  # the same generator without its marker: flagged, not external data
     val = evaluate(run, ["dataset=probe", *SMALL], split="val")
     own = json.loads((run / "metrics.json").read_text())
     assert val["test/auroc"] == pytest.approx(own["val/auroc"], abs=1e-6)  # the val split, scored as the run scored it

@@ -81,6 +81,10 @@ def evaluate(run_dir: str | Path, overrides: list[str], split: str = "test") -> 
     if reason is not None:
         raise RunConfigError(f"cannot evaluate {run.path} on '{other.spec.name}': {reason}")
 
+    same_source = other.spec.name != trained.spec.name and other.spec.source == trained.spec.source
+    if same_source:  # e.g. BreastMNIST is BUSI's images: not external data, whatever its name
+        log.warning("'%s' and '%s' share their source ('%s'): the images may overlap, so this is not an "
+                    "external validation", trained.spec.name, other.spec.name, other.spec.source)
     started = time.time()
     torch.manual_seed(int(cfg.seed))
     ctx = build_context(cfg, trained, strategy, train_prestages(strategy, cfg))  # the run's own build
@@ -102,7 +106,7 @@ def evaluate(run_dir: str | Path, overrides: list[str], split: str = "test") -> 
     metrics = {k: float(v) for k, v in out.items() if k.startswith("test/")}
     record = {**metrics, "run": str(run.path), "run_config_hash": run.done_hash,
               "trained_on": trained.spec.name, "evaluated_on": other.spec.name,
-              "split": split, "checkpoint": saved.get("checkpoint"), "data_checksum_sha256": other.checksum,
+              "split": split, "same_source": same_source, "checkpoint": saved.get("checkpoint"), "data_checksum_sha256": other.checksum,
               "wall_time_s": round(time.time() - started, 2)}
     folder = f"external/{other.spec.name}" + ("" if split == "test" else f"@{split}")
     run.file(folder).mkdir(parents=True, exist_ok=True)
