@@ -110,3 +110,21 @@ def test_variant_dataset_configs_inherit_their_parent():
     cfg = compose_config(["dataset=probe_clean"])
     assert cfg.dataset.options.shortcut.enabled is False
     assert OmegaConf.to_container(cfg.dataset.options.radius) == probe["options"]["radius"]
+
+
+def test_breastmnist_64_is_breastmnist_at_64_px_with_the_same_split(data_dir):
+    """The variant inherits everything but the size: the official 64-px file, the same labels."""
+    import numpy as np
+
+    from tests.conftest import require_file
+
+    require_file(data_dir, "medmnist/breastmnist_64.npz")
+    require_file(data_dir, "medmnist/breastmnist.npz")
+    from dkbench.data.loading import load_dataset
+
+    small = load_dataset(compose_config(["dataset=breastmnist"]).dataset, data_dir)
+    large = load_dataset(compose_config(["dataset=breastmnist_64"]).dataset, data_dir)
+    assert large.spec.name == "breastmnist_64" and large.spec.size == 64 and large.spec.source == "busi"
+    for split in ("train", "val", "test"):
+        assert large.splits[split].image.shape[-2:] == (64, 64)
+        assert np.array_equal(large.splits[split].label, small.splits[split].label)

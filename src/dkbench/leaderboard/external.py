@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from dkbench.leaderboard.collect import cell_dir
+from dkbench.runner.run_folder import external_folder
 
 COLUMNS = ["dataset", "external", "backbone", "strategy", "metric", "internal_mean", "internal_std", "internal_n",
            "external_mean", "external_std", "external_n", "paired_change", "paired_n"]
@@ -47,7 +48,7 @@ def external_table(runs_dir: str | Path, suite: dict[str, Any], metric: str) -> 
                     for seed in suite["seeds"]:
                         run = cell_dir(runs_dir, suite["name"], dataset, backbone, strategy, seed)
                         internal.append(_score(run / "metrics.json", metric) if (run / "DONE").exists() else math.nan)
-                        external.append(_score(run / "external" / other / "metrics.json", metric))
+                        external.append(_score(external_folder(run, other) / "metrics.json", metric))
                     pairs = [e - i for i, e in zip(internal, external) if math.isfinite(i) and math.isfinite(e)]
                     (im, isd, inn), (em, esd, en) = _stats(internal), _stats(external)
                     rows.append([dataset, other, backbone, strategy, metric, im, isd, inn, em, esd, en,

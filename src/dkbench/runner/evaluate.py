@@ -12,6 +12,7 @@ refused in one line.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dkbench.errors import RunConfigError
 from dkbench.runner.checkpointing import BEST_WEIGHTS
-from dkbench.runner.run_folder import RunFolder
+from dkbench.runner.run_folder import RunFolder, external_folder
+from dkbench.storage import atomic_write_text
 
 log = logging.getLogger("dkbench")
 SPLITS = ("train", "val", "test")
@@ -106,13 +108,14 @@ def evaluate(run_dir: str | Path, overrides: list[str], split: str = "test") -> 
     metrics = {k: float(v) for k, v in out.items() if k.startswith("test/")}
     record = {**metrics, "run": str(run.path), "run_config_hash": run.done_hash,
               "trained_on": trained.spec.name, "evaluated_on": other.spec.name,
-              "split": split, "same_source": same_source, "checkpoint": saved.get("checkpoint"), "data_checksum_sha256": other.checksum,
+              "split": split, "same_source": same_source, "checkpoint": saved.get("checkpoint"),
+              "data_checksum_sha256": other.checksum,
               "wall_time_s": round(time.time() - started, 2)}
-    folder = f"external/{other.spec.name}" + ("" if split == "test" else f"@{split}")
-    run.file(folder).mkdir(parents=True, exist_ok=True)
-    run.write_json(f"{folder}/metrics.json", record)
+    folder = external_folder(run.path, other.spec.name + ("" if split == "test" else f"@{split}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     if module.test_predictions is not None:
-        run.write_text(f"{folder}/predictions.csv", module.test_predictions.to_csv(index=False))
+        atomic_write_text(folder / "predictions.csv", module.test_predictions.to_csv(index=False))
     log.info("evaluated %s on %s (%s): %s", run.path, other.spec.name, split,
              {k: round(v, 4) for k, v in metrics.items()})
     return record
@@ -125,14 +128,8 @@ def _as_test(arrays: Any, split: str) -> Any:
     return dataclasses.replace(arrays, splits={**arrays.splits, "test": arrays.splits[split]})
 
 
-def external_folder(run_dir: str | Path, other: str) -> Path:
-    return Path(run_dir) / "external" / other
-
-
 def is_evaluated(run_dir: str | Path, other: str) -> bool:
     """An external result of this very run (a retrained run's old result does not count)."""
-    import json
-
     try:
         record = json.loads((external_folder(run_dir, other) / "metrics.json").read_text())
     except (OSError, ValueError):

@@ -48,6 +48,11 @@ def identity_config(cfg: DictConfig) -> dict[str, Any]:
     return identity
 
 
+def external_folder(run_dir: str | Path, other: str) -> Path:
+    """Where a run's result on another dataset lives (`dkbench evaluate`, a suite's `external:`)."""
+    return Path(run_dir) / "external" / other
+
+
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits over the resolved config minus paths/logging: same hash ⇔ same experiment."""
     payload = json.dumps(identity_config(cfg), sort_keys=True, default=str)

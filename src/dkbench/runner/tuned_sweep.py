@@ -87,7 +87,11 @@ def select_groups(suite: dict, trials: TrialPlan, runs_dir: str | Path, monitor:
         results = _trial_results(trials, group)
         if results is None:
             continue
-        best = select_trial(results, metric, mode)
+        try:
+            best = select_trial(results, metric, mode)
+        except ValueError as err:  # every trial diverged: nothing to choose, said, never guessed
+            print(f"tuned protocol: {'/'.join(group)} has no trial to choose: {err}", flush=True)
+            continue
         record = {
             "trial": best.trial, "params": best.params, "selected_by": metric, "mode": mode,
             "rule": f"best {metric} ({mode}) of {len(results)} trials at seed {trials.options['trial_seed']}; "
