@@ -198,6 +198,7 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     table = (tmp_path / "reports/smoke@tuned/tuning.md").read_text()
     row = next(line for line in table.splitlines() if "| baseline |" in line)
     assert "(n=2)" in row and f"trial {chosen['trial']}" in row
+    assert re.search(r"\| \d\.\d{3} \(trial [01]\) \|$", row), row  # the oracle read from the trials' folders
 
 
 def test_external_test_sets_are_evaluated_once_and_reported_beside_internal(tmp_path):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from dkbench.leaderboard import stats
 from dkbench.leaderboard.collect import collect_runs
-from dkbench.runner.tuning import TUNED_SUFFIX, TUNING_SUFFIX, chosen_path, read_chosen
+from dkbench.runner.tuning import TUNED_SUFFIX, chosen_path, read_chosen
 
 COLUMNS = ["dataset", "backbone", "strategy", "default_mean", "default_std", "default_n", "tuned_mean", "tuned_std",
            "tuned_n", "tuned_minus_default", "chosen_trial", "chosen_params", "chosen_validation", "trials_done",
@@ -30,16 +30,12 @@ def _scores(runs_dir: Path, suite: dict, name: str, metric: str) -> pd.DataFrame
     return stats.aggregate(long, [metric])[["dataset", "backbone", "strategy", "mean", "std", "n"]]
 
 
-def _oracle(runs_dir: Path, suite: dict, record: dict, cell: tuple[str, str, str], metric: str) -> tuple[float, Any]:
+def _oracle(record: dict, metric: str) -> tuple[float, Any]:
     """The best test `metric` among the recorded trials (test-selected: a bound, never a result)."""
-    dataset, backbone, strategy = cell
-    seed = record["budget"]["trial_seed"]
     best, which = math.nan, None
     for trial in record["trials"]:
-        folder = (Path(runs_dir) / f"{suite['name']}{TUNING_SUFFIX}" / dataset
-                  / f"{backbone}__{strategy}@trial{int(trial['trial']):02d}" / f"seed_{seed}")
         try:
-            value = float(json.loads((folder / "metrics.json").read_text())[metric])
+            value = float(json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())[metric])
         except (OSError, KeyError, ValueError, TypeError):
             continue
         if math.isfinite(value) and not (value <= best):
@@ -66,7 +62,7 @@ def tuning_table(runs_dir: str | Path, suite: dict, metric: str) -> pd.DataFrame
     for r in merged.itertuples(index=False):
         cell = (r.dataset, r.backbone, r.strategy)
         record = read_chosen(chosen_path(runs_dir, suite["name"], *cell)) or {}
-        oracle, oracle_trial = _oracle(runs_dir, suite, record, cell, metric) if record else (math.nan, None)
+        oracle, oracle_trial = _oracle(record, metric) if record else (math.nan, None)
         chosen = next((t for t in record.get("trials", []) if t["trial"] == record.get("trial")), {})
         rows.append({
             "dataset": r.dataset, "backbone": r.backbone, "strategy": r.strategy,

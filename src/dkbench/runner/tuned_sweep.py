@@ -75,7 +75,7 @@ def _trial_results(trials: TrialPlan, group: Group) -> list[TrialResult] | None:
         if folder is None or not RunFolder(folder[0]).is_done(folder[1]):
             return None
         metrics = json.loads((Path(folder[0]) / "metrics.json").read_text())
-        results.append(TrialResult(trial, params, validation_only(metrics), folder[1]))
+        results.append(TrialResult(trial, params, validation_only(metrics), folder[1], folder[0]))
     return results
 
 
@@ -98,7 +98,7 @@ def select_groups(suite: dict, trials: TrialPlan, runs_dir: str | Path, monitor:
                     "ties → the lower trial (trial 0 = the defaults)",
             "budget": {k: trials.options[k] for k in ("trials", "sampler", "trial_seed")},
             "trials": [{"trial": r.trial, "params": r.params, metric: r.validation.get(metric),
-                        "config_hash": r.config_hash} for r in results],
+                        "config_hash": r.config_hash, "run_dir": r.run_dir} for r in results],
         }
         write_chosen(chosen_path(runs_dir, suite["name"], *group), record)
         chosen[group] = record

@@ -172,6 +172,7 @@ class TrialResult:
     params: dict[str, Any]
     validation: dict[str, float]  # only val/* metrics: a selection cannot see test numbers
     config_hash: str
+    run_dir: str = ""
 
 
 def validation_only(metrics: Mapping[str, Any]) -> dict[str, float]:
