@@ -90,10 +90,11 @@ def dkbench_cli(args: list[str], env: dict[str, str], timeout: float, log: Path)
 def run_folders(runs_dir: Path, suite: str) -> list[dict[str, Any]]:
     """Status, metrics and error of every run folder of a suite (what the leaderboard reads)."""
     rows = []
-    for status_file in sorted((runs_dir / suite).glob("*/*/seed_*/status.json")):
+    # the sections' command-line settings name the suite folder (`<suite>@...`, run_folder.variant_suffix)
+    for status_file in sorted(runs_dir.glob(f"{suite}*/*/*/seed_*/status.json")):
         folder = status_file.parent
         status = json.loads(status_file.read_text())
-        row = {"cell": str(folder.relative_to(runs_dir / suite)), "status": status.get("status"),
+        row = {"cell": str(folder.relative_to(folder.parents[2])), "status": status.get("status"),
                "error": status.get("error") or status.get("reason")}
         metrics_file = folder / "metrics.json"
         if metrics_file.exists():

@@ -236,7 +236,12 @@ def _preflight(overrides: list[str]) -> None:
         return  # a search: every trial is checked by `train` itself (its values come from the sweeper)
     if any(flag in overrides for flag in HYDRA_NO_RUN_FLAGS):
         return  # `--cfg job`, `--info`, `--help`: Hydra prints and runs nothing, so there is nothing to refuse
-    check_cell(compose_config(_overrides_only(overrides)))
+    cfg = compose_config(_overrides_only(overrides))
+    check_cell(cfg)
+    from dkbench.runner.run_folder import adopt_unsuffixed, config_hash
+
+    if adopt_unsuffixed(cfg, config_hash(cfg)):  # before Hydra creates the folder for its log
+        print(f"dkbench: moved the finished run of these settings into {cfg.paths.run_dir}", file=sys.stderr)
 
 
 # Hydra's command-line flags that take a value (`--cfg job`, `-cn name`, ...) and those that print
@@ -260,7 +265,23 @@ def _overrides_only(args: list[str]) -> list[str]:
     return plain
 
 
+def _with_variant(args: list[str]) -> list[str]:
+    """`args` plus `variant=@...` naming the command-line settings that change results
+    (`run_folder.variant_suffix`): such a run gets its own folder instead of superseding the
+    default one. A search (`-m`) varies its values per trial and keeps its own folders."""
+    from dkbench.config import config_dirs
+    from dkbench.runner.run_folder import variant_suffix
+
+    if "-m" in args or "--multirun" in args or any(a.startswith("variant=") for a in args):
+        return args
+    groups = {p.name for folder in config_dirs() for p in folder.iterdir() if p.is_dir()}
+    suffix = variant_suffix(_overrides_only(args), sorted(groups))
+    return [*args, f"variant={suffix}"] if suffix else args
+
+
 def _run(command: str, rest: list[str]) -> int:
+    if command in ("train", "sweep", "report", "demo"):
+        rest = _with_variant(rest)
     if command == "train":
         _preflight(rest)
         _hydra_entry(["dkbench train", *rest])

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,18 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_file(path, "w") as fh:
         fh.write(text)
+
+
+def link_or_copy(source: Path, path: Path) -> None:
+    """`path` becomes the same file as `source`: a hard link where the filesystem allows (no
+    second copy of e.g. shared weights), else an atomic copy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    try:
+        os.link(source, path)
+    except OSError:
+        with open(source, "rb") as src, atomic_file(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
 
 
 @contextmanager

@@ -33,7 +33,9 @@ def trained(tmp_path_factory) -> Path:
 
 
 def run_dir(root: Path, keep: str = "true") -> Path:
-    return root / "runs" / "adhoc" / "probe" / f"tinycnn__baseline@keep_{keep}" / "seed_3"
+    # the command-line settings name the suite folder (adhoc@...: run_folder.variant_suffix)
+    (folder,) = (root / "runs").glob(f"adhoc@*/probe/tinycnn__baseline@keep_{keep}/seed_3")
+    return folder
 
 
 def test_the_training_dataset_reproduces_the_runs_own_test_scores(trained, monkeypatch):

@@ -219,3 +219,21 @@ def test_external_test_sets_are_evaluated_once_and_reported_beside_internal(tmp_
     assert "## External validation" in board
     row = next(line for line in board.splitlines() if line.startswith("| probe | probe_clean | tinycnn | baseline"))
     assert row.count("(n=2)") == 3  # internal, external and the paired change, each over both seeds
+
+
+def test_command_line_settings_get_their_own_folder_and_report(tmp_path):
+    """`dkbench sweep suite=smoke <setting>` runs into `runs/smoke@<setting>` beside the default
+    runs (never superseding them), and `report` with the same setting reads that folder."""
+    one = [*SMOKE, "suite.seeds=[0]"]
+    cli(tmp_path, "sweep", *one)
+    default = tmp_path / "runs/smoke/probe/tinycnn__baseline/seed_0"
+    stamp = (default / "DONE").stat().st_mtime_ns
+    cli(tmp_path, "sweep", *one, "dataset.options.signal=0.9")
+    variant = tmp_path / "runs/smoke@dataset.options.signal:0.9/probe/tinycnn__baseline/seed_0"
+    assert json.loads((variant / "status.json").read_text())["status"] == "done"
+    assert (default / "DONE").stat().st_mtime_ns == stamp and not (default / "superseded").exists()
+    assert json.loads((variant / "metadata.json").read_text())["variant"] == "@dataset.options.signal:0.9"
+    out = cli(tmp_path, "report", *one, "dataset.options.signal=0.9").stdout
+    assert "runs/smoke@dataset.options.signal:0.9" in out
+    board = (tmp_path / "reports/smoke@dataset.options.signal:0.9/leaderboard.md").read_text()
+    assert "Leaderboard: smoke@dataset.options.signal:0.9" in board

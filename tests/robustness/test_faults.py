@@ -48,7 +48,11 @@ def test_a_signal_ends_the_run_as_interrupted_and_the_rerun_resumes(tmp_path, si
     env.pop("DKBENCH_TRACEBACK", None)
     argv = [sys.executable, "-m", "dkbench.cli", "train", *TINY_PROBE, "trainer.max_epochs=30",
             "checkpoint.last_every_n_epochs=1"]
-    run = tmp_path / "runs" / "adhoc" / "probe" / "tinycnn__baseline" / "seed_0"
+    # the command-line settings name the suite folder (adhoc@...: run_folder.variant_suffix)
+    from dkbench.cli import _with_variant
+
+    variant = next(a for a in _with_variant(argv[3:]) if a.startswith("variant=")).removeprefix("variant=")
+    run = tmp_path / "runs" / f"adhoc{variant}" / "probe" / "tinycnn__baseline" / "seed_0"
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (run / "checkpoints" / LAST).exists() and proc.poll() is None and time.time() < deadline:
@@ -173,7 +177,8 @@ def test_disk_full_while_recording_leaves_a_recoverable_run(tiny_run, tmp_path, 
 
     monkeypatch.setattr(RunFolder, "write_json", full_disk)
     monkeypatch.delenv("DKBENCH_TRACEBACK", raising=False)
-    code = main(["train", *TINY_PROBE, f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}"])
+    # variant= (empty): the plain folder that `tiny_run` composes for the rerun
+    code = main(["train", *TINY_PROBE, f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}", "variant="])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("dkbench train:")]
     assert code == 1 and len(lines) == 1 and "disk" in lines[0] and "Traceback" not in err, err[-2000:]

@@ -253,3 +253,17 @@ def test_the_run_loss_weights_reach_the_module_through_one_task_loss():
     expected = dice_ce_loss(logits, target, 0.25, 2.0)
     torch.testing.assert_close(module.task_loss({"logits": logits}, {"label": target}), expected)
     assert module.loss_fn is loss
+
+
+def test_a_post_hoc_strategy_is_selected_on_raw_validation_outputs_and_cleans_only_the_test():
+    module, strategy, _ = _module()
+    assert strategy.post_hoc
+    stages = []
+    original = strategy.postprocess
+    strategy.postprocess = lambda outputs, batch, step: stages.append(step.stage) or original(outputs, batch, step)
+    batch = {"image": torch.randn(2, 1, 32, 32), "label": torch.zeros(2, 1, 32, 32, dtype=torch.long)}
+    module.on_validation_epoch_start()
+    module._evaluate(dict(batch), "val")
+    module.on_test_epoch_start()
+    module._evaluate(dict(batch), "test")
+    assert stages == ["test"]

@@ -112,7 +112,8 @@ class TaskModule(pl.LightningModule):
     def _evaluate(self, batch: dict, stage: str) -> tuple[dict, dict]:
         step = self.step_context(stage)
         batch, outputs, terms = self._step(batch, step)
-        outputs = self.strategy.postprocess(outputs, batch, step)
+        if stage != "val" or not self.strategy.post_hoc:  # post-hoc: selected on raw outputs, as the baseline
+            outputs = self.strategy.postprocess(outputs, batch, step)
         self._log_extra(outputs, batch, step)
         loss = torch.stack(list(terms.values())).sum()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from dkbench.errors import IncompatibleInputError, RunConfigError
 
 #: a name that is safe as one path component on every filesystem dkbench runs on
-SAFE_NAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@+=-]*")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@+=:-]*")  # ":" from run_folder.variant_suffix
 NAMED_PARTS = ("suite_name", "dataset.name", "backbone.name", "strategy.name")
 
 
@@ -31,7 +31,7 @@ def check_name(key: str, value: Any) -> None:
     text = "" if value is None else str(value)
     if not SAFE_NAME.fullmatch(text) or ".." in text:
         raise RunConfigError(
-            f"{key}={value!r} cannot name a run folder: use letters, digits and _ . @ + = - only "
+            f"{key}={value!r} cannot name a run folder: use letters, digits and _ . @ + = : - only "
             f"(no path separators, no '..'), e.g. {key}=my_name")
 
 
@@ -64,9 +64,9 @@ def check_run_config(cfg: DictConfig) -> None:
     not start; cheap, no imports beyond OmegaConf."""
     for key in NAMED_PARTS:
         check_name(key, OmegaConf.select(cfg, key))
-    tag = OmegaConf.select(cfg, "tag")
-    if tag:
-        check_name("tag", tag)
+    for key in ("tag", "variant"):
+        if OmegaConf.select(cfg, key):
+            check_name(key, OmegaConf.select(cfg, key))
     epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if not _whole_number(epochs) or epochs < 1:
         raise RunConfigError(

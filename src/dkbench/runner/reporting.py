@@ -19,6 +19,7 @@ def report_suite(overrides: list[str]) -> dict:
     if cfg.get("suite") is None:
         raise RunConfigError("report needs a suite: `dkbench report suite=<name>` (see `dkbench list suites`)")
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
+    suite["name"] += str(cfg.get("variant") or "")  # the sweep's command-line settings: run_folder.variant_suffix
     runs_dir = Path(cfg.paths.runs_dir)
     if str(cfg.get("protocol") or "default") == "tuned":
         return _report_tuned(runs_dir, suite, Path(cfg.paths.reports_dir))

@@ -1,21 +1,29 @@
 """The run folder: the unit of results and of resumption (nnU-Net style discipline).
 
-`runs/<suite>/<dataset>/<backbone>__<strategy>/seed_<k>/` holds `config.yaml`,
+`runs/<suite>[<variant>]/<dataset>/<backbone>__<strategy>[<tag>]/seed_<k>/` holds `config.yaml`,
 `metadata.json`, `metrics.json`, `predictions.csv` and finally `DONE` (which stores the config
 hash). Every file is written to a temporary name and renamed, so a crash never leaves a
 half-written file behind; `DONE` is written last, so its presence means the rest is complete.
+
+The folder name is the experiment: settings given on the command line that change the result
+(`dataset.resize=32`, `strategy.options.weight=2`, `trainer.max_epochs=3`) add a *variant* suffix
+(`variant_suffix`) to the suite folder (`adhoc@dataset.resize:32`, `smoke@trainer.max_epochs:2`), so
+a run at another resolution or option gets its own folder instead of superseding the default one,
+and a report of those settings is the report of that folder. A suite's own settings need no
+suffix: the suite's name stands for them.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import re
 import json
 import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +35,8 @@ from dkbench.storage import atomic_file, atomic_write_text, fsync_dir  # noqa: F
 #: Config sections that do not change results (where files go, how they are logged).
 NON_IDENTITY_KEYS = ("paths", "logger", "hydra", "extras", "ui", "suite", "suite_name", "keep_checkpoints", "threads",
                     "placement", "prestage_only", "search", "protocol", "tuning",
-                    "checkpoint")  # how often last.ckpt is saved; `speed` stays in: see runner/speed.py
+                    "checkpoint",  # how often last.ckpt is saved; `speed` stays in: see runner/speed.py
+                    "variant")  # names the folder from settings that are themselves in the hash
 RESULT_FILES = ("config.yaml", "metadata.json", "metrics.json", "predictions.csv", "DONE")
 #: `status.json` holds one of these (plus `config_hash`, and `reason` / `error` where relevant).
 STATUSES = ("running", "done", "failed", "incompatible", "interrupted")
@@ -46,6 +55,73 @@ def identity_config(cfg: DictConfig) -> dict[str, Any]:
         # a search space says how a value would be chosen (runner/tuning.py); the value is in `options`
         identity["strategy"].pop("search", None)
     return identity
+
+
+#: top-level keys of an override that choose *which* run it is (already parts of the folder name)
+#: rather than a setting of it; a config group chosen by name (`model=...`) is one too
+_NAMING_KEYS = ("seed", "tag", "variant", "suite_name", "dataset.name", "backbone.name", "strategy.name")
+_READABLE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_READABLE = 60
+
+
+def variant_settings(overrides: Sequence[str], groups: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(key, value) of the command-line overrides that change a run's result, sorted by key.
+
+    Left out: flags (`-m`), Hydra's settings, what names the run already (a group chosen by name
+    such as `dataset=ph2`, `seed=`, `tag=`), and what does not change results (`NON_IDENTITY_KEYS`:
+    paths, logging, the suite, threads, ...). A malformed override is left to the config check."""
+    settings = {}
+    for override in overrides:
+        if override.startswith("-"):
+            continue
+        key, sep, value = override.lstrip("+").partition("=")
+        deleted = key.startswith("~")
+        key = key.lstrip("~")
+        if not (sep or deleted) or not key:
+            continue
+        top = re.split(r"[./]", key, maxsplit=1)[0]
+        if top in NON_IDENTITY_KEYS or key in _NAMING_KEYS or "/" in key or ("." not in key and key in groups):
+            continue
+        settings[key] = "~" if deleted else value
+    return sorted(settings.items())
+
+
+def variant_suffix(overrides: Sequence[str], groups: Sequence[str] = ()) -> str:
+    """'' or the folder-name suffix of `variant_settings`: `@dataset.resize:32` (`+` joins several)
+    while short and plain; else the keys' last parts plus a hash of the full settings
+    (`@n_train:64+max_epochs:1+h3fa9c1`, the hash tells `backbone.size` from `dataset.size`); else
+    `@v` + 8 hex digits. `config.yaml` holds the settings themselves."""
+    settings = variant_settings(overrides, groups)
+    if not settings:
+        return ""
+    digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
+    if all(_READABLE_VALUE.fullmatch(v) and ".." not in v for _, v in settings):
+        full = "+".join(f"{key}:{value}" for key, value in settings)
+        if len(full) <= _MAX_READABLE:
+            return "@" + full
+        short = "+".join(f"{key.rsplit('.', 1)[-1]}:{value}" for key, value in settings) + f"+h{digest[:6]}"
+        if len(short) <= _MAX_READABLE:
+            return "@" + short
+    return "@v" + digest[:8]
+
+
+def adopt_unsuffixed(cfg: DictConfig, cfg_hash: str) -> bool:
+    """Move a finished run made before variant suffixes existed (same config hash, in the suite
+    folder without the suffix) into the suffixed one, so it is found instead of recomputed."""
+    variant, suite = str(cfg.get("variant") or ""), str(cfg.suite_name)
+    new, runs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.runs_dir)
+    if not variant or not suite.endswith(variant) or new.exists():
+        return False
+    try:
+        old = runs_dir / suite[: -len(variant)] / new.relative_to(runs_dir / suite)
+    except ValueError:  # run_dir moved elsewhere by the user: nothing to adopt
+        return False
+    if not RunFolder(old).is_done(cfg_hash):
+        return False
+    new.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(old, new)  # one directory entry moves: atomic, nothing copied
+    fsync_dir(new.parent)
+    return True
 
 
 def external_folder(run_dir: str | Path, other: str) -> Path:

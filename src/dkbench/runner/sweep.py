@@ -25,7 +25,7 @@ from dkbench.data.registry import MissingDataError
 from dkbench.errors import RunConfigError, RunInterrupted
 from dkbench.runner.placement import placed
 from dkbench.runner.preflight import check_run_config
-from dkbench.runner.run_folder import RunFolder, RunLockedError, config_hash
+from dkbench.runner.run_folder import RunFolder, RunLockedError, adopt_unsuffixed, config_hash
 from dkbench.runner.suite import Cell, expand_suite, validate_suite
 from dkbench.storage import content_key
 from dkbench.strategies import strategy_from_config
@@ -84,6 +84,17 @@ AXIS_OVERRIDES = {"seed": "suite.seeds=[5]", "dataset": "suite.datasets=[probe]"
                   "backbone": "suite.backbones=[tinycnn]", "strategy": "suite.strategies=[baseline]"}
 
 
+def _check_post_hoc_settings(suite: dict, strategy: str) -> None:
+    """A post-hoc strategy's run evaluates the baseline cell's network, so its own settings may
+    change only its outputs (`strategy.*`); anything else would be another network."""
+    others = [o for o in ((suite.get("per_strategy") or {}).get(strategy) or [])
+              if not o.lstrip("+~").startswith("strategy.")]
+    if others:
+        raise RunConfigError(f"suite '{suite['name']}': per_strategy.{strategy} sets {others}, but '{strategy}' is "
+                             "post-hoc (it evaluates the baseline run's network): only strategy.* options can differ; "
+                             "move the others to `overrides` / `per_dataset`, which the baseline shares")
+
+
 def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]], DictConfig],
                cells: list[Cell] | None = None) -> SweepPlan:
     """Classify the suite's cells (or the given `cells`, e.g. the trials of the tuned protocol)."""
@@ -103,11 +114,14 @@ def plan_cells(suite: dict, arguments: Sequence[str], load: Callable[[list[str]]
                                  "need the runs' weights: drop keep_checkpoints=false (or the `external:` entry)")
         spec = spec_from_config(cfg.dataset)
         strategy = strategy_from_config(cfg.strategy)
+        if strategy.post_hoc:
+            _check_post_hoc_settings(suite, cell.strategy)
         reason = strategy.incompatibility(spec, cfg.backbone.arch)
         if reason is None:
             reason = task_incompatibility(cfg.backbone.arch, spec.task)
         run = RunFolder(cfg.paths.run_dir)
         cfg_hash = config_hash(cfg)
+        adopt_unsuffixed(cfg, cfg_hash)  # a run from before variant suffixes: found, not recomputed
         if reason is not None:
             run.path.mkdir(parents=True, exist_ok=True)
             run.set_status("incompatible", cfg_hash, reason=reason)

@@ -54,7 +54,8 @@ from dkbench.runner.speed import (
     apply_process_settings,
 )
 from dkbench.strategies import BuildContext, strategy_from_config
-from dkbench.strategies.base import Strategy
+from dkbench.storage import link_or_copy
+from dkbench.strategies.base import SHARED_TRAINING, Strategy
 
 log = logging.getLogger("dkbench")
 # Lightning logs "`weights_only` was not set, defaulting to False" at INFO on every periodic save of
@@ -177,6 +178,22 @@ def train_prestages(strategy: Strategy, cfg: DictConfig) -> dict[str, Path]:
     return folders
 
 
+def shared_training(strategy: Strategy, prestages: dict[str, Path]) -> Path | None:
+    """The baseline run folder whose weights a `post_hoc` strategy evaluates, or None (train).
+
+    None also when that run kept no weights (it finished with keep_checkpoints=false before it
+    was shared): the run then trains the same network itself — same loss, seed, data and
+    raw-output selection — at the cost sharing would have saved, and says so."""
+    folder = prestages.get(SHARED_TRAINING) if strategy.post_hoc else None
+    if folder is None:
+        return None
+    if not (folder / "checkpoints" / BEST_WEIGHTS).is_file():
+        log.warning("%s kept no weights (it ran with keep_checkpoints=false); %s trains the same network "
+                    "itself", folder, strategy.name)
+        return None
+    return folder
+
+
 def _train_locked(cfg: DictConfig, run: RunFolder, job_started_at: float) -> dict[str, Any]:
     cfg_hash = config_hash(cfg)
     previous = run.done_hash
@@ -247,26 +264,42 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, benchmark=speed.cudnn_benchmark)
 
-    # an unreadable last.ckpt (damaged, or planted: loaded with weights_only, so no code runs) is
-    # moved aside and the run starts over instead of failing on every rerun
-    resume = resumable_checkpoint(ckpt_dir)
+    shared = shared_training(strategy, prestages)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
-        # the test phase runs on the best weights, straight from memory (no checkpoint reload)
-        tested_best = best.load_into(module)
+        if shared is None:
+            # an unreadable last.ckpt (damaged, or planted: loaded with weights_only, so no code runs)
+            # is moved aside and the run starts over instead of failing on every rerun
+            resume = resumable_checkpoint(ckpt_dir)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+            # the test phase runs on the best weights, straight from memory (no checkpoint reload)
+            tested_best = best.load_into(module)
+        else:  # a post-hoc strategy: the baseline run's selected network, tested with this run's outputs
+            saved = torch.load(shared / "checkpoints" / BEST_WEIGHTS, map_location="cpu", weights_only=True)
+            module.load_state_dict(saved["state_dict"])
         test_out = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     finally:
         _finish_wandb(loggers)
 
-    if keep_checkpoints:
-        best.save(ckpt_dir / BEST_WEIGHTS, module)  # the one write of the tested weights
-    best_epoch = best.best_epoch if tested_best else None
+    if shared is None:
+        if keep_checkpoints:
+            best.save(ckpt_dir / BEST_WEIGHTS, module)  # the one write of the tested weights
+        best_epoch = best.best_epoch if tested_best else None
+        selection = {"monitor": cfg.monitor.metric, "mode": cfg.monitor.mode,
+                     "best_score": best.best_score if tested_best else None,
+                     "best_epoch": best_epoch, "checkpoint": "best" if tested_best else "last"}
+        training: dict[str, Any] = {"epochs_trained": trainer.current_epoch}
+    else:
+        if keep_checkpoints:
+            link_or_copy(shared / "checkpoints" / BEST_WEIGHTS, ckpt_dir / BEST_WEIGHTS)
+        trained = RunFolder(shared).read_json("metrics.json")
+        selection, best_epoch = trained["selection"], trained["selection"].get("best_epoch")
+        training = {"epochs_trained": trained.get("epochs_trained"),
+                    "shared_training": {"run_dir": str(shared), "config_hash": RunFolder(shared).done_hash,
+                                        "wall_time_s": trained.get("wall_time_s")}}
     metrics = {
         **{k: float(v) for k, v in test_out.items() if k.startswith("test/")},
-        "selection": {"monitor": cfg.monitor.metric, "mode": cfg.monitor.mode,
-                      "best_score": best.best_score if tested_best else None,
-                      "best_epoch": best_epoch, "checkpoint": "best" if tested_best else "last"},
-        "epochs_trained": trainer.current_epoch,
+        "selection": selection,
+        **training,
         "wall_time_s": round(time.time() - started, 2),
         "started_at": started,
         # runner overhead to the first training step: from the start of this job (for a process's
@@ -288,7 +321,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
         run.write_npz(f"{name}.npz", arrays_out)
     run.write_json("metadata.json", {
         "config_hash": cfg_hash,
-        "suite": cfg.suite_name, "dataset": spec.name, "backbone": cfg.backbone.name,
+        "suite": cfg.suite_name, "variant": cfg.get("variant") or "", "dataset": spec.name, "backbone": cfg.backbone.name,
         "strategy": strategy.metadata(), "seed": int(cfg.seed), "task": spec.task,
         "data": {"checksum_sha256": arrays.checksum, "split_sizes": {k: len(v) for k, v in arrays.splits.items()},
                  "source": spec.source, "notes": arrays.notes},
@@ -296,7 +329,8 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
         "params": sum(p.numel() for p in module.net.parameters()),
     })
     # the selected epoch's validation scores, beside the test scores (val → test gap = shortcut)
-    metrics.update({k: v for k, v in selected_val_metrics(run.path, best_epoch).items() if k not in metrics})
+    val_log = run.path if shared is None else shared  # a shared network's validation is its training run's
+    metrics.update({k: v for k, v in selected_val_metrics(val_log, best_epoch).items() if k not in metrics})
     run.write_json("metrics.json", metrics)
     if not keep_checkpoints:
         for f in (*ckpt_dir.glob("*.ckpt"), ckpt_dir / BEST_WEIGHTS):

@@ -13,7 +13,8 @@ overrides only the hooks its knowledge needs:
 - `train_sampler`    change which samples are drawn (curriculum);
 - `transform_batch`  change a batch before the forward pass (ROI crops, extra channels);
 - `loss_terms`       weight samples / add loss terms (self-paced, attention supervision);
-- `postprocess`      change outputs before metrics (decision-level fusion, clean-up);
+- `postprocess`      change outputs before metrics (decision-level fusion, clean-up); a strategy
+                     that changes nothing else sets `post_hoc` and shares the baseline's training;
 - `extra_metrics`    strategy-specific numbers logged as val/… and test/… (auxiliary Dice, …);
 - `metadata`         facts the run folder must record (e.g. which ROI is used at test time).
 
@@ -154,6 +155,27 @@ def task_net(backbone: Backbone, spec: DatasetSpec, dropout: float = 0.0) -> nn.
     return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), dropout)
 
 
+#: the pre-stage role of a `post_hoc` strategy: the baseline run whose network it evaluates
+SHARED_TRAINING = "shared_training"
+
+
+def baseline_twin(run: Any) -> Any:
+    """The run config a post-hoc run shares its network with: the same config with the suite's
+    plain `baseline` strategy, i.e. the baseline cell of the same dataset, backbone, seed and
+    settings (same folder, same config hash), kept with its weights."""
+    from omegaconf import OmegaConf
+
+    from dkbench.runner.compose import compose_config
+
+    # unresolved, so the run folder follows the new strategy name; the tag resolved now (an
+    # optuna search's tag reads Hydra's job number, which resolves only inside the job)
+    twin = OmegaConf.create({k: v for k, v in OmegaConf.to_container(run, resolve=False).items() if k != "hydra"})
+    twin.strategy = compose_config(["strategy=baseline"]).strategy
+    twin.tag = OmegaConf.select(run, "tag", default="")
+    twin.keep_checkpoints = True  # its weights are what the post-hoc run evaluates
+    return twin
+
+
 class Strategy(nn.Module):
     """Base class; subclasses set `name`, `requires`, `tasks`, `citation`, `Options` and override
     hooks. State kept across batches lives in registered buffers / modules (`register_buffer`)."""
@@ -166,6 +188,10 @@ class Strategy(nn.Module):
     citation: ClassVar[str] = ""
     #: The typed options (a frozen dataclass extending StrategyOptions).
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    #: True for a strategy that only changes test outputs (`postprocess`): its network is the
+    #: baseline's — same loss, data and model selection on the raw validation outputs — so the run
+    #: reuses the baseline run's weights (pre-stage `SHARED_TRAINING`) instead of training it again
+    post_hoc: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         super().__init__()
@@ -205,8 +231,9 @@ class Strategy(nn.Module):
         the run's config `run`. The runner trains them first, each once per config hash and shared
         by every cell that composes the same one (a sweep plans them as jobs of their own), and
         passes their folders to `build_net` as ``ctx.prestages[role]``. They seed themselves and
-        run before this run seeds, so this run's random stream does not depend on them."""
-        return {}
+        run before this run seeds, so this run's random stream does not depend on them.
+        A `post_hoc` strategy's one pre-stage is the baseline run it shares (`baseline_twin`)."""
+        return {SHARED_TRAINING: baseline_twin(run)} if self.post_hoc else {}
 
     def prestage_artefacts(self, run: Any) -> dict[str, dict[str, Any]]:
         """Cached artefacts this strategy computes from the data before training (an ROI

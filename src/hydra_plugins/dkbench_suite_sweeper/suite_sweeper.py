@@ -69,6 +69,7 @@ class SuiteSweeper(Sweeper):
         if OmegaConf.select(self.config, "suite") is None:
             raise ValueError("dkbench_suite sweeper needs a suite: add `suite=<name>` (see `dkbench list suites`)")
         suite = OmegaConf.to_container(self.config.suite, resolve=True)
+        suite["name"] += str(OmegaConf.select(self.config, "variant", default="") or "")  # run_folder.variant_suffix
         suite["protocol"] = OmegaConf.select(self.config, "protocol", default="default")
         suite["tuning"] = OmegaConf.to_container(self.config.tuning, resolve=True) if "tuning" in self.config else {}
         print(f"runs → {self.config.paths.runs_dir} · reports → {self.config.paths.reports_dir} "

@@ -8,8 +8,11 @@ Kohl S.A.A., Petersen J., Maier-Hein K.H., "nnU-Net: a self-configuring method f
 learning-based biomedical image segmentation", Nature Methods 18:203-211, 2021), which keeps the
 largest connected component of each foreground class when that helps on validation.
 
-Training is unchanged (plain task loss). At val/test `postprocess` takes the argmax label map and,
-per image and foreground class (2D or 3D):
+Training is the baseline's (plain task loss, model selected on the raw validation Dice): the
+strategy is `post_hoc`, so its run evaluates the baseline run's weights (same dataset, backbone,
+seed and settings; trained once, by whichever of the two runs first) and the clean-up changes only
+the test outputs. At test `postprocess` takes the argmax label map and, per image and foreground
+class (2D or 3D):
 
 - ``largest_component`` (default true): keeps the largest connected component (``connectivity``:
   ``full`` = 8-neighbour in 2D / 26 in 3D, as MONAI's KeepLargestConnectedComponent; ``face`` =
@@ -36,7 +39,9 @@ one transfer there and back and one `binary_fill_holes` call per class for the w
 (images are kept apart by the structuring element).
 
 Simplified: no validation-driven decision whether to apply each step (nnU-Net decides per class
-on cross-validation); the steps are options.
+on cross-validation); the steps are options. Until 2026-11-28 the clean-up was applied at
+validation too, so checkpoint selection saw cleaned maps and the run trained a network of its own
+(docs/results/segmentation.md says which numbers changed).
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class AnatomicalPostprocess(Strategy):
     name = "anatomical_postprocess"
     requires = frozenset()  # the segmentation label is the mask
     tasks = SEGMENTATION_TASKS
+    post_hoc = True  # evaluates the baseline run's network; only the test outputs change
     citation = ("Kamnitsas K. et al., Efficient multi-scale 3D CNN with fully connected CRF for accurate brain "
                 "lesion segmentation, Medical Image Analysis 36:61-78 (2017); Isensee F. et al., nnU-Net: a "
                 "self-configuring method for deep learning-based biomedical image segmentation, Nature Methods "
@@ -182,5 +188,5 @@ class AnatomicalPostprocess(Strategy):
         return metrics
 
     def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "training": "unchanged (task loss only)",
+        return {**super().metadata(), "training": "the baseline run's (post-hoc: its weights, raw-output selection)",
                 "raw_metrics": "dice_raw / iou_raw / hd95_raw: scores of the argmax before clean-up"}
