@@ -237,3 +237,17 @@ def test_command_line_settings_get_their_own_folder_and_report(tmp_path):
     assert "runs/smoke@dataset.options.signal:0.9" in out
     board = (tmp_path / "reports/smoke@dataset.options.signal:0.9/leaderboard.md").read_text()
     assert "Leaderboard: smoke@dataset.options.signal:0.9" in board
+
+
+def test_a_post_hoc_strategy_shares_the_baseline_cells_network_in_a_sweep(tmp_path):
+    """anatomical_postprocess's network is the baseline cell's: the sweep trains it once (as the
+    pre-stage, weights kept although the suite drops checkpoints), then the post-hoc cell tests it."""
+    seg = ["suite.datasets=[probe_seg]", "suite.backbones=[unet]", "suite.strategies=[baseline,anatomical_postprocess]",
+           "suite.seeds=[0]", "suite.rank_metric=test/dice", "suite.metrics=[test/dice]"]
+    out = cli(tmp_path, "sweep", *SMOKE, *seg).stdout
+    assert "1 pre-stage run(s) first" in out, out
+    base = tmp_path / "runs/smoke/probe_seg/unet__baseline/seed_0"
+    post = json.loads((tmp_path / "runs/smoke/probe_seg/unet__anatomical_postprocess/seed_0/metrics.json").read_text())
+    baseline = json.loads((base / "metrics.json").read_text())
+    assert post["shared_training"]["run_dir"] == str(base) and (base / "checkpoints/best_weights.pt").exists()
+    assert post["test/dice_raw"] == baseline["test/dice"] and post["started_at"] > baseline["finished_at"]
