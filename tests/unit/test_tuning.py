@@ -158,3 +158,24 @@ def test_protocol_names_are_checked_with_the_setting_to_type():
         protocol({"protocol": "tunned"})
     with pytest.raises(RunConfigError, match=r"tuning.trials must be a whole number"):
         tuning_options({"name": "s", "seeds": [0], "tuning": {"trials": 0}})
+
+
+def test_a_post_hoc_strategy_tries_the_baselines_networks(tmp_path):
+    """anatomical_postprocess's trial k is the baseline's trial k (same sampled knobs), so the run
+    it evaluates is that trial's own folder and config hash: one network per trial, trained once."""
+    from dkbench.runner.run_folder import config_hash
+    from dkbench.runner.tuned_sweep import plan_trials
+    from dkbench.strategies import strategy_from_config
+    from dkbench.strategies.base import SHARED_TRAINING
+
+    suite = {"name": "seg", "datasets": ["probe_seg"], "backbones": ["unet"], "seeds": [0],
+             "strategies": ["baseline", "anatomical_postprocess"], "baseline": "baseline",
+             "rank_metric": "test/dice", "overrides": [f"paths.runs_dir={tmp_path}"], "tuning": {"trials": 3}}
+    trials = plan_trials(suite, [], compose_config)
+    base = trials.groups[("probe_seg", "unet", "baseline")]
+    post = trials.groups[("probe_seg", "unet", "anatomical_postprocess")]
+    assert [p for _, p, _ in post] == [p for _, p, _ in base] and post[1][1]  # trial 1 draws knobs
+    for (_, _, base_cell), (_, _, post_cell) in zip(base, post):
+        post_cfg, base_cfg = compose_config(list(post_cell.overrides)), compose_config(list(base_cell.overrides))
+        twin = strategy_from_config(post_cfg.strategy).prestage_runs(post_cfg)[SHARED_TRAINING]
+        assert twin.paths.run_dir == base_cfg.paths.run_dir and config_hash(twin) == config_hash(base_cfg)

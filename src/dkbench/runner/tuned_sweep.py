@@ -17,6 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from dkbench.strategies import strategy_from_config
+
+from dkbench.errors import RunConfigError
 from dkbench.runner.run_folder import RunFolder
 from dkbench.runner.suite import Cell, expand_suite
 from dkbench.runner.sweep import SweepPlan, plan_cells
@@ -56,9 +59,19 @@ def plan_trials(suite: dict, arguments: Sequence[str], load: Load) -> TrialPlan:
     trial_suite = {**suite, "name": suite["name"] + TUNING_SUFFIX, "seeds": [options["trial_seed"]]}
     cells, groups = [], {}
     for base in expand_suite(trial_suite, list(arguments)):
-        space = search_space(load(list(base.overrides)))
+        cfg = load(list(base.overrides))
+        space = search_space(cfg)
+        identity = (suite["name"], *_group(base))
+        if strategy_from_config(cfg.strategy).post_hoc:
+            # its network is the baseline's (strategies/base.py: baseline_twin): trial k draws the
+            # baseline's trial k, so it evaluates that very run, and raw-output selection picks
+            # the trial the baseline picks
+            if any(key.startswith("strategy.options.") for key in space):
+                raise RunConfigError(f"strategy '{base.strategy}' is post-hoc (it evaluates the baseline's networks) "
+                                     "and cannot tune options of its own in the tuned protocol: set its `search: {}`")
+            identity = (suite["name"], base.dataset, base.backbone, "baseline")
         for trial in range(options["trials"]):
-            params = sample_trial(space, (suite["name"], *_group(base)), trial)
+            params = sample_trial(space, identity, trial)
             tag = f"@trial{trial:02d}"
             cell = Cell(base.dataset, base.backbone, base.strategy, base.seed,
                         (*base.overrides, *trial_overrides(params), f"tag={tag}"), tag=tag)
