@@ -17,27 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-#: what each strategy feeds the network on the knowledge_real datasets (issue 19 will move this
-#: declaration into the strategies themselves)
-KNOWLEDGE = {
-    "baseline": "image only",
-    "transfer_natural": "ImageNet weights (training)",
-    "multitask_seg": "expert masks (training)",
-    "curriculum": "a teacher's difficulty (training)",
-    "self_paced": "its own loss (training)",
-    "global_local": "model-chosen crop (train + test)",
-    "multiview": "clinical photo as 2nd view (train + **test**)",
-    "attention_supervision": "expert masks (training)",
-    "roi_input": "expert masks (train + **test**)",
-    "roi_input_predicted": "expert masks (training; test ROI predicted)",
-    "handcrafted_input": "texture maps (train + test)",
-    "handcrafted_feature": "radiomics in expert masks (train + **test**)",
-    "handcrafted_feature_nomask": "radiomics, whole image (train + test)",
-    "handcrafted_decision": "radiomics in expert masks (train + **test**)",
-    "handcrafted_decision_nomask": "radiomics, whole image (train + test)",
-    "attribute_multitask": "expert criteria (training)",
-    "metadata_fusion": "age / sex / site (train + **test**)",
-}
+from dkbench.leaderboard.matrix import strategy_facts  # what each strategy feeds the network (declared by it)
 
 #: cells whose knowledge differs from their row's label, marked and explained under the table
 CELL_NOTES = {
@@ -71,7 +51,7 @@ def matrix(report: Path, metric: str) -> str:
         r = board[(board.dataset == d) & (board.backbone == b) & (board.strategy == "baseline")]
         r = r.iloc[0] if len(r) else None
         base.append("—" if r is None or not r["n_done"] else f"{r['mean']:.3f} ± {r['std']:.3f} (n={int(r['n_done'])})")
-    lines.append(f"| baseline ({metric}) | {KNOWLEDGE['baseline']} | " + " | ".join(base) + " |")
+    lines.append(f"| baseline ({metric}) | {strategy_facts('baseline')[1]} | " + " | ".join(base) + " |")
     for strategy in [s for s in board.strategy.drop_duplicates() if s != "baseline"]:
         cells = []
         for d, b in columns:
@@ -81,7 +61,7 @@ def matrix(report: Path, metric: str) -> str:
                 cells.append("n/a")
             else:
                 cells.append(_cell(r.iloc[0] if len(r) else None) + CELL_NOTES.get((strategy, d), ""))
-        lines.append(f"| {strategy} | {KNOWLEDGE.get(strategy, '?')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {strategy} | {strategy_facts(strategy)[1] or '?'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND
 
 

@@ -337,10 +337,20 @@ def _legend(text: str, t: Tables) -> str:
     return text.format(alpha=t.alpha, min_seeds=MIN_SEEDS)
 
 
+def _matrix(t: Tables):
+    from dkbench.leaderboard.matrix import build_matrix
+
+    return build_matrix(t.agg, t.deltas, t.suite, t.rank_metric, t.baseline)
+
+
 def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str:
+    from dkbench.leaderboard import matrix
+
     header = [x for line in _header_lines(t) for x in (line, "")]
-    out = [f"# Leaderboard: {t.suite.get('name', '')}", "", *header, "## Run status", "",
-           md_table(status_table(t.long)), ""]
+    out = [f"# Leaderboard: {t.suite.get('name', '')}", "", *header,
+           f"## At a glance: Δ {t.rank_metric} vs {t.baseline}, by survey family", "",
+           matrix.render_markdown(_matrix(t), t.suite, t.baseline, t.alpha), "",
+           "## Run status", "", md_table(status_table(t.long)), ""]
     out += [f"## Leaderboard ({t.rank_metric})", "", md_table(leaderboard_table(t, bold=True, sparse=True)), "",
             _legend(LEGEND, t), ""]
     for metric in [m for m in t.metrics if m != t.rank_metric]:
@@ -417,8 +427,11 @@ def latex_tabular(df: pd.DataFrame, caption: str | None = None, label: str | Non
 
 
 def render_latex(t: Tables) -> str:
+    from dkbench.leaderboard import matrix
+
     name = t.suite.get("name", "")
     parts = [f"% dkbench leaderboard for suite {name}; needs \\usepackage{{booktabs}}", "",
+             matrix.render_latex(_matrix(t), t.suite, t.baseline, t.alpha),
              *[latex_tabular(leaderboard_table(t, metric=m), f"{name}: {m} (mean ± std (n)), Δ vs {t.baseline} "
                              f"(n paired seeds) and Holm p; * = Holm p<{t.alpha}, never with n<{MIN_SEEDS}",
                              "tab:leaderboard" if m == t.rank_metric else f"tab:leaderboard-{m.replace('/', '-')}")
@@ -442,6 +455,8 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; white-space: nowrap; }
 th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
 td.note { white-space: normal; }
+table.matrix td.cell { text-align: right; } table.matrix td.incompatible, table.matrix td.none { color: #888; }
+table.matrix tr.family th { text-align: left; background: #e8eef5; } td.absolute { font-weight: 600; }
 .status-done { color: #1a7f37; } .status-failed { color: #cf222e; } .status-incompatible { color: #8250df; }
 .status-incomplete { color: #bf8700; } .status-missing { color: #6e7781; }
 .counts span { display: inline-block; margin-right: 1.2em; font-weight: 600; }
@@ -471,6 +486,10 @@ def render_html(t: Tables) -> str:
     body += [f"<p>{_md_bold_to_html(e(line))}</p>" for line in _header_lines(t)]
     body.append('<p class="counts">' + "".join(
         f'<span class="status-{e(s)}">{e(s)}: {n}</span>' for s, n in zip(counts["status"], counts["runs"])) + "</p>")
+    from dkbench.leaderboard import matrix
+
+    body += [f"<h2>At a glance: Δ {e(t.rank_metric)} vs {e(t.baseline)}, by survey family</h2>",
+             matrix.render_html(_matrix(t), t.suite, t.baseline, t.alpha)]
     body += [f"<h2>Leaderboard ({e(t.rank_metric)})</h2>", html_table(leaderboard_table(t)),
              f'<p class="legend">{e(_legend(LEGEND, t))}</p>']
     for metric in [m for m in t.metrics if m != t.rank_metric]:

@@ -155,6 +155,17 @@ def task_net(backbone: Backbone, spec: DatasetSpec, dropout: float = 0.0) -> nn.
     return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), dropout)
 
 
+#: The survey's families (Xie et al., MedIA 69:101985, 2021; ../SURVEY.md), the leaderboard's row groups.
+FAMILIES = {
+    "A": "knowledge from other datasets",
+    "B": "doctors' training pattern",
+    "C": "doctors' diagnostic patterns",
+    "D": "areas doctors attend to",
+    "E": "features doctors weigh",
+    "F": "other knowledge (clinical data, reports)",
+    "G": "anatomical priors",
+}
+
 #: the pre-stage role of a `post_hoc` strategy: the baseline run whose network it evaluates
 SHARED_TRAINING = "shared_training"
 
@@ -188,6 +199,11 @@ class Strategy(nn.Module):
     citation: ClassVar[str] = ""
     #: The typed options (a frozen dataclass extending StrategyOptions).
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    #: The survey's family, a key of `FAMILIES` (SURVEY.md: A other datasets … G anatomical priors).
+    family: ClassVar[str] = ""
+    #: What the strategy feeds the network and when ("(training)", "(train + **test**)": bold
+    #: where expert knowledge is needed at test time); `knowledge_used` refines it by options.
+    knowledge: ClassVar[str] = ""
     #: True for a strategy that only changes test outputs (`postprocess`): its network is the
     #: baseline's — same loss, data and model selection on the raw validation outputs — so the run
     #: reuses the baseline run's weights (pre-stage `SHARED_TRAINING`) instead of training it again
@@ -196,6 +212,10 @@ class Strategy(nn.Module):
     def __init__(self, **options: Any):
         super().__init__()
         self.options = parse_options(self.Options, options, self.name or type(self).__name__)
+
+    def knowledge_used(self) -> str:
+        """`knowledge` for these options (the leaderboard's "knowledge used" column)."""
+        return self.knowledge
 
     # --- compatibility -------------------------------------------------------------------
     def incompatibility(self, spec: DatasetSpec, backbone: str | None = None) -> str | None:

@@ -127,6 +127,8 @@ def clean_label_maps(labels: torch.Tensor, num_classes: int, largest_component: 
 @register_strategy("anatomical_postprocess")
 class AnatomicalPostprocess(Strategy):
     name = "anatomical_postprocess"
+    family = "G"
+    knowledge = "one component per class, no holes (test outputs)"
     requires = frozenset()  # the segmentation label is the mask
     tasks = SEGMENTATION_TASKS
     post_hoc = True  # evaluates the baseline run's network; only the test outputs change

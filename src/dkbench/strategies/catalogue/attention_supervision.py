@@ -125,6 +125,8 @@ class ClassCAMNet(ClassifierNet):
 @register_strategy("attention_supervision")
 class AttentionSupervision(Strategy):
     name = "attention_supervision"
+    family = "D"
+    knowledge = "expert masks (training)"
     requires = frozenset({"mask"})
     tasks = CLASSIFICATION_TASKS
     citation = ("Li et al., Tell me where to look: guided attention inference network, CVPR 2018; "

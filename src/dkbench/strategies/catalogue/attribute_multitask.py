@@ -92,6 +92,8 @@ def attribute_loss(attr_logits: list[torch.Tensor], attributes: torch.Tensor) ->
 @register_strategy("attribute_multitask")
 class AttributeMultitask(Strategy):
     name = "attribute_multitask"
+    family = "E"
+    knowledge = "expert attributes / criteria (training)"
     requires = frozenset({"attributes"})
     tasks = CLASSIFICATION_TASKS
     citation = ("Shen et al., An interpretable deep hierarchical semantic convolutional neural network "

@@ -12,6 +12,8 @@ from dkbench.strategies.registry import register_strategy
 @register_strategy("baseline")
 class Baseline(Strategy):
     name = "baseline"
+    family = "A"
+    knowledge = "image and label only"
     requires = frozenset()
     tasks = ALL_TASKS
     citation = "Yang et al., MedMNIST v2, Scientific Data 10:41 (2023)"

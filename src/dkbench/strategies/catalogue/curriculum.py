@@ -165,6 +165,8 @@ class CurriculumSampler(Sampler[int]):
 @register_strategy("curriculum")
 class Curriculum(Strategy):
     name = "curriculum"
+    family = "B"
+    knowledge = "a difficulty ranking: the dataset's or a teacher's loss (training)"
     requires = frozenset()  # labels only: the dataset's difficulty is used when it has one
     #: segmentation too: the teacher's per-image task loss (the run's DiceCE) ranks the images;
     #: pools are not class-stratified there (a label is a mask)

@@ -181,6 +181,11 @@ class GlobalLocal(Strategy):
     """AG-CNN-style global + attention-cropped local branch + fusion head (module docstring)."""
 
     name = "global_local"
+    family = "C"
+    knowledge = "model-chosen crop (train + test)"
+
+    def knowledge_used(self) -> str:
+        return "expert masks as the crop (train + **test**)" if self.options.crop_source == "mask" else self.knowledge
     requires = frozenset()  # masks / boxes are optional (crop_source: mask)
     tasks = CLASSIFICATION_TASKS
     citation = (

@@ -72,6 +72,8 @@ def _auroc(labels: np.ndarray, probs: np.ndarray, task: str) -> float | None:
 @register_strategy("handcrafted_decision")
 class HandcraftedDecision(HandcraftedVectors):
     name = "handcrafted_decision"
+    family = "E"
+    knowledge = "radiomics in expert masks (train + **test**)"
     citation = ("Xie et al., A survey on incorporating domain knowledge into deep learning for medical image "
                 "analysis, MedIA 69:101985 (2021), §3.6 decision-level fusion; features after pyradiomics "
                 "(van Griethuysen et al., Cancer Research 77(21):e104, 2017)")

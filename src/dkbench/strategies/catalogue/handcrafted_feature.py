@@ -81,6 +81,11 @@ class HandcraftedVectors(Strategy):
     tasks = CLASSIFICATION_TASKS
     Options = RadiomicsOptions
 
+    def knowledge_used(self) -> str:
+        if self.options.use_mask is False:
+            return "radiomics of the whole image (train + test)"
+        return "radiomics in expert masks where the dataset has them (train + **test**)"
+
     def resolve_mask(self, arrays: DatasetArrays) -> tuple[bool, str]:
         """(use masks?, why). ``auto`` uses them only if the dataset has them and no image's
         mask is empty: an empty expert mask tells a lesion-free image (a 'normal' class)."""
@@ -186,6 +191,8 @@ class FeatureFusionNet(nn.Module):
 @register_strategy("handcrafted_feature")
 class HandcraftedFeature(HandcraftedVectors):
     name = "handcrafted_feature"
+    family = "E"
+    knowledge = "radiomics in expert masks (train + **test**)"
     citation = ("Xie et al., A survey on incorporating domain knowledge into deep learning for medical image "
                 "analysis, MedIA 69:101985 (2021), §3.6 feature-level fusion; features after pyradiomics "
                 "(van Griethuysen et al., Cancer Research 77(21):e104, 2017)")

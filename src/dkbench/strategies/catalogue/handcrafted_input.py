@@ -47,6 +47,8 @@ MapName = Literal["sobel", "local_std", "local_entropy", "lbp"]  # = MAP_NAMES
 @register_strategy("handcrafted_input")
 class HandcraftedInput(Strategy):
     name = "handcrafted_input"
+    family = "E"
+    knowledge = "texture / edge maps of the image (train + test)"
     requires = frozenset()
     tasks = ALL_TASKS  # the maps are per pixel, so they serve segmentation networks as well
     citation = ("MV-KBC: Xie Y., Xia Y., Zhang J., Song Y., Feng D., Fulham M., Cai W., Knowledge-based "

@@ -41,6 +41,8 @@ from dkbench.strategies.registry import register_strategy
 @register_strategy("location_prior")
 class LocationPrior(Strategy):
     name = "location_prior"
+    family = "G"
+    knowledge = "mean training mask as a channel (train + test)"
     requires = frozenset()  # the segmentation label is the mask
     tasks = SEGMENTATION_TASKS
     citation = ("Zotti C., Luo Z., Lalande A., Jodoin P.-M., Convolutional neural network with shape prior "

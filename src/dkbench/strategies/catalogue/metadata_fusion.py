@@ -99,6 +99,8 @@ class MetadataFusionNet(nn.Module):
 @register_strategy("metadata_fusion")
 class MetadataFusion(Strategy):
     name = "metadata_fusion"
+    family = "F"
+    knowledge = "patient metadata (train + **test**)"
     requires = frozenset({"metadata"})
     tasks = CLASSIFICATION_TASKS
     citation = ("Kawahara et al., Seven-point checklist and skin lesion classification using multitask "

@@ -134,6 +134,8 @@ def hard_dice(seg_logits: torch.Tensor, mask: torch.Tensor, threshold: float = 0
 @register_strategy("multitask_seg")
 class MultiTaskSeg(Strategy):
     name = "multitask_seg"
+    family = "A"
+    knowledge = "expert masks (training)"
     requires = frozenset({"mask"})
     tasks = CLASSIFICATION_TASKS
     citation = ("multi-task breast-ultrasound classification + segmentation (SURVEY.md: BUSBench MT rows; "

@@ -144,6 +144,8 @@ class MultiView(Strategy):
     """Several views or adjacent slices read together (3DCE / CVR-RCNN; module docstring)."""
 
     name = "multiview"
+    family = "C"
+    knowledge = "a second view (train + **test**)"
     requires = frozenset()  # views OR a 3D volume: checked in `incompatibility`
     #: classification only: the probe's second view re-renders the lesion elsewhere (no pixel
     #: correspondence with the mask), and no 3D segmentation set ships for 2.5D slices

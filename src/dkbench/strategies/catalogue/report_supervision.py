@@ -120,6 +120,8 @@ def alignment_loss(proj: torch.Tensor, target: torch.Tensor, kind: AlignmentLoss
 @register_strategy("report_supervision")
 class ReportSupervision(Strategy):
     name = "report_supervision"
+    family = "F"
+    knowledge = "report text (training)"
     requires = frozenset({"text"})
     tasks = CLASSIFICATION_TASKS
     citation = ("Wang et al., TieNet: Text-Image Embedding Network for Common Thorax Disease "

@@ -278,6 +278,13 @@ def evaluate_predictor(net: ROIPredictor, images: np.ndarray, masks: np.ndarray,
 @register_strategy("roi_input")
 class ROIInput(Strategy):
     name = "roi_input"
+    family = "D"
+    knowledge = "expert masks (train + **test**)"
+
+    def knowledge_used(self) -> str:
+        if self.options.test_roi == "predicted":
+            return "expert masks (training; the test ROI is predicted)"
+        return self.knowledge
     requires = frozenset({"mask"})
     tasks = CLASSIFICATION_TASKS
     citation = ("Xie et al., A survey on incorporating domain knowledge into deep learning for medical "

@@ -59,6 +59,8 @@ def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 @register_strategy("self_paced")
 class SelfPaced(Strategy):
     name = "self_paced"
+    family = "B"
+    knowledge = "its own loss (training)"
     requires = frozenset()
     citation = "Kumar, Packer & Koller, Self-Paced Learning for Latent Variable Models, NeurIPS 2010"
 

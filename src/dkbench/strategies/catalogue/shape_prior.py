@@ -263,6 +263,8 @@ def load_or_train(arrays: DatasetArrays, cfg: ShapeAEConfig, seed: int, cache_di
 @register_strategy("shape_prior")
 class ShapePriorStrategy(Strategy):
     name = "shape_prior"
+    family = "G"
+    knowledge = "shapes of the training masks (training)"
     requires = frozenset()  # the segmentation label is the mask
     tasks = SEGMENTATION_TASKS
     citation = ("ACNN: Oktay O., Ferrante E., Kamnitsas K., Heinrich M., Bai W., Caballero J., Cook S.A., "

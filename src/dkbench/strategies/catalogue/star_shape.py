@@ -44,6 +44,8 @@ from dkbench.strategies.registry import register_strategy
 @register_strategy("star_shape")
 class StarShape(Strategy):
     name = "star_shape"
+    family = "G"
+    knowledge = "lesions are star-shaped (training)"
     requires = frozenset()  # the segmentation label is the mask
     tasks = SEGMENTATION_TASKS
     citation = ("Mirikharaji Z., Hamarneh G., Star shape prior in fully convolutional networks for skin "

@@ -36,6 +36,8 @@ from dkbench.strategies.registry import register_strategy
 @register_strategy("topology_loss")
 class TopologyLoss(Strategy):
     name = "topology_loss"
+    family = "G"
+    knowledge = "connectivity, clDice (training)"
     requires = frozenset()  # the segmentation label is the mask
     tasks = SEGMENTATION_TASKS
     citation = ("clDice: Shit S., Paetzold J.C., Sekuboyina A., Ezhov I., Unger A., Zhylka A., Pluim J.P.W., "

@@ -68,6 +68,8 @@ def _device_overrides(trainer: Any) -> list[str]:
 @register_strategy("transfer_medical")
 class TransferMedical(Strategy):
     name = "transfer_medical"
+    family = "A"
+    knowledge = "another medical dataset's labels (training)"
     requires = frozenset()
     #: classification only for now: the source stage trains a classifier; a segmentation target
     #: would need a segmentation source with the same channels (not built yet)

@@ -71,6 +71,8 @@ class FrozenBackboneNet(ClassifierNet):
 @register_strategy("transfer_natural")
 class TransferNatural(Strategy):
     name = "transfer_natural"
+    family = "A"
+    knowledge = "ImageNet weights (training)"
     requires = frozenset()
     #: segmentation too (fine-tune): a dense backbone with an ImageNet encoder
     #: (`unet_efficientnet_lite0`) starts from the weights, its decoder from scratch
