@@ -158,7 +158,9 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     """Trials are run folders: a tuned sweep killed mid-way recomputes none that finished; the
     selection then runs the suite's seeds at the chosen setting, and the report sets the tuned
     result beside the default protocol's with the chosen setting and the (bound-only) oracle."""
-    args = ["sweep", *SMOKE, "protocol=tuned", "tuning.trials=2", "suite.seeds=[0,1]"]
+    # transfer_natural cannot serve tinycnn offline: recorded incompatible in both phases, never run
+    both = ["suite.seeds=[0,1]", "suite.strategies=[baseline,transfer_natural]"]
+    args = ["sweep", *SMOKE, "protocol=tuned", "tuning.trials=2", *both]
     env = {**os.environ, "DKBENCH_ROOT": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "dkbench.cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -192,13 +194,16 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
         lr = chosen["params"]["model.optimizer.lr"]
         assert f"lr: {lr}" in (tuned[0].parent / "config.yaml").read_text()
 
-    cli(tmp_path, "sweep", *SMOKE, "suite.seeds=[0,1]")  # the default protocol, for the side-by-side table
-    report = cli(tmp_path, "report", *SMOKE, "protocol=tuned", "suite.seeds=[0,1]").stdout
+    status = json.loads((tmp_path / "runs/smoke@tuned/probe/tinycnn__transfer_natural/seed_0/status.json").read_text())
+    assert status["status"] == "incompatible" and "pretrained" in status["reason"]
+    cli(tmp_path, "sweep", *SMOKE, *both)  # the default protocol, for the side-by-side table
+    report = cli(tmp_path, "report", *SMOKE, "protocol=tuned", *both).stdout
     assert "Tuned protocol: default vs tuned" in report and "upper bound" in report
     table = (tmp_path / "reports/smoke@tuned/tuning.md").read_text()
     row = next(line for line in table.splitlines() if "| baseline |" in line)
     assert "(n=2)" in row and f"trial {chosen['trial']}" in row
     assert re.search(r"\| \d\.\d{3} \(trial [01]\) \|$", row), row  # the oracle read from the trials' folders
+    assert "incompatible (not run)" in next(line for line in table.splitlines() if "| transfer_natural |" in line)
 
 
 def test_external_test_sets_are_evaluated_once_and_reported_beside_internal(tmp_path):

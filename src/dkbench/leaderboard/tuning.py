@@ -22,12 +22,15 @@ from dkbench.runner.tuning import TUNED_SUFFIX, chosen_path, read_chosen
 
 COLUMNS = ["dataset", "backbone", "strategy", "default_mean", "default_std", "default_n", "tuned_mean", "tuned_std",
            "tuned_n", "tuned_minus_default", "chosen_trial", "chosen_params", "chosen_validation", "trials_done",
-           "oracle_test", "oracle_trial"]
+           "oracle_test", "oracle_trial", "incompatible"]
 
 
 def _scores(runs_dir: Path, suite: dict, name: str, metric: str) -> pd.DataFrame:
     long = collect_runs(runs_dir, {**suite, "name": name})
-    return stats.aggregate(long, [metric])[["dataset", "backbone", "strategy", "mean", "std", "n"]]
+    scores = stats.aggregate(long, [metric])[["dataset", "backbone", "strategy", "mean", "std", "n"]]
+    cells = long.groupby(["dataset", "backbone", "strategy"])["status"]
+    incompatible = cells.agg(lambda s: bool(len(s)) and (s == "incompatible").all()).rename("incompatible")
+    return scores.merge(incompatible.reset_index(), on=["dataset", "backbone", "strategy"], how="left")
 
 
 def _oracle(record: dict, metric: str) -> tuple[float, Any]:
@@ -72,6 +75,7 @@ def tuning_table(runs_dir: str | Path, suite: dict, metric: str) -> pd.DataFrame
             "chosen_trial": record.get("trial"), "chosen_params": _short(record.get("params", {})) if record else "",
             "chosen_validation": chosen.get(record.get("selected_by", ""), math.nan) if record else math.nan,
             "trials_done": len(record.get("trials", [])), "oracle_test": oracle, "oracle_trial": oracle_trial,
+            "incompatible": bool(r.incompatible_t),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -103,11 +107,11 @@ def render_tuning_markdown(table: pd.DataFrame, budget: str, metric: str) -> str
              "oracle (test-selected, bound) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         diff = "—" if not (r.default_n and r.tuned_n) else f"{r.tuned_minus_default:+.3f}"
-        chosen = "trials unfinished" if r.chosen_trial is None or (isinstance(r.chosen_trial, float)
-                                                                     and math.isnan(r.chosen_trial)) \
+        unchosen = r.chosen_trial is None or (isinstance(r.chosen_trial, float) and math.isnan(r.chosen_trial))
+        chosen = ("incompatible (not run)" if r.incompatible else "trials unfinished") if unchosen \
             else f"trial {int(r.chosen_trial)}: {r.chosen_params}"
         val = "—" if r.chosen_validation is None or math.isnan(r.chosen_validation) else f"{r.chosen_validation:.3f}"
-        oracle = "—" if math.isnan(r.oracle_test) else f"{r.oracle_test:.3f} (trial {r.oracle_trial})"
+        oracle = "—" if math.isnan(r.oracle_test) else f"{r.oracle_test:.3f} (trial {int(r.oracle_trial)})"
         lines.append(f"| {r.dataset} | {r.backbone} | {r.strategy} | {_fmt(r.default_mean, r.default_std, r.default_n)} "
                      f"| {_fmt(r.tuned_mean, r.tuned_std, r.tuned_n)} | {diff} | {chosen} | {val} | {oracle} |")
     return "\n".join(lines) + "\n"

@@ -118,10 +118,17 @@ def select_groups(suite: dict, trials: TrialPlan, runs_dir: str | Path, monitor:
     return chosen
 
 
-def plan_final(suite: dict, arguments: Sequence[str], load: Load, chosen: dict[Group, dict]) -> SweepPlan | None:
-    """The suite's seeds at each chosen setting, in `<suite>@tuned`; None if nothing is chosen yet."""
+def incompatible_groups(trials: TrialPlan) -> set[Group]:
+    return {_group(cell) for cell, _ in trials.plan.incompatible}
+
+
+def plan_final(suite: dict, arguments: Sequence[str], load: Load, chosen: dict[Group, dict],
+               incompatible: set[Group] = frozenset()) -> SweepPlan | None:
+    """The suite's seeds at each chosen setting, in `<suite>@tuned`; None if nothing is chosen yet.
+    The `incompatible` groups' cells are planned too, so `<suite>@tuned` records them (with the
+    reason) as the default protocol does, instead of showing them as never run."""
     tuned_suite = {**suite, "name": suite["name"] + TUNED_SUFFIX}
     cells = [Cell(c.dataset, c.backbone, c.strategy, c.seed,
-                  (*c.overrides, *trial_overrides(chosen[_group(c)]["params"])))
-             for c in expand_suite(tuned_suite, list(arguments)) if _group(c) in chosen]
-    return plan_cells(tuned_suite, arguments, load, cells=cells) if cells else None
+                  (*c.overrides, *trial_overrides(chosen[_group(c)]["params"] if _group(c) in chosen else {})))
+             for c in expand_suite(tuned_suite, list(arguments)) if _group(c) in chosen or _group(c) in incompatible]
+    return plan_cells(tuned_suite, arguments, load, cells=cells) if any(_group(c) in chosen for c in cells) else None

@@ -115,7 +115,7 @@ class SuiteSweeper(Sweeper):
         """The tuned protocol: every group's N trials, then its seeds at the trial chosen on
         validation (dkbench/runner/tuned_sweep.py). The exit status counts both phases."""
         from dkbench.runner.sweep import LAST_SWEEP
-        from dkbench.runner.tuned_sweep import plan_final, plan_trials, select_groups
+        from dkbench.runner.tuned_sweep import incompatible_groups, plan_final, plan_trials, select_groups
 
         assert self.config is not None
         results: list[Any] = []
@@ -134,7 +134,7 @@ class SuiteSweeper(Sweeper):
         if waiting:
             print(f"tuned protocol: {waiting} cell(s) keep an unfinished trial; their seeds wait for the next sweep",
                   flush=True)
-        final = plan_final(suite, arguments, load, chosen)
+        final = plan_final(suite, arguments, load, chosen, incompatible_groups(trials))
         if final is None:
             return results  # LAST_SWEEP still holds the trials' counts
         self._run_plan(final, results)
