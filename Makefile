@@ -34,10 +34,13 @@ demo: $(STAMP) ## main job: sweep + leaderboard of the `demo` suite (probe + Bre
 
 # Tests train tiny models and start parallel workers: one thread each avoids oversubscription.
 test: $(STAMP) ## fast test suite (offline; slow tests deselected)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
-test-full: $(STAMP) ## every test, including slow end-to-end runs
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
+test-full: $(STAMP) ## every test, including slow end-to-end runs (not the cluster ones: make test-cluster)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: $(STAMP) ## SLURM and Ray smoke sweeps on local clusters (root + apt; builds .venv-ray)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 bench: $(STAMP) ## speed benchmarks: dkbench vs a plain PyTorch loop, and how fast bad input is refused (benchmarks/results/)
 	$(PY) benchmarks/bench_throughput.py
