@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.common import catch_a_running_cell, cells, first_start_and_gap, run_files, stamps, status
+from tests.cluster.common import catch_a_running_cell, cells, first_start_and_gap, run_files, spans, stamps, status
 
 pytestmark = pytest.mark.cluster
 
@@ -35,6 +35,12 @@ VENV = Path(os.environ.get("RAY_VENV", REPO / ".venv-ray"))
 PY = VENV / "bin" / "python"
 RAY = VENV / "bin" / "ray"
 SMOKE = ["suite=smoke", "ui.progress_bar=false"]
+#: one task at a time (by default every pending cell is queued at once, see the last test): a task's own cost in a
+#: row of tasks, and a single running cell to kill
+ONE_BY_ONE = ["hydra.sweeper.max_batch_size=1"]
+#: cells long enough (~4 s of training) that two started together overlap whatever the skew of their start-up;
+#: a 1-epoch smoke cell trains for 0.4 s, less than two workers' import times may differ
+OVERLAP = ["trainer.max_epochs=10"]
 #: a cell long enough to be killed mid-run, with a resumable last.ckpt after every epoch
 LONG = ["trainer.max_epochs=30", "checkpoint.last_every_n_epochs=1"]
 TASK = ":task_name:_run_job"  # the line Ray writes into a worker's log before each task it runs
@@ -169,7 +175,8 @@ def test_smoke_sweep_runs_every_cell_as_a_ray_task_like_a_local_sweep(ray_cluste
     tasks_before = ray_cluster.tasks_run()
 
     began = ray_began = time.time()
-    proc = subprocess.Popen([str(PY), "-m", "dkbench.cli", "sweep", *SMOKE, "hydra/launcher=ray_local"], cwd=ray_root,
+    proc = subprocess.Popen([str(PY), "-m", "dkbench.cli", "sweep", *SMOKE, "hydra/launcher=ray_local", *ONE_BY_ONE],
+                            cwd=ray_root,
                             env=ray_cluster.env(ray_root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=600)
     ray_s = time.time() - began
@@ -256,15 +263,22 @@ def _assert_resumed(cluster: RayCluster, run: Path, killed_pid: int, epoch: int)
     print(f"[ray] {run.name}: killed (pid {killed_pid}) with last.ckpt at epoch {epoch}, resumed by pid {pid}")
 
 
-def test_killed_worker_without_retries_ends_the_sweep_and_the_rerun_resumes_the_cell(ray_cluster, tmp_path):
-    """max_retries=0: the dead worker's task fails, ray.get raises in the driver and the sweep stops there
-    (exit 1, WorkerCrashedError: the dkbench sweeper does not catch a launcher's error). The rerun skips
+def test_killed_worker_without_retries_is_a_failed_cell_and_the_rerun_resumes_it(ray_cluster, tmp_path):
+    """max_retries=0: the dead worker's task fails and ray.get raises in the driver, i.e. in the
+    launcher: the dkbench sweeper records that cell as failed, runs the remaining one and exits 1. The rerun skips
     the finished cells and resumes the killed one from its last.ckpt."""
-    args = ["sweep", *SMOKE, "hydra/launcher=ray_local", *LONG, "hydra.launcher.ray.remote.max_retries=0"]
-    proc, out, err, finished, victim, pid, epoch = _kill_a_running_cell(ray_cluster, tmp_path, args)
-    assert proc.returncode == 1 and "ray.exceptions.WorkerCrashedError" in err, f"{out[-2000:]}\n{err[-3000:]}"
+    args = ["sweep", *SMOKE, "hydra/launcher=ray_local", *ONE_BY_ONE, *LONG, "hydra.launcher.ray.remote.max_retries=0"]
+    proc, out, err, _, victim, pid, epoch = _kill_a_running_cell(ray_cluster, tmp_path, args)
+    # ray.get raised in the driver: the sweeper records the lost cell as failed (one line, no traceback), goes on
+    # with the next cell and exits 1
+    assert proc.returncode == 1, f"{out[-2000:]}\n{err[-3000:]}"
+    lost = re.search(rf"\] failed +probe/tinycnn__baseline/{victim.name} +the launcher lost this job "
+                     r"\((\w+): .*\); rerun the sweep", out)
+    assert lost and lost.group(1) in ("WorkerCrashedError", "RayTaskError"), out[-3000:]
+    assert "sweep finished: 2 done, 1 failed" in out and "Traceback" not in err, f"{out[-2000:]}\n{err[-3000:]}"
     assert status(victim) == "running" and not (victim / "DONE").exists()  # SIGKILL: no chance to record
-    assert 1 <= len(finished) <= 2
+    finished = {k: stamps(v) for k, v in cells(tmp_path).items() if (v / "DONE").exists()}
+    assert len(finished) == 2 and victim.name not in finished
 
     began = time.time()
     again = ok(dkbench(tmp_path, ray_cluster.env(tmp_path), *args))
@@ -282,7 +296,7 @@ def test_killed_worker_is_retried_by_ray_and_resumes_within_the_sweep(ray_cluste
     """ray_local's default (max_retries: 2): Ray reruns the dead worker's task in a new worker, which
     finds the cell's lock released by the kernel and resumes from last.ckpt; the sweep ends with every
     cell done, and a rerun has nothing to do."""
-    args = ["sweep", *SMOKE, "hydra/launcher=ray_local", *LONG]
+    args = ["sweep", *SMOKE, "hydra/launcher=ray_local", *ONE_BY_ONE, *LONG]
     proc, out, err, finished, victim, pid, epoch = _kill_a_running_cell(ray_cluster, tmp_path, args)
     assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
     assert "retries remaining, so the task will be retried" in out + err, (out + err)[-3000:]
@@ -292,3 +306,14 @@ def test_killed_worker_is_retried_by_ray_and_resumes_within_the_sweep(ray_cluste
     _assert_resumed(ray_cluster, victim, pid, epoch)
     again = ok(dkbench(tmp_path, ray_cluster.env(tmp_path), *args))
     assert "3 already done (skipped)" in again and "0 to run" in again, again[-2000:]
+
+
+def test_by_default_every_cell_is_queued_and_ray_runs_two_at_once(ray_cluster, tmp_path):
+    """With no hydra.sweeper.max_batch_size, the sweeper hands Ray every pending cell in one launch
+    (suite_sweeper.batch_size); the 2-CPU cluster with num_cpus 1 per task runs two side by side."""
+    out = ok(dkbench(tmp_path, ray_cluster.env(tmp_path), "sweep", *SMOKE, "hydra/launcher=ray_local", *OVERLAP))
+    assert "sweep finished: 3 done, 0 failed" in out, out[-3000:]
+    assert "[3/3] done" in out and "[1/3]" in out
+    (_, e0), (s1, e1), (s2, _) = spans(tmp_path)
+    assert s1 < e0, f"the first two cells did not overlap: {spans(tmp_path)}"
+    assert s2 >= min(e0, e1), f"three cells ran at once on 2 CPUs: {spans(tmp_path)}"

@@ -33,6 +33,12 @@ SCRIPT = REPO / "scripts" / "local_slurm.sh"
 STATE = Path(os.environ.get("DKBENCH_SLURM_DIR", "/var/tmp/dkbench-slurm"))  # the script's state folder
 SMOKE = ["suite=smoke", "ui.progress_bar=false"]
 SLURM = ["hydra/launcher=slurm_local"]
+#: one job at a time (by default the sweeper submits a job array, see the last test): a job's own cost in a row of
+#: jobs, and a single running job to cancel
+ONE_BY_ONE = ["hydra.sweeper.max_batch_size=1"]
+#: cells long enough (~4 s of training) that two started together overlap whatever the skew of their start-up;
+#: a 1-epoch smoke cell trains for 0.4 s, less than two workers' import times may differ
+OVERLAP = ["trainer.max_epochs=10"]
 #: a cell long enough to be cancelled mid-run, with a resumable last.ckpt after every epoch
 EPOCHS = 30
 LONG = [f"trainer.max_epochs={EPOCHS}", "checkpoint.last_every_n_epochs=1"]
@@ -153,7 +159,7 @@ def test_smoke_sweep_runs_every_cell_as_a_slurm_job_like_a_local_sweep(slurm, tm
     slurm_root.mkdir(), local_root.mkdir()
 
     slurm_began = time.time()
-    out, slurm_s = dkbench(slurm, slurm_root, "sweep", *SMOKE, *SLURM)
+    out, slurm_s = dkbench(slurm, slurm_root, "sweep", *SMOKE, *SLURM, *ONE_BY_ONE)
     assert "sweep finished: 3 done, 0 failed" in out, out[-3000:]
     assert {k: status(v) for k, v in cells(slurm_root).items()} == {f"seed_{k}": "done" for k in range(3)}
 
@@ -205,7 +211,7 @@ def test_scancel_mid_run_then_the_rerun_skips_finished_cells_and_resumes_the_can
     cell never submitted. The rerun skips the finished cell and resumes the cancelled one from its last.ckpt."""
     import torch
 
-    args = ["sweep", *SMOKE, *SLURM, *LONG]
+    args = ["sweep", *SMOKE, *SLURM, *ONE_BY_ONE, *LONG]
     log = tmp_path / "sweep.out"
     with log.open("w") as stdout:
         proc = subprocess.Popen([sys.executable, "-m", "dkbench.cli", *args], cwd=tmp_path, env=slurm.env(tmp_path),
@@ -215,7 +221,7 @@ def test_scancel_mid_run_then_the_rerun_skips_finished_cells_and_resumes_the_can
     name = f"dkbench_{victim.parents[2].name}"  # slurm_local's job name: dkbench_<suite folder>
     running_jobs = [line.split("|")[0] for line in
                     slurm.run("squeue", "-h", "-t", "RUNNING", "-o", "%i|%j").splitlines() if line.endswith(f"|{name}")]
-    assert len(running_jobs) == 1, f"cells run one job at a time by default, found {running_jobs}"
+    assert len(running_jobs) == 1, f"cells run one job at a time with a batch of 1, found {running_jobs}"
     cancelled_at = time.time()
     slurm.run("scancel", *running_jobs)
     try:
@@ -261,11 +267,11 @@ def test_scancel_mid_run_then_the_rerun_skips_finished_cells_and_resumes_the_can
           f"epoch {epoch}); rerun of {3 - len(finished)} cells ({EPOCHS} epochs): {rerun_s:.1f} s")
 
 
-def test_cells_of_one_batch_go_as_a_job_array_two_at_a_time(slurm, tmp_path):
-    """The dkbench sweeper hands submitit one cell per launch unless hydra.sweeper.max_batch_size says more
-    (submitit_slurm has no n_jobs); with a batch of 3, the cells are one job array and slurm_local's
+def test_by_default_the_cells_go_as_one_job_array_two_at_a_time(slurm, tmp_path):
+    """With no hydra.sweeper.max_batch_size, the dkbench sweeper hands submitit_slurm up to 4 × array_parallelism
+    cells per launch (suite_sweeper.batch_size): the smoke suite's 3 cells are one job array, and slurm_local's
     array_parallelism (2) lets two run side by side, the third when one ends."""
-    out, array_s = dkbench(slurm, tmp_path, "sweep", *SMOKE, *SLURM, "hydra.sweeper.max_batch_size=3")
+    out, array_s = dkbench(slurm, tmp_path, "sweep", *SMOKE, *SLURM, *OVERLAP)
     assert "sweep finished: 3 done, 0 failed" in out, out[-3000:]
     jobs = jobs_of(tmp_path)
     array = {j.split("_")[0] for j in jobs}

@@ -222,6 +222,25 @@ class SweepProgress:
             LAST_SWEEP["interrupted"] = self.interrupted_by
 
 
+@dataclass(frozen=True)
+class LostJob:
+    """The return of a cell whose launcher raised instead of reporting (see the sweeper's
+    `_call_launcher`): what its run folder says decides whether it finished."""
+
+    run_dir: str
+    config_hash: str
+    error: BaseException
+
+    @property
+    def return_value(self) -> dict[str, Any]:
+        if RunFolder(self.run_dir).is_done(self.config_hash):
+            return {"status": "done", "summary": "finished (its job's report was lost; the run folder says DONE)"}
+        first = (str(self.error).strip().splitlines() or [""])[0][:300]
+        return {"status": "failed", "error": f"the launcher lost this job ({type(self.error).__name__}: {first}); "
+                                             "rerun the sweep: finished cells are skipped, this one resumes from its "
+                                             "last checkpoint"}
+
+
 def _outcome(job_return: Any) -> dict[str, Any]:
     """What a cell's job returned (`run_cell`), or the exception Hydra captured."""
     try:

@@ -24,11 +24,38 @@ log = logging.getLogger("dkbench.sweep")
 BATCHES_PER_WORKER = 4
 
 
+def batch_size(config: DictConfig, pending: int, max_batch_size: int | None = None) -> int:
+    """Cells per launcher call. A call waits for its slowest cell, so a batch of exactly the
+    launcher's parallelism idles workers whenever cell durations differ; within a call the
+    launcher hands cells to free workers itself. Progress is printed after each call.
+
+    - ``hydra.sweeper.max_batch_size`` when given;
+    - joblib (``n_jobs``): BATCHES_PER_WORKER × n_jobs;
+    - submitit_slurm (``array_parallelism``): one job array of BATCHES_PER_WORKER ×
+      array_parallelism cells, SLURM running ``array_parallelism`` of them at once;
+    - Ray (``ray``): every pending cell as a task at once; Ray's scheduler runs as many as the
+      cluster has resources for (``remote.num_cpus`` / ``num_gpus`` each), which the sweep
+      cannot know before ``ray.init``;
+    - otherwise (basic, in process; submitit_local, one process per cell): 1.
+    """
+    if max_batch_size:
+        return int(max_batch_size)
+    n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs")
+    if n_jobs and int(n_jobs) > 0:
+        return BATCHES_PER_WORKER * int(n_jobs)
+    array = OmegaConf.select(config, "hydra.launcher.array_parallelism")
+    if array and int(array) > 0:
+        return BATCHES_PER_WORKER * int(array)
+    if OmegaConf.select(config, "hydra.launcher.ray") is not None:
+        return max(int(pending), 1)
+    return 1
+
+
 @dataclass
 class SuiteSweeperConf:
     _target_: str = "hydra_plugins.dkbench_suite_sweeper.suite_sweeper.SuiteSweeper"
-    #: Cells per launcher call (null: BATCHES_PER_WORKER × the launcher's n_jobs when it has
-    #: one, else 1), so progress is reported while the sweep runs.
+    #: Cells per launcher call (null: chosen from the launcher's parallelism, see `batch_size`),
+    #: so progress is reported while the sweep runs.
     max_batch_size: Any = None
 
 
@@ -51,14 +78,8 @@ class SuiteSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def _batch_size(self) -> int:
-        if self.max_batch_size:
-            return int(self.max_batch_size)
-        # Several cells per worker per batch: a launcher call waits for its slowest cell, so a
-        # batch of exactly n_jobs idles workers whenever cell durations differ; within a call,
-        # joblib hands cells to free workers dynamically. Progress is printed after each batch.
-        n_jobs = OmegaConf.select(self.config, "hydra.launcher.n_jobs")
-        return BATCHES_PER_WORKER * int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1
+    def _batch_size(self, pending: int) -> int:
+        return batch_size(self.config, pending, self.max_batch_size)
 
     def sweep(self, arguments: list[str]) -> Any:
         from dkbench.errors import UserError
@@ -144,19 +165,36 @@ class SuiteSweeper(Sweeper):
 
     def _launch(self, plan: Any, progress: Any, results: list[Any]) -> None:
         assert self.launcher is not None
-        size = self._batch_size()
+        size = self._batch_size(len(plan.pending))
         if plan.prestages:  # pre-stage runs first, so no cell waits for another cell's pre-stage
-            jobs = [p.overrides for p in plan.prestages]
-            returns = self.launcher.launch(jobs, initial_job_idx=0)
+            returns = self._call_launcher([p.overrides for p in plan.prestages], 0,
+                                          [(p.run_dir, p.config_hash) for p in plan.prestages])
             progress.record_prestages(plan.prestages, returns)
             results.append(returns)
         pending = plan.pending
         for start in range(0, len(pending), size):
             batch = pending[start : start + size]
             began = time.time()
-            returns = self.launcher.launch([list(c.overrides) for c in batch],
-                                           initial_job_idx=len(plan.prestages) + start)
+            returns = self._call_launcher([list(c.overrides) for c in batch], len(plan.prestages) + start,
+                                          [plan.folders[c.label] for c in batch])
             progress.record(batch, returns, time.time() - began, parallel=size)
             results.append(returns)
             if progress.interrupted_by is not None:  # a cell was stopped by a signal: launch no more
                 return
+
+    def _call_launcher(self, jobs: list[list[str]], first_idx: int, folders: list[tuple[str, str]]) -> list[Any]:
+        """One launcher call. A launcher that raises instead of returning (a SLURM job cancelled
+        before it could report, a Ray worker that died with no retries left, a lost node) loses the
+        whole batch's returns: each cell is then judged by its run folder (DONE with its config
+        hash, or lost), the sweep goes on with the next batch and exits 1 at the end."""
+        from dkbench.errors import RunInterrupted
+        from dkbench.runner.sweep import LostJob
+
+        assert self.launcher is not None
+        try:
+            return list(self.launcher.launch(jobs, initial_job_idx=first_idx))
+        except RunInterrupted:  # Ctrl-C / SIGTERM of the sweep itself: handled by _run_plan
+            raise
+        except Exception as err:  # noqa: BLE001 - any launcher failure becomes failed cells, not a traceback
+            log.warning("the launcher failed for %d job(s): %s: %s", len(jobs), type(err).__name__, err)
+            return [LostJob(run_dir, cfg_hash, err) for run_dir, cfg_hash in folders]
