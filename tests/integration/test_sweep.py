@@ -67,9 +67,12 @@ def test_sigkill_midway_then_resume_recomputes_nothing_finished(tmp_path):
 
 
 def test_joblib_runs_two_cells_at_once(tmp_path):
-    cli(tmp_path, "sweep", *SMOKE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "suite.seeds=[0,1]")
+    # 10 epochs (~4 s of training): a 1-epoch cell trains for 0.4 s, less than the two workers' start-up
+    # (importing the stack) may differ by on a loaded machine, so spans could miss each other while both ran
+    cli(tmp_path, "sweep", *SMOKE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "suite.seeds=[0,1]",
+        "trainer.max_epochs=10")
     spans = []
-    for run in cells(tmp_path).values():
+    for run in cells(tmp_path, "smoke@trainer.max_epochs:10").values():
         metrics = json.loads((run / "metrics.json").read_text())
         spans.append((metrics["started_at"], metrics["finished_at"]))
     assert len(spans) == 2
