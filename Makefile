@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full bench gpu-check clean
+.PHONY: help install demo test test-full test-browser bench gpu-check clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test: $(STAMP) ## fast test suite (offline; slow tests deselected)
 
 test-full: $(STAMP) ## every test, including slow end-to-end runs (not the cluster ones: make test-cluster)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-browser: $(STAMP) ## leaderboard.html in headless Chromium (needs: apt-get install -y chromium chromium-driver)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m browser tests/integration/test_report_browser.py $(PYTEST_ARGS)
 
 test-cluster: $(STAMP) ## SLURM and Ray smoke sweeps on local clusters (root + apt; builds .venv-ray)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)

@@ -19,8 +19,13 @@ commands:
   sweep  suite=<name> [overrides]
                                every compatible cell of a suite; finished cells are skipped
                                (hydra/launcher=joblib hydra.launcher.n_jobs=2 for parallel runs)
-  report suite=<name> [overrides]
+  report suite=<name> [overrides] [compare=<suite folder>] [compare_runs=<runs dir>]
                                leaderboard from the suite's run folders → reports/<suite>/
+                               (md, self-contained interactive html, csv, booktabs tex; heatmap and
+                               CD diagram as png + svg + pdf); with compare= / compare_runs=: this
+                               suite (A) beside another suite folder (B, e.g. <suite>@tuned) or the
+                               same suite in another runs folder, B − A per cell →
+                               reports/<A>__vs__<B>/ (compare.md, .html, .csv)
   evaluate run=<run folder> dataset=<name> [split=test] [dataset overrides]
                                external validation: a finished run's selected model scored on
                                another dataset → <run>/external/<dataset>/metrics.json
@@ -274,8 +279,11 @@ def _with_variant(args: list[str]) -> list[str]:
 
     if "-m" in args or "--multirun" in args or any(a.startswith("variant=") for a in args):
         return args
+    from dkbench.runner.reporting import REPORT_OPTIONS
+
     groups = {p.name for folder in config_dirs() for p in folder.iterdir() if p.is_dir()}
-    suffix = variant_suffix(_overrides_only(args), sorted(groups))
+    settings = [a for a in _overrides_only(args) if a.lstrip("+").partition("=")[0] not in REPORT_OPTIONS]
+    suffix = variant_suffix(settings, sorted(groups))  # `report compare=B` names what to read, not a setting
     return [*args, f"variant={suffix}"] if suffix else args
 
 

@@ -338,7 +338,13 @@ def test_report_without_cd(runs, tmp_path):
         warnings.simplefilter("ignore")
         out = build_report(runs, suite, tmp_path)
     assert "cd_diagram.png" not in out["paths"] and not (tmp_path / "cd_diagram.png").exists()
-    assert "not computed: 4 complete dataset(s) < 5" in out["markdown"]
+    md = out["markdown"]
+    # one sentence says why there are no ranks, CD diagram or Wilcoxon tests, once; no table of them
+    assert md.count("this report states no ranking or test across datasets") == 1
+    assert "not computed: 4 complete dataset(s) < 5" not in md and "4 complete dataset(s) < 5 needed" in md
+    assert "fewer than 6 datasets" in md and "### Average ranks" not in md and "### Wilcoxon" not in md
+    assert "cannot reach p<0.05" not in md  # the per-row note of the Wilcoxon table is gone with it
+    assert r"\label{tab:ranks}" not in (tmp_path / "leaderboard.tex").read_text()
 
 
 def test_read_cell_edge_cases(tmp_path):
@@ -550,3 +556,89 @@ def test_readme_shows_no_mark_from_fewer_than_three_seeds():
         starred = re.search(r"[+-]\d\.\d+\*", line)
         if starred and seeds:
             assert min(seeds) >= lb.MIN_SEEDS, f"README row marks a result from {min(seeds)} seeds: {line}"
+
+
+# ------------------------------------------------------------------------------------------ issue 19
+# (statements only where enough datasets back them; the protocol in the header; vector figures)
+
+
+def test_wilcoxon_needs_enough_datasets_to_reach_alpha():
+    assert lb.wilcoxon_min_datasets(0.05) == 6  # 2/2^5 = 0.0625, 2/2^6 = 0.031
+    assert lb.wilcoxon_min_datasets(0.01) == 8  # 2/2^7 = 0.0156, 2/2^8 = 0.0078
+    assert 2 / 2 ** (lb.wilcoxon_min_datasets(0.05) - 1) >= 0.05
+
+
+def test_six_datasets_show_ranks_cd_and_only_the_wilcoxon_rows_that_can_reach_alpha(report):
+    md = report["markdown"]
+    section = md.split("## Across datasets")[1].split("\n## ")[0]
+    assert "### Average ranks" in section and "### Critical difference" in section and "### Wilcoxon" in section
+    wilcoxon = section.split("### Wilcoxon")[1]
+    rows = [line for line in wilcoxon.splitlines() if line.startswith("| ") and "backbone" not in line]
+    # bb2/sB has a Δ on 5 datasets (d2 incompatible, so 2 metrics × 1 row) → left out, said once
+    assert len(rows) == 2 * 2 * 2 - 2 and not any("bb2" in r and "sB" in r for r in rows)
+    assert section.count("left out of the Wilcoxon table") == 1 and "cannot reach p<" not in section
+    assert len(pd.read_csv(report["paths"]["cross_dataset.csv"])) == 8  # the CSV keeps every row
+    tex = report["paths"]["leaderboard.tex"].read_text()
+    assert r"\label{tab:ranks}" in tex and r"\label{tab:wilcoxon}" in tex
+
+
+def test_header_states_the_protocol_the_runs_recorded(runs, report):
+    from dkbench.leaderboard.protocol import read_protocol
+
+    md = report["markdown"]
+    header = md.split("## At a glance")[0]
+    for word in ("**epochs**", "**model selection**", "**seeds**", "**tuning budget**", "**compute**"):
+        assert word in header
+    assert "No strategy here needs expert knowledge at test time." in header  # sA, sB declare none
+    p = read_protocol(runs, SUITE, report["tables"].long)
+    assert p.selection.startswith("the weights of the epoch with the best val/auroc (max) on the validation split")
+    assert p.epochs == "max_epochs not recorded; trained 3"  # the fixture's config.yaml has no trainer
+    assert p.seeds == "3 planned per cell (0, 1, 2); done per cell: 2–3"
+    assert p.compute.startswith("102 done runs, 0.04 h") and p.budget.startswith("none: every strategy")
+
+
+def test_protocol_states_per_dataset_epochs_disagreement_and_the_tuning_budget(tmp_path):
+    from dkbench.leaderboard.protocol import read_protocol
+
+    suite = {**SUITE, "name": "p@tuned", "datasets": ["d1", "d2"], "backbones": ["bb1"]}
+    for d in suite["datasets"]:
+        for s in STRATEGIES:
+            for k in SEEDS:
+                write_run(tmp_path, "p@tuned", d, "bb1", s, k)
+                epochs = 8 if d == "d1" else (20 if (s, k) != ("sB", 2) else 10)
+                (tmp_path / "p@tuned" / d / f"bb1__{s}" / f"seed_{k}" / "config.yaml").write_text(
+                    f"trainer:\n  max_epochs: {epochs}\n")
+            (tmp_path / "p@tuned" / d / f"bb1__{s}" / "chosen.json").write_text(json.dumps({
+                "budget": {"trials": 8, "sampler": "random", "trial_seed": 1000},
+                "rule": "best val/auroc (max) of 8 trials at seed 1000"}))
+    long = collect_runs(tmp_path, suite)
+    p = read_protocol(tmp_path, suite, long)
+    assert p.epochs.startswith("max_epochs d1 8, d2 20 (8 runs); 10 (1 runs) — runs DISAGREE")
+    assert p.budget.startswith("8 random-search trials per dataset × backbone × strategy at seed 1000 (the same in "
+                               "every cell, baseline included)")
+
+
+def test_heatmap_and_cd_diagram_are_also_vector_figures(report):
+    paths = report["paths"]
+    for stem in ("heatmap_delta", "cd_diagram"):
+        svg, pdf = paths[f"{stem}.svg"], paths[f"{stem}.pdf"]
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+        text = svg.read_text()
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+        assert "<text" in text  # svg.fonttype none: labels stay text, not paths
+    assert "baseline" in paths["cd_diagram.svg"].read_text()
+
+
+def test_html_page_carries_filters_toggle_links_and_its_own_script(runs, report):
+    import os
+
+    html_path = report["paths"]["leaderboard.html"]
+    page = html_path.read_text()
+    assert "<script>" in page and "src=" not in page.split("<script>")[1].split("</script>")[0]
+    assert "data-filter='dataset' value='d1'" in page and "data-filter='metric' value='test/acc'" in page
+    assert "name='mode' value='abs'" in page
+    assert "data-delta-text='+0.030 ± 0.010 (n=3)'" in page and "data-abs-text='0.740 ± 0.020 (n=3)'" in page
+    folder = os.path.relpath(runs / "toy" / "d1" / "bb1__sA", html_path.parent)
+    assert f"class='runs' href='{folder}/'" in page and folder.startswith("..")  # relative: survives a copy
+    assert "class='cfg' href='" in page and "seed_0/config.yaml'" in page
+    assert page.count("<section class='matrix-block'") == 2  # test/auroc and test/acc

@@ -85,3 +85,25 @@ def test_every_strategy_config_declares_its_family_and_the_knowledge_it_uses():
     assert "predicted" in matrix.strategy_facts("roi_input_predicted")[1]
     assert "**test**" in matrix.strategy_facts("roi_input")[1]
     assert "**" not in matrix.strategy_facts("handcrafted_feature_nomask")[1]
+
+
+def test_html_cells_carry_delta_and_absolute_texts_sort_keys_and_links():
+    m = build()
+    curriculum = m.rows[1].cells
+    assert curriculum[0].abs_text == "0.750 ± 0.010 (n=3)" and curriculum[0].abs_key == 0.75
+    links = lambda d, b, s: (f"../runs/s/{d}/{b}__{s}/", f"../runs/s/{d}/{b}__{s}/seed_0/config.yaml")  # noqa: E731
+    page = matrix.render_html(m, SUITE, "baseline", 0.05, links)
+    assert ("data-gain='0.05' data-abs-key='0.75' data-delta-text='+0.050 ± 0.010* (n=3)' "
+            "data-abs-text='0.750 ± 0.010 (n=3)'") in page
+    assert "<a class='runs' href='../runs/s/d1/b__curriculum/'" in page
+    assert "href='../runs/s/d1/b__curriculum/seed_0/config.yaml'" in page
+    dash = page.split("title='needs masks'")[0].rsplit("<td", 1)[1]
+    assert "data-gain" not in dash and "incompatible" in dash  # neutral: no sort key, no colour, no link
+
+
+def test_the_latex_caption_states_seeds_test_and_correction():
+    tex = matrix.render_latex(build(), SUITE, "baseline", 0.05)
+    caption = tex.split(r"\caption{")[1].split(r"\label")[0]
+    for words in ("over n seeds (3 per cell planned)", "paired t-test", "Holm-adjusted", r"p \textless{} 0.05",
+                  "never with fewer than 3 paired seeds"):
+        assert words in caption, words

@@ -12,6 +12,8 @@ footnote line, so incompatible cells never take up rows.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -42,8 +44,12 @@ def strategy_facts(name: str) -> tuple[str, str]:
 class Cell:
     text: str
     kind: str
-    delta: float = math.nan
+    delta: float = math.nan  # the gain (sign-adjusted Δ: positive = better), for colour and sorting
     note: int | None = None  # footnote number (incompatible reason)
+    #: the strategy's own score, `mean ± std (n=k)`, for the HTML page's Δ / absolute toggle
+    abs_text: str = ""
+    #: the sign-adjusted mean (positive direction = better), for sorting absolute scores best first
+    abs_key: float = math.nan
 
 
 @dataclass
@@ -73,6 +79,14 @@ def _first(df: pd.DataFrame) -> pd.Series | None:
     return df.iloc[0] if len(df) else None
 
 
+def _score(row: pd.Series | None) -> str:
+    """`mean ± std (n=k)` of an `agg` row's done seeds; "—" without any."""
+    if row is None or not row["n_done"] or pd.isna(row["mean"]):
+        return "—"
+    n = int(row["n"]) if "n" in row else int(row["n_done"])  # seeds that logged this metric
+    return f"{row['mean']:.3f} ± {0.0 if pd.isna(row['std']) else row['std']:.3f} (n={n})"
+
+
 def build_matrix(agg: pd.DataFrame, deltas: pd.DataFrame, suite: dict, metric: str, baseline: str) -> Matrix:
     """`agg` = leaderboard.csv, `deltas` = deltas.csv of a report (`report.build_tables`)."""
     from dkbench.strategies.base import FAMILIES
@@ -82,9 +96,7 @@ def build_matrix(agg: pd.DataFrame, deltas: pd.DataFrame, suite: dict, metric: s
     sign = 1.0 if higher_is_better(metric) else -1.0
     matrix = Matrix(metric, columns, [])
     for d, b in columns:
-        row = _first(agg[(agg.dataset == d) & (agg.backbone == b) & (agg.strategy == baseline)])
-        matrix.baseline.append("—" if row is None or not row["n_done"] else
-                               f"{row['mean']:.3f} ± {0.0 if pd.isna(row['std']) else row['std']:.3f} (n={int(row['n_done'])})")
+        matrix.baseline.append(_score(_first(agg[(agg.dataset == d) & (agg.backbone == b) & (agg.strategy == baseline)])))
     order = {key: i for i, key in enumerate(FAMILIES)}
     strategies = [s for s in suite["strategies"] if s != baseline]
     strategies.sort(key=lambda s: order.get(strategy_facts(s)[0], len(order)))  # stable: suite order within a family
@@ -94,6 +106,10 @@ def build_matrix(agg: pd.DataFrame, deltas: pd.DataFrame, suite: dict, metric: s
             status = _first(agg[(agg.dataset == d) & (agg.backbone == b) & (agg.strategy == strategy)])
             delta = _first(deltas[(deltas.dataset == d) & (deltas.backbone == b) & (deltas.strategy == strategy)])
             cell, reason = _cell(status, delta, sign)
+            if cell.kind != "incompatible":
+                cell.abs_text = _score(status)
+                if status is not None and status["n_done"] and not pd.isna(status["mean"]):
+                    cell.abs_key = sign * float(status["mean"])
             cells.append(cell)
             reasons.append(reason)
         family, knowledge = strategy_facts(strategy)
@@ -142,7 +158,9 @@ def _family_label(key: str) -> str:
     return f"{key} · {FAMILIES[key]}" if key in FAMILIES else "other"
 
 
-def render_markdown(m: Matrix, suite: dict, baseline: str, alpha: float) -> str:
+def render_markdown(m: Matrix, suite: dict, baseline: str, alpha: float, legend: bool = True) -> str:
+    """The matrix as a Markdown table, with its caption and notes unless ``legend`` is False (a
+    further metric's matrix under the first: same layout, same cells incompatible, same notes)."""
     header = ["family", "strategy", "knowledge used", *[f"{d} · {b}" for d, b in m.columns]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
              "| | **" + baseline + f"** ({m.metric}) | image and label only | " + " | ".join(m.baseline) + " |"]
@@ -152,6 +170,8 @@ def render_markdown(m: Matrix, suite: dict, baseline: str, alpha: float) -> str:
         previous = row.family
         cells = [f"{c.text}{_sup(c.note)}" for c in row.cells]
         lines.append(f"| {label} | {row.strategy} | {row.knowledge} | " + " | ".join(cells) + " |")
+    if not legend:
+        return "\n".join(lines)
     out = ["\n".join(lines), "", caption(m, suite, baseline, alpha)]
     notes = [f"{i}. {reason}" for i, reason in enumerate(m.notes, 1)]
     notes += [f"- `{s}` applies to none of these datasets: {r}" for s, r in m.inapplicable.items()]
@@ -196,35 +216,67 @@ def render_latex(m: Matrix, suite: dict, baseline: str, alpha: float) -> str:
     return "\n".join(lines)
 
 
-def render_html(m: Matrix, suite: dict, baseline: str, alpha: float) -> str:
+#: a function (dataset, backbone, strategy) → (href of the cell's run folder, href of a config or None), or None
+Links = Callable[[str, str, str], "tuple[str, str | None] | None"]
+
+
+def _num(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:.6g}"
+
+
+def render_html(m: Matrix, suite: dict, baseline: str, alpha: float, links: Links | None = None) -> str:
     """A table whose cells are coloured by the sign and size of the gain (green better, red worse,
-    stronger when marked); an incompatible cell's reason is its tooltip and a footnote."""
+    stronger when marked); an incompatible cell is a neutral "—" whose reason is its tooltip and a
+    footnote. For the page's script (`leaderboard/page.py`): every cell carries its Δ text and its
+    absolute score (`data-delta-text` / `data-abs-text`) and both sort keys, sign-adjusted so that
+    larger = better (`data-gain` / `data-abs-key`); cells and rows carry the dataset, backbone and
+    family they belong to, for the filters; a cell links to its run folder and a seed's config
+    (`links`)."""
     import html
 
     e = html.escape
     scale = m.max_abs_delta or 1.0
-    head = "".join(f"<th>{e(d)}<br><small>{e(b)}</small></th>" for d, b in m.columns)
-    rows = [f"<tr><th></th><th>{e(baseline)}</th><th>image and label only</th>"
-            + "".join(f"<td class='absolute'>{e(x)}</td>" for x in m.baseline) + "</tr>"]
+    where = [f" data-dataset='{e(d)}' data-backbone='{e(b)}'" for d, b in m.columns]
+    head = "".join(f"<th class='col' data-sort='num'{w}>{e(d)}<br><small>{e(b)}</small></th>"
+                   for (d, b), w in zip(m.columns, where))
+    thead = (f"<thead><tr><th data-sort='family'>family</th><th data-sort='text'>strategy</th>"
+             f"<th data-sort='text'>knowledge used</th>{head}</tr>"
+             f"<tr class='baseline'><th></th><th>{e(baseline)}</th><th>image and label only</th>"
+             + "".join(f"<td class='absolute'{w}>{e(x)}</td>" for x, w in zip(m.baseline, where)) + "</tr></thead>")
+    rows = []
     previous = None
-    for row in m.rows:
+    for order, row in enumerate(m.rows):
         if row.family != previous:
-            rows.append(f"<tr class='family'><th colspan='{len(m.columns) + 3}'>{e(_family_label(row.family))}</th></tr>")
+            rows.append(f"<tr class='family' data-family='{e(row.family)}'>"
+                        f"<th colspan='{len(m.columns) + 3}'>{e(_family_label(row.family))}</th></tr>")
             previous = row.family
         cells = []
-        for c in row.cells:
+        for c, (d, b), w in zip(row.cells, m.columns, where):
             style = ""
             if not math.isnan(c.delta) and c.delta != 0:
                 alpha_bg = 0.15 + 0.6 * min(1.0, abs(c.delta) / scale) * (1.0 if "*" in c.kind else 0.5)
                 rgb = "26,127,55" if c.delta > 0 else "207,34,46"
                 style = f" style='background: rgba({rgb},{alpha_bg:.2f})'"
             title = f" title='{e(m.notes[c.note - 1])}'" if c.note else ""
-            cells.append(f"<td class='cell {e(c.kind.rstrip('*'))}'{style}{title}>{e(c.text)}{e(_sup(c.note))}</td>")
-        knowledge = e(row.knowledge).replace("**", "")  # bold marks test-time knowledge in Markdown
-        rows.append(f"<tr><td></td><td>{e(row.strategy)}</td><td>{knowledge}</td>{''.join(cells)}</tr>")
+            sup = f"<sup>{c.note}</sup>" if c.note else ""
+            value = f"<span class='v'>{e(c.text)}</span>"
+            data = ""
+            if c.kind != "incompatible":
+                data = (f" data-gain='{_num(c.delta)}' data-abs-key='{_num(c.abs_key)}'"
+                        f" data-delta-text='{e(c.text)}' data-abs-text='{e(c.abs_text or c.text)}'")
+                target = links(d, b, row.strategy) if links else None
+                if target:
+                    folder, config = target
+                    value = f"<a class='runs' href='{e(folder)}' title='run folders of this cell'>{value}</a>"
+                    if config:
+                        value += f" <a class='cfg' href='{e(config)}' title='config.yaml of a seed'>cfg</a>"
+            cells.append(f"<td class='cell {e(c.kind.rstrip('*'))}'{w}{data}{style}{title}>{value}{sup}</td>")
+        knowledge = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(row.knowledge))  # bold: knowledge needed at test time
+        rows.append(f"<tr data-family='{e(row.family)}' data-order='{order}'><td class='fam'>{e(row.family)}</td>"
+                    f"<td>{e(row.strategy)}</td><td>{knowledge}</td>{''.join(cells)}</tr>")
     notes = "".join(f"<li>[{i}] {e(r)}</li>" for i, r in enumerate(m.notes, 1))
     notes += "".join(f"<li><code>{e(s)}</code> applies to none of these datasets: {e(r)}</li>"
                      for s, r in m.inapplicable.items())
-    return (f"<table class='matrix'><tr><th>family</th><th>strategy</th><th>knowledge used</th>{head}</tr>"
-            + "".join(rows) + f"</table><p class='legend'>{e(caption(m, suite, baseline, alpha))}</p>"
+    return (f"<table class='matrix sortable'>{thead}<tbody>" + "".join(rows) + "</tbody></table>"
+            f"<p class='legend'>{e(caption(m, suite, baseline, alpha))}</p>"
             + (f"<ol class='notes'>{notes}</ol>" if notes else ""))

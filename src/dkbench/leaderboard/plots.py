@@ -15,24 +15,41 @@ from matplotlib.colors import Normalize  # noqa: E402
 from dkbench.leaderboard.stats import higher_is_better  # noqa: E402
 
 
-def _save(fig, out_png: str | Path) -> Path:
+#: vector copies written beside a figure's PNG for papers
+VECTOR = (".svg", ".pdf")
+
+
+def save_vector(fig, out_png: Path, vector: tuple[str, ...]) -> list[Path]:
+    """The figure beside ``out_png`` with each suffix in ``vector``. Text stays text (SVG text
+    elements, TrueType fonts in the PDF) so a journal's editor can restyle and search it."""
+    paths = []
+    with matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):
+        for suffix in vector:
+            fig.savefig(out_png.with_suffix(suffix), bbox_inches="tight")
+            paths.append(out_png.with_suffix(suffix))
+    return paths
+
+
+def _save(fig, out_png: str | Path, vector: tuple[str, ...] = ()) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=130, bbox_inches="tight")
+    save_vector(fig, out_png, vector)
     plt.close(fig)
     return out_png
 
 
-def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbones: bool = False) -> Path:
+def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbones: bool = False,
+                  vector: tuple[str, ...] = ()) -> Path:
     """Mean sign-adjusted Δ vs baseline (``gain``: positive = better), strategies × datasets, one
     panel per backbone (or one panel averaged over backbones). Diverging colormap centred at 0,
     values annotated, ``*`` = significant after Holm, which needs ≥ 3 paired seeds (per-backbone
-    panels only)."""
+    panels only). ``vector``: suffixes of vector copies beside the PNG (``VECTOR``)."""
     if deltas.empty or not deltas["gain"].notna().any():  # only the baseline ran: say so
         fig, ax = plt.subplots(figsize=(4, 1.2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no Δ vs baseline yet (no other strategy finished)", ha="center", va="center")
-        return _save(fig, out_png)
+        return _save(fig, out_png, vector)
     metric = str(deltas["metric"].iloc[0])
     d = deltas.copy()
     if average_backbones:
@@ -72,7 +89,7 @@ def heatmap_delta(deltas: pd.DataFrame, out_png: str | Path, *, average_backbone
     fig.suptitle(f"Δ {metric} vs baseline{direction}; + = better, * = Holm p<0.05 (only with ≥ 3 paired seeds)",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return _save(fig, out_png, vector)
 
 
 def ci95_half_width(std, n) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dkbench.leaderboard.collect import STATUS_ORDER
+from dkbench.leaderboard import page
+from dkbench.leaderboard.collect import STATUS_ORDER, cell_dir
+from dkbench.leaderboard.protocol import Protocol
 from dkbench.leaderboard.stats import ALPHA, MIN_SEEDS, CDResult, higher_is_better
 
 DIGITS = 3
@@ -48,6 +51,11 @@ class Tables:
     raw_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: shortcut controls: ceiling, floor, gap recovered (dkbench.leaderboard.controls); empty without controls
     recovery: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: epochs, selection, seeds, budget, compute as the runs recorded them (dkbench.leaderboard.protocol)
+    protocol: Protocol | None = None
+    #: where the runs are and where the page goes: the HTML links each matrix cell to its run folder
+    runs_dir: Path | None = None
+    out_dir: Path | None = None
 
     @property
     def rank_metric(self) -> str:
@@ -298,7 +306,9 @@ def md_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
 
-def _header_lines(t: Tables) -> list[str]:
+def _header_lines(t: Tables, protocol: bool = True) -> list[str]:
+    """The report's opening lines (Markdown): grid, rank metric, the protocol when known (``protocol``:
+    as one bullet list; the HTML page renders it itself), the test-time knowledge in play."""
     s = t.suite
     n_runs = len(s["datasets"]) * len(s["backbones"]) * len(s["strategies"]) * len(s["seeds"])
     direction = "higher is better" if higher_is_better(t.rank_metric) else "lower is better"
@@ -306,10 +316,113 @@ def _header_lines(t: Tables) -> list[str]:
              f"{len(s['datasets'])} datasets × {len(s['backbones'])} backbones × "
              f"{len(s['strategies'])} strategies × "
              f"{len(s['seeds'])} seeds = {n_runs} runs."]
+    if protocol and t.protocol is not None:
+        lines.append("Protocol:\n" + "\n".join(f"- **{k}**: {v}" for k, v in t.protocol.lines()))
+    lines.append(_knowledge_line(t))
     extra = t.long.attrs.get("out_of_grid", 0)
     if extra:
         lines.append(f"**Warning:** {extra} run folder(s) on disk are outside this grid and were ignored.")
     return lines
+
+
+def _knowledge_line(t: Tables) -> str:
+    from dkbench.leaderboard.matrix import strategy_facts
+
+    ran = set(t.agg.loc[t.agg["n_done"] > 0, "strategy"]) if "n_done" in t.agg else set()
+    at_test = [s for s in t.suite.get("strategies", []) if s != t.baseline and s in ran and "**" in strategy_facts(s)[1]]
+    return ("Knowledge each strategy used: the matrix's \"knowledge used\" column (each strategy's declaration). "
+            + (f"Expert knowledge needed at test time (a different claim from image-only strategies): "
+               f"{', '.join(at_test)}." if at_test else "No strategy here needs expert knowledge at test time."))
+
+
+# --------------------------------------------------------------------------------------------
+# across datasets: ranks, the CD diagram and the Wilcoxon tests, only where they can say something
+
+
+@dataclass
+class Across:
+    ranks: bool  # average ranks + CD diagram (the Friedman/Nemenyi analysis ran)
+    cross: pd.DataFrame  # the Wilcoxon rows with enough datasets to reach p < alpha (may be empty)
+    sentence: str  # what is left out and why; "" when nothing is
+
+
+def across(t: Tables) -> Across:
+    """Average ranks and the CD diagram only when the Friedman + Nemenyi analysis ran
+    (``stats.critical_difference``: ≥ ``CD_MIN_DATASETS`` complete datasets, ≥ 3 strategies);
+    Wilcoxon rows only with ≥ ``wilcoxon_min_datasets(alpha)`` datasets (below, the exact test
+    cannot reach p < alpha). What is left out is said once, in one sentence."""
+    from dkbench.leaderboard.stats import CD_MIN_DATASETS, wilcoxon_min_datasets
+
+    need = wilcoxon_min_datasets(t.alpha)
+    cross = t.cross[t.cross["n_datasets"] >= need] if len(t.cross) else t.cross
+    ranks = t.cd is not None
+    n_datasets = len(t.suite.get("datasets", []))
+    rank_part = (f"average ranks and the critical-difference diagram need the Friedman + Nemenyi analysis, which "
+                 f"needs ≥ {CD_MIN_DATASETS} complete datasets and ≥ 3 strategies (Demšar 2006; here "
+                 f"{t.cd_message.removeprefix('not computed: ')})")
+    cross_part = (f"the exact two-sided Wilcoxon signed-rank test across datasets cannot reach p < {t.alpha} with "
+                  f"fewer than {need} datasets (its smallest p is 2/2^n)")
+    if not ranks and cross.empty:
+        sentence = (f"With {n_datasets} dataset(s), this report states no ranking or test across datasets: "
+                    f"{rank_part}, and {cross_part}.")
+    elif not ranks:
+        sentence = f"No average ranks or critical-difference diagram: {rank_part}."
+    elif cross.empty:
+        sentence = f"No test across datasets: {cross_part}."
+    else:
+        sentence = ""
+    left = len(t.cross) - len(cross)
+    if left and not cross.empty:
+        sentence += (" " if sentence else "") + (
+            f"{left} strategy × backbone × metric row(s) with fewer than {need} datasets with a Δ are left out of "
+            f"the Wilcoxon table: with so few the exact test cannot reach p < {t.alpha}.")
+    return Across(ranks=ranks, cross=cross, sentence=sentence)
+
+
+def _cross_view(t: Tables, a: Across) -> pd.DataFrame:
+    return cross_table(Tables(**{**t.__dict__, "cross": a.cross}))
+
+
+RANKS_LEGEND = ("Rank of each strategy by mean {metric} within each dataset × backbone (1 = best, ties averaged), "
+                "averaged over the complete blocks (n = number of blocks; blocks where a strategy has no result are "
+                "left out: {dropped} dropped).")
+CROSS_LEGEND = ("Two-sided, Holm-adjusted across strategies within each backbone × metric; gain = Δ signed so that "
+                "positive = better.")
+
+
+def _across_markdown(t: Tables, image_links: dict[str, str] | None) -> list[str]:
+    a = across(t)
+    out = ["## Across datasets: ranks, critical difference, Wilcoxon", ""]
+    if a.sentence:
+        out += [a.sentence, ""]
+    if a.ranks:
+        out += ["### Average ranks", "", RANKS_LEGEND.format(metric=t.rank_metric,
+                                                            dropped=t.avg_ranks.attrs.get("dropped_blocks", 0)),
+                "", md_table(rank_table(t)), "", "### Critical difference (Friedman + Nemenyi)", "", t.cd_message, ""]
+        if image_links and "cd" in image_links:
+            out += [f"![critical difference diagram]({image_links['cd']})", ""]
+    if not a.cross.empty:
+        out += ["### Wilcoxon signed-rank on per-dataset mean Δ", "", CROSS_LEGEND, "",
+                md_table(_cross_view(t, a)), ""]
+    return out
+
+
+def _across_html(t: Tables, table) -> list[str]:
+    e = html.escape
+    a = across(t)
+    out = ["<h2>Across datasets: ranks, critical difference, Wilcoxon</h2>"]
+    if a.sentence:
+        out.append(f"<p class='legend'>{e(a.sentence)}</p>")
+    if a.ranks:
+        legend = RANKS_LEGEND.format(metric=t.rank_metric, dropped=t.avg_ranks.attrs.get("dropped_blocks", 0))
+        out += ["<h3>Average ranks</h3>", table(rank_table(t)), f"<p class='legend'>{e(legend)}</p>",
+                "<h3>Critical difference (Friedman + Nemenyi)</h3>", f"<p>{e(t.cd_message)}</p>"]
+        if Path(t.cd.path).exists():
+            out.append(f'<img alt="critical difference diagram" src="{data_uri(t.cd.path)}">')
+    if not a.cross.empty:
+        out += ["<h3>Wilcoxon signed-rank on per-dataset mean Δ</h3>", table(_cross_view(t, a)),
+                f"<p class='legend'>{e(CROSS_LEGEND)}</p>"]
+    return out
 
 
 LEGEND = ("Cells: mean ± std over done seeds (n seeds); `[k failed]` etc. counts seeds that are not done; a "
@@ -349,8 +462,12 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
     header = [x for line in _header_lines(t) for x in (line, "")]
     out = [f"# Leaderboard: {t.suite.get('name', '')}", "", *header,
            f"## At a glance: Δ {t.rank_metric} vs {t.baseline}, by survey family", "",
-           matrix.render_markdown(_matrix(t), t.suite, t.baseline, t.alpha), "",
-           "## Run status", "", md_table(status_table(t.long)), ""]
+           matrix.render_markdown(_matrix(t), t.suite, t.baseline, t.alpha), ""]
+    for metric in [m for m in t.metrics if m != t.rank_metric]:  # every metric's Δ up front, not only in CSV
+        m = matrix.build_matrix(t.agg, t.deltas, t.suite, metric, t.baseline)
+        out += [f"### Δ {metric} vs {t.baseline}", "", "Same layout, marks and notes as above.", "",
+                matrix.render_markdown(m, t.suite, t.baseline, t.alpha, legend=False), ""]
+    out += ["## Run status", "", md_table(status_table(t.long)), ""]
     out += [f"## Leaderboard ({t.rank_metric})", "", md_table(leaderboard_table(t, bold=True, sparse=True)), "",
             _legend(LEGEND, t), ""]
     for metric in [m for m in t.metrics if m != t.rank_metric]:
@@ -362,14 +479,7 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
     if not t.raw_effects.empty:
         out += ["## Post-processing: against the baseline and against the run's own raw output", "",
                 _legend(RAW_LEGEND, t), "", md_table(raw_effects_table(t)), ""]
-    out += ["## Average ranks", "", f"Rank of each strategy by mean {t.rank_metric} within each dataset × backbone "
-            "(1 = best, ties averaged), averaged over the complete blocks (n = number of blocks; blocks where a "
-            f"strategy has no result are left out: {t.avg_ranks.attrs.get('dropped_blocks', 0)} dropped).", "",
-            md_table(rank_table(t)), ""]
-    out += ["## Across datasets (Wilcoxon signed-rank on per-dataset mean Δ)", "",
-            "Two-sided, Holm-adjusted across strategies within each backbone × metric; gain = Δ signed so that "
-            "positive = better. With fewer than 6 datasets the exact test cannot reach p < 0.05.", "",
-            md_table(cross_table(t)), ""]
+    out += _across_markdown(t, image_links)
     out += ["## Δ vs baseline per dataset (paired t-test over seeds)", "",
             f"p reads `n<{MIN_SEEDS}` with fewer than {MIN_SEEDS} paired seeds (no test) and n/a with zero variance of "
             "the differences (see note). Also in `deltas.csv`.", ""]
@@ -380,13 +490,6 @@ def render_markdown(t: Tables, image_links: dict[str, str] | None = None) -> str
                 _legend(PER_IMAGE_LEGEND, t), ""]
         for metric in dict.fromkeys(t.per_image["metric"]):
             out += [f"### {metric}", "", md_table(per_image_table(t, metric)), ""]
-    out += ["## Critical difference (Friedman + Nemenyi)", ""]
-    if t.cd is not None:
-        out += [t.cd_message, ""]
-        if image_links and "cd" in image_links:
-            out += [f"![critical difference diagram]({image_links['cd']})", ""]
-    else:
-        out += [f"Critical-difference diagram {t.cd_message}.", ""]
     out += ["## Per-dataset results", ""]
     for dataset, table in per_dataset_tables(t).items():
         out += [f"### {dataset}", "", md_table(table), ""]
@@ -436,10 +539,17 @@ def render_latex(t: Tables) -> str:
                              f"(n paired seeds) and Holm p; * = Holm p<{t.alpha}, never with n<{MIN_SEEDS}",
                              "tab:leaderboard" if m == t.rank_metric else f"tab:leaderboard-{m.replace('/', '-')}")
                for m in dict.fromkeys([t.rank_metric, *t.metrics])],
-             latex_tabular(rank_table(t), f"{name}: average rank by {t.rank_metric}", "tab:ranks"),
-             latex_tabular(cross_table(t).drop(columns=["note"]), f"{name}: Wilcoxon across datasets",
-                           "tab:wilcoxon"),
              latex_tabular(status_table(t.long), f"{name}: run status", "tab:status")]
+    a = across(t)
+    if a.ranks:
+        parts.append(latex_tabular(rank_table(t), f"{name}: average rank by {t.rank_metric} over complete "
+                                   "dataset × backbone blocks (1 = best)", "tab:ranks"))
+    if not a.cross.empty:
+        parts.append(latex_tabular(_cross_view(t, a).drop(columns=["note"]), f"{name}: two-sided Wilcoxon "
+                                   "signed-rank test across datasets on per-dataset mean Δ, Holm-adjusted across "
+                                   "strategies within backbone × metric", "tab:wilcoxon"))
+    if a.sentence:
+        parts.append(f"% {a.sentence}")
     return "\n".join(parts)
 
 
@@ -447,7 +557,7 @@ def render_latex(t: Tables) -> str:
 # HTML
 
 CSS = """
-body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em; color: #222;
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 0 2em 2em; color: #222;
        max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1.05em; }
@@ -461,14 +571,10 @@ table.matrix tr.family th { text-align: left; background: #e8eef5; } td.absolute
 .status-incomplete { color: #bf8700; } .status-missing { color: #6e7781; }
 .counts span { display: inline-block; margin-right: 1.2em; font-weight: 600; }
 p.legend { font-size: 0.85em; color: #555; max-width: 70em; }
+dl.protocol { display: grid; grid-template-columns: max-content auto; gap: 0.1em 1em; font-size: 0.9em; }
+dl.protocol dt { font-weight: 600; } dl.protocol dd { margin: 0; }
 img { max-width: 100%; border: 1px solid #eee; }
-"""
-
-
-def html_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "<p><em>(empty)</em></p>"
-    return df.to_html(index=False, escape=True, border=0, na_rep="")
+""" + page.CSS
 
 
 def data_uri(png: Path) -> str:
@@ -479,50 +585,90 @@ def _md_bold_to_html(text: str) -> str:
     return re.sub(r"[*][*](.+?)[*][*]", r"<b>\1</b>", text)
 
 
+def _families(t: Tables) -> dict[str, str]:
+    from dkbench.leaderboard.matrix import strategy_facts
+
+    # the baseline is every row's reference: no family filter hides it
+    return {s: strategy_facts(s)[0] for s in t.suite.get("strategies", []) if s != t.baseline}
+
+
+def run_links(t: Tables):
+    """(dataset, backbone, strategy) → (href of the cell's folder, href of the first seed's
+    config.yaml or None), relative to the page, or None when the page does not know where the runs
+    are or the folder is absent. Relative, so a copied runs + reports tree keeps its links."""
+    if t.runs_dir is None or t.out_dir is None:
+        return None
+    runs_dir, out_dir = Path(t.runs_dir), Path(t.out_dir)
+
+    def link(dataset: str, backbone: str, strategy: str):
+        folder = cell_dir(runs_dir, t.suite["name"], dataset, backbone, strategy, 0).parent
+        if not folder.is_dir():
+            return None
+        configs = [cell_dir(runs_dir, t.suite["name"], dataset, backbone, strategy, k) / "config.yaml"
+                   for k in t.suite.get("seeds", [])]
+        config = next((c for c in configs if c.is_file()), None)
+        rel = lambda p: Path(os.path.relpath(p, out_dir)).as_posix()  # noqa: E731
+        return rel(folder) + "/", rel(config) if config else None
+
+    return link
+
+
 def render_html(t: Tables) -> str:
-    e = html.escape
-    counts = status_table(t.long)
-    body = [f"<h1>Leaderboard: {e(str(t.suite.get('name', '')))}</h1>"]
-    body += [f"<p>{_md_bold_to_html(e(line))}</p>" for line in _header_lines(t)]
-    body.append('<p class="counts">' + "".join(
-        f'<span class="status-{e(s)}">{e(s)}: {n}</span>' for s, n in zip(counts["status"], counts["runs"])) + "</p>")
     from dkbench.leaderboard import matrix
 
-    body += [f"<h2>At a glance: Δ {e(t.rank_metric)} vs {e(t.baseline)}, by survey family</h2>",
-             matrix.render_html(_matrix(t), t.suite, t.baseline, t.alpha)]
-    body += [f"<h2>Leaderboard ({e(t.rank_metric)})</h2>", html_table(leaderboard_table(t)),
+    e = html.escape
+    families = _families(t)
+    table = lambda df: page.html_table(df, families=families, backbones=t.suite["backbones"],  # noqa: E731
+                                       metrics=t.metrics)
+    counts = status_table(t.long)
+    matrices = {m: matrix.build_matrix(t.agg, t.deltas, t.suite, m, t.baseline) for m in t.metrics}
+    shown = [k for k in dict.fromkeys(r.family for m in matrices.values() for r in m.rows)]
+    filters = {"family": [(k, matrix._family_label(k)) for k in sorted(shown)],
+               "dataset": [(d, d) for d in t.suite["datasets"]], "backbone": [(b, b) for b in t.suite["backbones"]],
+               "metric": [(m, m) for m in t.metrics]}
+    body = [f"<h1>Leaderboard: {e(str(t.suite.get('name', '')))}</h1>"]
+    body += [f"<p>{_md_bold_to_html(e(line))}</p>" for line in _header_lines(t, protocol=False)]
+    if t.protocol is not None:
+        body.append("<dl class='protocol'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>"
+                                                       for k, v in t.protocol.lines()) + "</dl>")
+    body.append('<p class="counts">' + "".join(
+        f'<span class="status-{e(s)}">{e(s)}: {n}</span>' for s, n in zip(counts["status"], counts["runs"])) + "</p>")
+    body.append(page.controls(filters))
+    links = run_links(t)
+    body.append("<h2>At a glance: Δ vs baseline, by survey family</h2>")
+    body.append('<p class="legend">Filter with the bar above; click a column header to sort (best first, again to '
+                "reverse; <i>family</i> restores the grouping); switch the cells between Δ and the strategy's own "
+                "score; a cell links to its run folders (<i>cfg</i>: a seed's config).</p>")
+    for metric, m in matrices.items():
+        body.append(f"<section class='matrix-block' id='matrix-{page.slug(metric)}' data-metric='{e(metric)}'>"
+                    f"<h3>{e(metric)}{' (rank metric)' if metric == t.rank_metric else ''}</h3>"
+                    + matrix.render_html(m, t.suite, t.baseline, t.alpha, links) + "</section>")
+    body += [f"<h2>Leaderboard ({e(t.rank_metric)})</h2>", table(leaderboard_table(t)),
              f'<p class="legend">{e(_legend(LEGEND, t))}</p>']
     for metric in [m for m in t.metrics if m != t.rank_metric]:
-        body += [f"<h3>Leaderboard ({e(metric)})</h3>", html_table(leaderboard_table(t, metric=metric))]
+        body += [f"<section data-metric='{e(metric)}'><h3>Leaderboard ({e(metric)})</h3>",
+                 table(leaderboard_table(t, metric=metric)), "</section>"]
     if not t.recovery.empty:
         body += ["<h2>Shortcut controls: ceiling, floor and the gap recovered</h2>",
-                 f'<p class="legend">{e(_legend(RECOVERY_LEGEND, t))}</p>', html_table(recovery_display(t))]
+                 f'<p class="legend">{e(_legend(RECOVERY_LEGEND, t))}</p>', table(recovery_display(t))]
     if not t.raw_effects.empty:
         body += ["<h2>Post-processing: against the baseline and against the run's own raw output</h2>",
-                 f'<p class="legend">{e(_legend(RAW_LEGEND, t))}</p>', html_table(raw_effects_table(t))]
-    body += ["<h2>Average ranks</h2>", html_table(rank_table(t))]
-    body += ["<h2>Across datasets (Wilcoxon signed-rank on per-dataset mean Δ)</h2>", html_table(cross_table(t)),
-             '<p class="legend">Two-sided, Holm-adjusted across strategies within backbone × metric; gain is Δ '
-             "signed so that positive = better. With fewer than 6 datasets the exact test cannot reach "
-             "p &lt; 0.05.</p>"]
+                 f'<p class="legend">{e(_legend(RAW_LEGEND, t))}</p>', table(raw_effects_table(t))]
+    body += _across_html(t, table)
     body += ["<h2>Δ vs baseline per dataset (paired t-test over seeds, Holm within dataset × backbone)</h2>",
-             html_table(delta_table(t))]
+             table(delta_table(t))]
     if not t.per_image.empty:
         body += ["<h2>Δ vs baseline per image (Wilcoxon signed-rank over test images)</h2>",
-                 f'<p class="legend">{e(_legend(PER_IMAGE_LEGEND, t))}</p>', html_table(per_image_table(t))]
-    body.append("<h2>Critical difference (Friedman + Nemenyi)</h2>")
-    if t.cd is not None and Path(t.cd.path).exists():
-        body += [f"<p>{e(t.cd_message)}</p>", f'<img alt="critical difference diagram" src="{data_uri(t.cd.path)}">']
-    else:
-        body.append(f"<p>Critical-difference diagram {e(t.cd_message)}.</p>")
+                 f'<p class="legend">{e(_legend(PER_IMAGE_LEGEND, t))}</p>', table(per_image_table(t))]
     body.append("<h2>Per-dataset results</h2>")
-    for dataset, table in per_dataset_tables(t).items():
-        body += [f"<h3>{e(dataset)}</h3>", html_table(table)]
-    body += ["<h2>Runs not done</h2>", html_table(not_done_table(t.long))]
+    for dataset, df in per_dataset_tables(t).items():
+        body += [f"<section data-dataset='{e(dataset)}'><h3>{e(dataset)}</h3>", table(df), "</section>"]
+    body += ["<h2>Runs not done</h2>", table(not_done_table(t.long))]
     if t.images:
         body.append("<h2>Figures</h2>")
         body += [f'<h3>{e(title)}</h3><img alt="{e(title)}" src="{data_uri(png)}">'
                  for title, png in t.images.items() if Path(png).exists()]
     title = e(f"dkbench leaderboard: {t.suite.get('name', '')}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{CSS}</style></head>\n<body data-mode='delta'>\n<div id='report'>\n" + "\n".join(body)
+            + f"\n</div>\n<script>{page.SCRIPT}</script>\n</body></html>\n")

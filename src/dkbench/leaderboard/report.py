@@ -11,6 +11,7 @@ from dkbench.leaderboard import plots, render, stats
 from dkbench.leaderboard.collect import collect_runs, status_counts
 from dkbench.leaderboard.controls import collect_controls, recovery_table
 from dkbench.leaderboard.per_image import per_image_deltas
+from dkbench.leaderboard.protocol import read_protocol
 
 
 def _metrics(suite: dict, long: pd.DataFrame) -> list[str]:
@@ -38,7 +39,7 @@ def build_tables(runs_dir: str | Path, suite: dict, *, alpha: float = stats.ALPH
     rank_long = stats.ranks(agg, rank_metric)
     avg = stats.average_ranks(rank_long)
     if cd_png is not None:
-        cd, cd_msg = stats.critical_difference(agg, rank_metric, cd_png, alpha=alpha)
+        cd, cd_msg = stats.critical_difference(agg, rank_metric, cd_png, alpha=alpha, vector=plots.VECTOR)
     else:
         cd, cd_msg = None, "not requested"
     per_metric = [per_image_deltas(runs_dir, long, baseline, m, alpha=alpha) for m in metrics]
@@ -49,7 +50,7 @@ def build_tables(runs_dir: str | Path, suite: dict, *, alpha: float = stats.ALPH
     return render.Tables(suite={**suite, "rank_metric": rank_metric, "baseline": baseline}, long=long, agg=agg,
                          deltas=deltas, cross=cross, rank_long=rank_long, avg_ranks=avg, cd=cd, cd_message=cd_msg,
                          metrics=metrics, alpha=alpha, per_image=images, raw_effects=raw,
-                         recovery=recovery)
+                         recovery=recovery, protocol=read_protocol(runs_dir, suite, long), runs_dir=Path(runs_dir))
 
 
 def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
@@ -62,24 +63,31 @@ def build_report(runs_dir: str | Path, suite: dict, out_dir: str | Path, *,
     otherwise), ``raw_effects.csv`` (post-processing vs the baseline and vs its own raw output; empty
     when no strategy logs ``*_raw``), ``shortcut_recovery.csv`` (ceiling, floor and each strategy's
     shortcut gap recovered, for suites with ``controls``; empty otherwise), ``heatmap_delta.png``, ``bars.png`` and
-    ``cd_diagram.png`` (only with ≥ 5 complete datasets). Returns ``{"paths": {name: Path},
+    ``cd_diagram.png`` (only with ≥ 5 complete datasets); the heatmap and the CD diagram also as vector
+    figures (``.svg``, ``.pdf``) for papers. Returns ``{"paths": {name: Path},
     "markdown": str, "counts": {status: runs}, "cd": message, "tables": Tables}`` (paths keyed
     by file name)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cd_png = out / "cd_diagram.png"
-    cd_png.unlink(missing_ok=True)  # never leave a stale diagram from an earlier report
+    for suffix in (".png", *plots.VECTOR):  # never leave a stale diagram from an earlier report
+        cd_png.with_suffix(suffix).unlink(missing_ok=True)
     t = build_tables(runs_dir, suite, alpha=alpha, cd_png=cd_png)
+    t.out_dir = out
     paths: dict[str, Path] = {}
 
     rank_deltas = t.deltas[t.deltas["metric"] == t.rank_metric]
-    paths["heatmap_delta.png"] = plots.heatmap_delta(rank_deltas, out / "heatmap_delta.png")
+    paths["heatmap_delta.png"] = plots.heatmap_delta(rank_deltas, out / "heatmap_delta.png", vector=plots.VECTOR)
+    for suffix in plots.VECTOR:
+        paths[f"heatmap_delta{suffix}"] = out / f"heatmap_delta{suffix}"
     paths["bars.png"] = plots.bars(t.agg, t.rank_metric, out / "bars.png")
     t.images = {f"Δ {t.rank_metric} vs {t.baseline}": paths["heatmap_delta.png"],
                 f"{t.rank_metric} per dataset and strategy (bars from 0, 95% CI over seeds)": paths["bars.png"]}
     links = {"heatmap": "heatmap_delta.png", "bars": "bars.png"}
     if t.cd is not None:
         paths["cd_diagram.png"] = t.cd.path
+        for suffix in plots.VECTOR:
+            paths[f"cd_diagram{suffix}"] = t.cd.path.with_suffix(suffix)
         links = {"cd": "cd_diagram.png", **links}
 
     for name, df in {"leaderboard.csv": t.agg, "runs_long.csv": t.long, "deltas.csv": t.deltas,

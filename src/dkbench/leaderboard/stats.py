@@ -45,6 +45,10 @@ ALPHA = 0.05
 #: Fewest paired seeds for a test and therefore for any significance mark (star, bold, the word).
 MIN_SEEDS = 3
 RAW_SUFFIX = "_raw"
+#: Fewest complete datasets for the Friedman + Nemenyi analysis (and so for average ranks and the CD
+#: diagram): Demšar (JMLR 2006) warns the tests are unreliable on very few data sets; below this the
+#: ranks of a handful of blocks would be read as a finding that no test backs.
+CD_MIN_DATASETS = 5
 CELL = ["dataset", "backbone", "strategy"]
 RANK_DECIMALS = 12
 
@@ -258,6 +262,15 @@ def raw_effects(long: pd.DataFrame, deltas: pd.DataFrame, baseline: str, metrics
 # across datasets
 
 
+def wilcoxon_min_datasets(alpha: float = ALPHA) -> int:
+    """Fewest datasets with which the exact two-sided Wilcoxon signed-rank test can reach p < alpha:
+    its smallest p, all signs alike, is 2 / 2^n (6 for alpha = 0.05: 2/64 ≈ 0.031, while 5 give 0.0625)."""
+    n = 1
+    while 2.0 / 2 ** n >= alpha:
+        n += 1
+    return n
+
+
 def cross_dataset_tests(deltas: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Per (backbone, strategy, metric): Wilcoxon signed-rank test (two-sided) on the per-dataset
     mean Δ, Holm-corrected across strategies within each backbone × metric. Columns:
@@ -280,8 +293,9 @@ def cross_dataset_tests(deltas: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFr
                 warnings.simplefilter("ignore")
                 res = sps.wilcoxon(deltas_)
             row.update(statistic=float(res.statistic), p=float(res.pvalue))
-            if n < 6:
-                row["note"] = f"n={n}<6: exact two-sided test cannot reach p<0.05 (min p = {2 / 2 ** n:.4g})"
+            if n < wilcoxon_min_datasets(alpha):
+                row["note"] = (f"n={n}<{wilcoxon_min_datasets(alpha)}: exact two-sided test cannot reach "
+                               f"p<{alpha} (min p = {2 / 2 ** n:.4g})")
         rows.append(row)
     cols = ["backbone", "strategy", "metric", "n_datasets", "mean_gain", "median_gain", "n_better",
             "statistic", "p", "note"]
@@ -366,9 +380,11 @@ class CDResult:
 
 
 def critical_difference(agg: pd.DataFrame, metric: str, out_png: str | Path, *, alpha: float = ALPHA,
-                        min_datasets: int = 5) -> tuple[CDResult | None, str]:
+                        min_datasets: int = CD_MIN_DATASETS, vector: tuple[str, ...] = ()
+                        ) -> tuple[CDResult | None, str]:
     """Friedman + Nemenyi (autorank, nonparametric) with blocks = dataset × backbone and
-    treatments = strategies, and the CD diagram saved to ``out_png``.
+    treatments = strategies, and the CD diagram saved to ``out_png`` (and beside it with each suffix
+    of ``vector``, e.g. ``(".svg", ".pdf")``).
 
     Strategies with no value at all are dropped, then incomplete blocks (autorank would accept
     the NaNs silently); the message says how many. Returns ``(None, reason)`` when fewer than
@@ -412,6 +428,10 @@ def critical_difference(agg: pd.DataFrame, metric: str, out_png: str | Path, *, 
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=150, bbox_inches="tight")
+    if vector:  # the same figure as vector graphics for a paper
+        from dkbench.leaderboard.plots import save_vector
+
+        save_vector(fig, out_png, vector)
     plt.close(fig)
     verdict = "significant" if pv < alpha else "not significant"
     message = f"Friedman p={pv:.3g} ({verdict} at α={alpha}); " + (

@@ -11,16 +11,36 @@ from dkbench.errors import RunConfigError
 from dkbench.runner.compose import compose_config
 
 
+#: report-only options (not config keys, so taken out before composing; `+key=` is accepted too)
+REPORT_OPTIONS = ("compare", "compare_runs")
+
+
+def _report_options(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    rest, options = [], {}
+    for o in overrides:
+        key, eq, value = o.removeprefix("+").partition("=")
+        if eq and key in REPORT_OPTIONS:
+            options[key] = value
+        else:
+            rest.append(o)
+    return rest, options
+
+
 def report_suite(overrides: list[str]) -> dict:
     from dkbench.leaderboard import build_report
 
     overrides = [o for o in overrides if not o.startswith("hydra/") and not o.startswith("hydra.")]
+    overrides, options = _report_options(overrides)
     cfg = compose_config(overrides)
     if cfg.get("suite") is None:
         raise RunConfigError("report needs a suite: `dkbench report suite=<name>` (see `dkbench list suites`)")
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
     suite["name"] += str(cfg.get("variant") or "")  # the sweep's command-line settings: run_folder.variant_suffix
     runs_dir = Path(cfg.paths.runs_dir)
+    if "compare" in options or "compare_runs" in options:  # two suites side by side (leaderboard/compare.py)
+        from dkbench.leaderboard.compare import report_comparison
+
+        return report_comparison(runs_dir, suite, Path(cfg.paths.reports_dir), options)
     if str(cfg.get("protocol") or "default") == "tuned":
         return _report_tuned(runs_dir, suite, Path(cfg.paths.reports_dir))
     suite_dir = runs_dir / suite["name"]
@@ -32,7 +52,7 @@ def report_suite(overrides: list[str]) -> dict:
     out_dir = Path(cfg.paths.reports_dir) / suite["name"]
     result = build_report(runs_dir, suite, out_dir)
     print(result["markdown"])
-    print(f"\nreport of {suite_dir} written to {out_dir}/ (leaderboard.md, .html, .csv, .tex, PNGs)")
+    print(f"\nreport of {suite_dir} written to {out_dir}/ (leaderboard.md, .html, .csv, .tex, figures)")
     return result
 
 
