@@ -552,7 +552,7 @@ def test_readme_shows_no_mark_from_fewer_than_three_seeds():
     for line in readme.splitlines():
         if not line.startswith("|"):
             continue
-        seeds = [int(n) for n in re.findall(r"\((\d+)\)", line)]
+        seeds = [int(n) for n in re.findall(r"\((?:n=)?(\d+)\)", line)]  # "(3)" tables, "(n=3)" matrices
         starred = re.search(r"[+-]\d\.\d+\*", line)
         if starred and seeds:
             assert min(seeds) >= lb.MIN_SEEDS, f"README row marks a result from {min(seeds)} seeds: {line}"
