@@ -1,5 +1,5 @@
 """Every strategy config, end to end: a short run of each compatible (strategy, task) pair on the
-probe datasets (classification: `probe`; segmentation: `probe_seg`), so a new strategy YAML is
+probe datasets (classification: `probe`; segmentation: `probe_seg`; detection: `probe_det`), so a new strategy YAML is
 exercised without a test of its own. Incompatible pairs must say why (the sweep records it).
 
 Pre-stages are shrunk to one epoch / a few steps (the whole file takes < 1 min on 2 CPU cores,
@@ -29,6 +29,7 @@ STRATEGY_CONFIGS = sorted(p.stem for p in (config_dir() / "strategy").glob("*.ya
 TASKS = {
     "classification": ("probe", "tinycnn", "test/auroc"),
     "segmentation": ("probe_seg", "unet", "test/dice"),
+    "detection": ("probe_det", "tinycnn", "test/map50"),
 }
 TINY = ["dataset.options.n_train=48", "dataset.options.n_val=24", "dataset.options.n_test=24",
         "trainer.max_epochs=1", "data.batch_size=16", "ui.progress_bar=false", "threads=1"]

@@ -54,12 +54,17 @@ def dense_backbones() -> list[str]:
 
 
 def task_incompatibility(name: str, task: str) -> str | None:
-    """Why backbone `name` cannot serve `task` (None if it can): segmentation needs a dense one."""
+    """Why backbone `name` cannot serve `task` (None if it can): segmentation needs a dense one,
+    detection an encoder whose stages give a feature pyramid (`dkbench.backbones.pyramid`)."""
     if name not in BACKBONES:
         return f"backbone '{name}' is not installed here (optional extra missing)"
     if task == "segmentation" and not is_dense(name):
         return (f"backbone '{name}' is an encoder without a decoder; segmentation needs a dense backbone: "
                 f"{', '.join(dense_backbones())}")
+    if task == "detection":  # the detector reads a feature pyramid out of the encoder's stages
+        from dkbench.backbones.pyramid import pyramid_incompatibility
+
+        return pyramid_incompatibility(name)
     return None
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dkbench.data.spec import DatasetArrays, SplitArrays
 from dkbench.data.transforms import AugmentConfig, augment_batch, normalize
+from dkbench.errors import RunConfigError
 from dkbench.geometry.boxes import box_from_mask
 
 #: Extras kept as image-like uint8 tensors and normalised like the image.
@@ -177,6 +178,11 @@ class DKDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.augment = AugmentConfig(**dict(augment or {}))
+        if self.spec.task == "detection" and self.augment.translate > 0:
+            # translation rolls pixels around the border: a lesion cut in two has no one box
+            raise RunConfigError(f"data.augment.translate={self.augment.translate}: translation wraps lesions "
+                                 f"around the image border, which boxes cannot follow; set "
+                                 f"data.augment.translate=0 for detection (flips and rot90 are supported)")
         if on_device not in (True, False, "auto"):
             raise ValueError(f"data.on_device must be true, false or auto, got {on_device!r}")
         self.on_device = on_device

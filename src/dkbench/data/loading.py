@@ -50,7 +50,8 @@ def load_dataset(cfg: Mapping[str, Any], data_dir: str | Path) -> DatasetArrays:
 
 def resize_arrays(arrays: DatasetArrays, size: int) -> DatasetArrays:
     """Down-sample every split to `size` px: images (and views) by area averaging, masks (and
-    segmentation labels) by area averaging then ≥ 0.5, boxes scaled; the spec follows.
+    segmentation labels) by area averaging then ≥ 0.5, boxes (and detection box rows) scaled;
+    the spec follows.
 
     Area averaging is the anti-aliased choice for integer factors; the 0.5 threshold keeps a
     mask's area unbiased. Up-sampling is refused: it adds no information and costs compute."""
@@ -94,6 +95,9 @@ def resize_arrays(arrays: DatasetArrays, size: int) -> DatasetArrays:
         if "bbox" in extras:
             extras["bbox"] = (extras["bbox"] * factor).astype(extras["bbox"].dtype)
         label = mask(split.label) if spec.task == "segmentation" else split.label
+        if spec.task == "detection":  # box rows: coordinates scale, classes and NaN padding stay
+            label = split.label.copy()
+            label[..., :4] = np.minimum(label[..., :4] * factor, size)  # float rounding never leaves the image
         splits[name] = SplitArrays(image=image(split.image), label=label, ids=split.ids, extras=extras)
     notes = {**arrays.notes, "resized": {"from": spec.size, "to": size, "images": "area average",
                                          "masks": "area average >= 0.5"}}
@@ -122,7 +126,12 @@ def validate(arrays: DatasetArrays) -> None:
                 f"{where}: masks {split.extras['mask'].shape[2:]} and images "
                 f"{split.image.shape[2:]} differ in size"
             )
-        _check_labels(where, name, spec, split.label)
+        if spec.task == "detection":
+            from dkbench.data.detection import check_box_labels
+
+            check_box_labels(where, name, split.label, split.ids, spec.size, spec.num_classes)
+        else:
+            _check_labels(where, name, spec, split.label)
         if spec.task == "segmentation" and split.label.shape[2:] != split.image.shape[2:]:
             raise InvalidDataError(
                 f"{where}, split {name}: masks {split.label.shape[2:]} and images {split.image.shape[2:]} differ "

@@ -9,8 +9,8 @@ import numpy as np
 
 from dkbench.errors import InvalidDataError
 
-Task = Literal["binary", "multiclass", "multilabel", "segmentation"]
-TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "segmentation")
+Task = Literal["binary", "multiclass", "multilabel", "segmentation", "detection"]
+TASKS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "segmentation", "detection")
 
 #: Keys a sample may carry beyond `image`, `label` and `id`. Strategies declare a subset of
 #: these as `requires`; the runner compares it with a dataset's `provides`.
@@ -53,7 +53,8 @@ class SplitArrays:
     """One split held as numpy arrays (channels-first images, uint8 or float).
 
     `image` is (N, C, H, W[, D]); `label` is (N,) int for binary / multiclass, (N, K) for
-    multilabel, and the mask itself for segmentation. Optional keys follow `PROVIDABLE`.
+    multilabel, the mask itself for segmentation and (N, K, 5) NaN-padded box rows for
+    detection (`dkbench.data.detection`). Optional keys follow `PROVIDABLE`.
     """
 
     image: np.ndarray

@@ -1,7 +1,8 @@
 """Normalisation and augmentation as batched tensor ops (no per-sample PIL work).
 
 Geometric transforms are applied identically to every spatial key of a batch (image, mask,
-views and, for segmentation, the label mask), so dense targets stay aligned. Random numbers
+views and, for segmentation, the label mask), so dense targets stay aligned; detection box rows
+are moved by the same flips and rotations. Random numbers
 are drawn on the batch's device and no op reads a value back to the host, so augmenting a
 batch on a GPU never waits for the GPU.
 """
@@ -96,4 +97,10 @@ def augment_batch(batch: dict, cfg: AugmentConfig, task: str, generator: torch.G
         if shifts is not None:
             t = translate(t, shifts)
         out[key] = t
+    if task == "detection":  # box rows follow the same flips / rotation (translation: refused by the data module)
+        from dkbench.geometry.boxes import flip_rotate_boxes
+
+        label = out["label"]
+        moved = flip_rotate_boxes(label[..., :4], (image.shape[-2], image.shape[-1]), hflip, vflip, rot)
+        out["label"] = torch.cat([moved, label[..., 4:]], -1)
     return out

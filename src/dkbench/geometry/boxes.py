@@ -86,3 +86,27 @@ def crop_resize(image: torch.Tensor, box: torch.Tensor, padding_mode: str = "bor
     theta = box_theta(box, tuple(image.shape[2:]), image.dtype)
     grid = F.affine_grid(theta, list(image.shape), align_corners=False)
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def flip_rotate_boxes(boxes: torch.Tensor, size: tuple[int, int], hflip: torch.Tensor | None = None,
+                      vflip: torch.Tensor | None = None, rot90: torch.Tensor | None = None) -> torch.Tensor:
+    """Boxes (B, K, 4) of (H, W) = `size` images moved as the images are by `transforms.augment_batch`:
+    per-sample horizontal flip, then vertical flip, then `torch.rot90(k=1)` over (H, W) (square
+    images only, as there), each a (B,) bool or None. (x, y) order, hi exclusive; NaN rows (padding)
+    stay NaN. rot90 maps the pixel (row r, col c) to (W-1-c, r), so the box (x, y) → (y, W - x)."""
+    h, w = size
+
+    def where(which: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        return torch.where(which.view(-1, 1, 1), new, old)
+
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    out = boxes
+    if hflip is not None:
+        out = where(hflip, torch.stack([w - x2, y1, w - x1, y2], -1), out)
+        x1, y1, x2, y2 = out.unbind(-1)
+    if vflip is not None:
+        out = where(vflip, torch.stack([x1, h - y2, x2, h - y1], -1), out)
+        x1, y1, x2, y2 = out.unbind(-1)
+    if rot90 is not None and h == w:
+        out = where(rot90, torch.stack([y1, w - x2, y2, w - x1], -1), out)
+    return out

@@ -138,3 +138,34 @@ def device_constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tens
     if out is None:
         out = _CONSTANTS[key] = torch.tensor(key[0], dtype=like.dtype, device=like.device)
     return out
+
+
+def component_boxes(mask: torch.Tensor, connectivity: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """One box per connected component of a boolean (B, 1, H, W) mask (2-D only), on its device.
+
+    Returns ``(boxes, image)``: boxes (M, 4) float, (x_lo, y_lo, x_hi, y_hi) with hi exclusive,
+    as `boxes.box_from_mask` (the box of a one-component mask is that function's box); image
+    (M,) int64, the batch index each box belongs to. Components are listed per image in the order
+    of their first pixel in raster order (as `scipy.ndimage.label` numbers them). An empty image
+    contributes no row: "no lesion" is zero boxes, never a NaN box.
+    """
+    if mask.ndim != 4:
+        raise ValueError(f"component boxes are 2-D: expected a (B, 1, H, W) mask, got shape {tuple(mask.shape)}")
+    b, _, h, w = mask.shape
+    keys, _ = component_labels(mask, connectivity, exact=True)  # (B, n), 0 = background
+    n = h * w
+    fg = keys > 0
+    image_of = torch.arange(b, device=keys.device)[:, None].expand(b, n)[fg]
+    # one id per (image, component): keys are unique within an image, so image * (n + 1) + key
+    # is unique over the batch; sorting it by (image, -key) = raster order of first pixels
+    uid = image_of * (n + 1) + (n + 1 - keys[fg])
+    order, inverse = torch.unique(uid, sorted=True, return_inverse=True)
+    m = order.shape[0]
+    pixel = torch.arange(n, device=keys.device).expand(b, n)[fg]
+    ys, xs = pixel // w, pixel % w
+    lo_x = torch.full((m,), w, device=keys.device, dtype=torch.long).scatter_reduce(0, inverse, xs, "amin")
+    lo_y = torch.full((m,), h, device=keys.device, dtype=torch.long).scatter_reduce(0, inverse, ys, "amin")
+    hi_x = torch.full((m,), -1, device=keys.device, dtype=torch.long).scatter_reduce(0, inverse, xs, "amax")
+    hi_y = torch.full((m,), -1, device=keys.device, dtype=torch.long).scatter_reduce(0, inverse, ys, "amax")
+    boxes = torch.stack([lo_x, lo_y, hi_x + 1, hi_y + 1], 1).float()
+    return boxes, order // (n + 1)

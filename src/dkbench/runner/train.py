@@ -112,9 +112,10 @@ def _backbone_factory(cfg: DictConfig, spec, strategy_kwargs: dict[str, Any]):
 def build_module(model_cfg: DictConfig, **parts: Any) -> pl.LightningModule:
     """The task module from `configs/model/*.yaml`: its class, optimizer and scheduler partials
     (`parts`: net, spec, strategy, task_loss). The loss weights (`lambda_*`) live in `task_loss`
-    (`TaskLoss.from_model_options`), the one place that reads them."""
+    (`TaskLoss.from_model_options`), the one place that reads them; `detector` is the network's
+    (read by the strategy's `build_net`)."""
     options = {k: v for k, v in model_cfg.items()
-               if k not in ("_target_", "optimizer", "scheduler", "monitor", "lambda_dice", "lambda_ce")}
+               if k not in ("_target_", "optimizer", "scheduler", "monitor", "lambda_dice", "lambda_ce", "detector")}
     return get_class(model_cfg._target_)(
         **parts,
         optimizer=instantiate(model_cfg.optimizer),
@@ -327,6 +328,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
                  "source": spec.source, "notes": arrays.notes},
         "versions": package_versions(), "git_sha": git_sha(), "hardware": hardware(),
         "params": sum(p.numel() for p in module.net.parameters()),
+        **(module.run_metadata() if hasattr(module, "run_metadata") else {}),  # e.g. the detector's anchor plan
     })
     # the selected epoch's validation scores, beside the test scores (val → test gap = shortcut)
     val_log = run.path if shared is None else shared  # a shared network's validation is its training run's

@@ -45,7 +45,10 @@ from dkbench.strategies.options import StrategyOptions, parse_options
 
 CLASSIFICATION_TASKS = frozenset({"binary", "multiclass", "multilabel"})
 SEGMENTATION_TASKS = frozenset({"segmentation"})
+#: the classification and segmentation tasks; detection is opted into per strategy (DETECTION_TASKS),
+#: once the strategy's mechanism has been checked on a detector
 ALL_TASKS = CLASSIFICATION_TASKS | SEGMENTATION_TASKS
+DETECTION_TASKS = frozenset({"detection"})
 
 
 class IncompatibleStrategyError(UserError, ValueError):
@@ -148,8 +151,16 @@ class SegmenterNet(nn.Module):
                 "embedding": self.backbone.pool(feature_map)}
 
 
-def task_net(backbone: Backbone, spec: DatasetSpec, dropout: float = 0.0) -> nn.Module:
-    """The plain network of a task: classifier head or segmentation head on the backbone."""
+def task_net(backbone: Backbone, spec: DatasetSpec, dropout: float = 0.0, ctx: BuildContext | None = None) -> nn.Module:
+    """The plain network of a task: classifier head, segmentation head or (with the build context:
+    its train boxes size the anchors, its config holds `model.detector`) RetinaNet detector on the backbone."""
+    if spec.task in DETECTION_TASKS:
+        if ctx is None:
+            raise ValueError("a detector is built from the run's BuildContext (train boxes, model.detector): "
+                             "pass ctx= to task_net")
+        from dkbench.models.detector import detector_net
+
+        return detector_net(backbone, ctx.arrays, ctx.config)
     if spec.task in SEGMENTATION_TASKS:
         return SegmenterNet(backbone, spec.num_classes)
     return ClassifierNet(backbone, num_outputs(spec.task, spec.num_classes), dropout)
@@ -270,7 +281,7 @@ class Strategy(nn.Module):
     def build_net(self, ctx: BuildContext) -> nn.Module:
         """The network, built once before training. Data-derived state (tables, priors,
         pre-stage outputs) is computed here too and registered on `self`."""
-        return task_net(ctx.make_backbone(), ctx.spec, self.options.dropout)
+        return task_net(ctx.make_backbone(), ctx.spec, self.options.dropout, ctx)
 
     def train_sampler(self, dataset: Any) -> Sampler | None:
         """A sampler for the training split. Keep its length constant across epochs (Lightning
