@@ -46,6 +46,7 @@ PER_STRATEGY_BACKBONE = {
     ("transfer_natural", "classification"): "efficientnet_lite0",
     ("transfer_natural_linear", "classification"): "efficientnet_lite0",
     ("transfer_natural", "segmentation"): "unet_efficientnet_lite0",
+    ("transfer_natural", "detection"): "efficientnet_lite0",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,36 @@ def test_linear_variant_inherits_the_fine_tune_options():
     assert options.freeze is True and options.allow_download is False and options.dropout == 0.0
     assert options.local_weights == "/some/file.pth"
     assert create_strategy("transfer_natural").options.freeze is False
+
+
+def test_a_detector_starts_from_the_imagenet_encoder_and_the_linear_probe_is_refused():
+    """Detection (issue 18): the RetinaNet's feature pyramid reads the stages of the very backbone the
+    strategy loaded, so the shipped ImageNet tensors are the detector's encoder; a baseline detector's
+    are not. The linear probe builds a classifier head, so it is refused for detection."""
+    from types import SimpleNamespace
+
+    from dkbench.data.detection import pad_boxes
+    from dkbench.models.detector import DetectorNet
+
+    spec = spec_from_config(compose_config(["dataset=probe_det"]).dataset)
+    train = SimpleNamespace(label=pad_boxes([np.array([[4, 6, 20, 18]]), np.zeros((0, 4)),
+                                             np.array([[30, 30, 44, 40], [2, 2, 12, 12]])]))
+
+    def build(name):
+        strategy = create_strategy(name)
+
+        def make(**overrides):
+            return create_backbone(LITE0, **{"in_chans": spec.in_chans, "spatial_dims": 2, "img_size": spec.size,
+                                             **strategy.backbone_kwargs(spec), **overrides})
+
+        arrays = SimpleNamespace(spec=spec, splits={"train": train})
+        return strategy.build_net(BuildContext(arrays=arrays, make_backbone=make, config={}))
+
+    net, scratch = build("transfer_natural"), build("baseline")
+    assert isinstance(net, DetectorNet)
+    shipped, built = _file_state(net.backbone), net.backbone.state_dict()
+    for key in ("_blocks.5.13._project_conv.weight", "_blocks.2.4._bn1.running_var"):
+        assert torch.equal(built[key], shipped[key]), key
+        assert not torch.equal(scratch.backbone.state_dict()[key], shipped[key]), key
+    reason = create_strategy("transfer_natural", freeze=True).incompatibility(spec, LITE0)
+    assert reason and "detector" in reason

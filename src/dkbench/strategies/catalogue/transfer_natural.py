@@ -14,6 +14,9 @@ Images are not upsampled to 224 px as in MedMNIST+'s main setting: the network s
 dataset's own size. The paper's kNN head and its zero-padding variant are not reproduced.
 Segmentation (fine-tune only): the encoder of `unet_efficientnet_lite0` starts from the
 ImageNet weights, the U-Net decoder from scratch, as with ImageNet-encoder U-Nets in general.
+Detection (fine-tune only): the RetinaNet's feature pyramid reads the stages of this ImageNet
+backbone (`dkbench.backbones.pyramid`); FPN and heads start from scratch, as in RetinaNet's
+ImageNet-initialised recipe (Lin et al., ICCV 2017).
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from dkbench.backbones.base import Backbone
 from dkbench.backbones.registry import pretrained_weights_file
 from dkbench.data.spec import DatasetSpec
 from dkbench.data.spec import num_outputs
-from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, BuildContext, ClassifierNet, Strategy, task_net
+from dkbench.strategies.base import (
+    ALL_TASKS,
+    DETECTION_TASKS,
+    SEGMENTATION_TASKS,
+    BuildContext,
+    ClassifierNet,
+    Strategy,
+    task_net,
+)
 from dkbench.strategies.options import StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
@@ -76,7 +87,7 @@ class TransferNatural(Strategy):
     requires = frozenset()
     #: segmentation too (fine-tune): a dense backbone with an ImageNet encoder
     #: (`unet_efficientnet_lite0`) starts from the weights, its decoder from scratch
-    tasks = ALL_TASKS
+    tasks = ALL_TASKS | DETECTION_TASKS  # detection: the pretrained encoder under the feature pyramid
     citation = (
         "Doerrich et al., Rethinking model prototyping through the MedMNIST+ dataset collection, "
         "Scientific Reports 15 (2025); arXiv:2404.15786 (2024)"
@@ -96,6 +107,9 @@ class TransferNatural(Strategy):
         if reason is None and self.options.freeze and spec.task in SEGMENTATION_TASKS:
             reason = (f"strategy '{self.name}' with freeze=true (linear probe) is for classification: a frozen "
                       f"dense backbone leaves only the 1×1 head to learn; use strategy=transfer_natural (fine-tune)")
+        if reason is None and self.options.freeze and spec.task in DETECTION_TASKS:
+            reason = (f"strategy '{self.name}' with freeze=true (linear probe) builds a classification head, not a "
+                      f"detector; use strategy=transfer_natural (fine-tune)")
         if reason or backbone is None or self.options.local_weights or self.options.allow_download:
             return reason
         if pretrained_weights_file(backbone, spec.spatial_dims) is None:
@@ -117,7 +131,7 @@ class TransferNatural(Strategy):
         backbone, spec = ctx.make_backbone(), ctx.spec
         self._record_weights(backbone, spec)
         if not self.options.freeze:
-            return task_net(backbone, spec, self.options.dropout)
+            return task_net(backbone, spec, self.options.dropout, ctx)  # ctx: a detector's anchors and settings
         return FrozenBackboneNet(backbone, num_outputs(spec.task, spec.num_classes), self.options.dropout)
 
     def _record_weights(self, backbone: Backbone, spec: DatasetSpec) -> None:
