@@ -77,6 +77,10 @@ class TaskModule(pl.LightningModule):
         raise NotImplementedError
 
     # --- shared flow ---------------------------------------------------------------------
+    def run_metadata(self) -> dict[str, Any]:
+        """What the task module adds to metadata.json (the detector: its anchor plan); nothing by default."""
+        return {}
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.net(batch)
 

@@ -328,7 +328,7 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
                  "source": spec.source, "notes": arrays.notes},
         "versions": package_versions(), "git_sha": git_sha(), "hardware": hardware(),
         "params": sum(p.numel() for p in module.net.parameters()),
-        **(module.run_metadata() if hasattr(module, "run_metadata") else {}),  # e.g. the detector's anchor plan
+        **module.run_metadata(),  # e.g. the detector's anchor plan
     })
     # the selected epoch's validation scores, beside the test scores (val → test gap = shortcut)
     val_log = run.path if shared is None else shared  # a shared network's validation is its training run's
