@@ -4,7 +4,7 @@ code version vs another), with the difference per cell (`dkbench report suite=A 
 Per (dataset, backbone, strategy, metric) of the grid both suites share: each side's mean ± std
 (n) over its done seeds, the difference B − A, and — over the seeds both sides finished, which
 pairs the same seed's data split, initialisation and order — the paired t-test of B vs A
-(``stats._paired_test``: no test with fewer than ``MIN_SEEDS`` pairs), Holm-adjusted across the
+(``stats.paired_test``: no test with fewer than ``MIN_SEEDS`` pairs), Holm-adjusted across the
 strategies of each dataset × backbone × metric, as the leaderboard's Δ vs baseline is. Beside it,
 each side's Δ vs its own baseline, because "does the strategy still help under B?" is the usual
 question and a shift of every row (a faster machine, a better-tuned baseline) is not an answer.
@@ -23,6 +23,7 @@ import pandas as pd
 from dkbench.errors import UserError
 from dkbench.leaderboard import page, stats
 from dkbench.leaderboard.collect import collect_runs
+from dkbench.leaderboard.render import p_text
 
 COLUMNS = ["dataset", "backbone", "strategy", "metric", "higher_is_better", "mean_a", "std_a", "n_a", "mean_b",
            "std_b", "n_b", "diff", "n_pairs", "paired_diff", "p", "p_holm", "significant", "note", "delta_a",
@@ -83,7 +84,7 @@ def compare_table(runs_a: str | Path, suite_a: dict, runs_b: str | Path, suite_b
                                p=np.nan, note="")
                     row["diff"] = row["mean_b"] - row["mean_a"]
                     if len(pair):
-                        test = stats._paired_test(pair["b"].to_numpy(float), pair["a"].to_numpy(float))
+                        test = stats.paired_test(pair["b"].to_numpy(float), pair["a"].to_numpy(float))
                         row.update(p=test.get("p", np.nan), note=test.get("note", ""))
                     else:
                         row["note"] = "no seed done on both sides"
@@ -128,9 +129,6 @@ def cell_text(r) -> str:
 
 
 def display_table(table: pd.DataFrame, name_a: str, name_b: str) -> pd.DataFrame:
-    def p_text(p, n):
-        return f"n<{stats.MIN_SEEDS}" if n < stats.MIN_SEEDS else ("n/a" if pd.isna(p) else f"{p:.4f}")
-
     def delta(x):
         return "" if pd.isna(x) else f"{x:+.3f}"
 

@@ -169,7 +169,7 @@ def paired_deltas(long: pd.DataFrame, baseline: str, metric: str, alpha: float =
         d = s_vals - b_vals
         row.update(mean_strategy=s_vals.mean(), mean_baseline=b_vals.mean(), delta=d.mean(),
                    delta_std=d.std(ddof=1) if n > 1 else np.nan, gain=sign * d.mean())
-        row.update(_paired_test(s_vals, b_vals))
+        row.update(paired_test(s_vals, b_vals))
         rows.append(row)
     out = pd.DataFrame(rows, columns=_DELTA_COLUMNS[:-2])
     out["p_holm"] = holm_by(out, "p", ["dataset", "backbone", "metric"]).astype(float)
@@ -177,7 +177,7 @@ def paired_deltas(long: pd.DataFrame, baseline: str, metric: str, alpha: float =
     return out[_DELTA_COLUMNS]
 
 
-def _paired_test(x: np.ndarray, y: np.ndarray) -> dict:
+def paired_test(x: np.ndarray, y: np.ndarray) -> dict:
     """Paired t-test of x vs y (same seeds) under the MIN_SEEDS rule: t, p and a note."""
     n = len(x)
     d = x - y
@@ -240,7 +240,7 @@ def raw_effects(long: pd.DataFrame, deltas: pd.DataFrame, baseline: str, metrics
                        delta_vs_raw=(pair["post"] - pair["raw"]).mean(), p_vs_raw=np.nan, note_vs_raw="",
                        n_baseline=0, mean_baseline=np.nan, delta_raw_vs_baseline=np.nan, delta_vs_baseline=np.nan,
                        p_holm_vs_baseline=np.nan, significant_vs_baseline=False)
-            test = _paired_test(pair["post"].to_numpy(float), pair["raw"].to_numpy(float))
+            test = paired_test(pair["post"].to_numpy(float), pair["raw"].to_numpy(float))
             row.update(p_vs_raw=test.get("p", np.nan), note_vs_raw=test.get("note", ""))
             base = value.get((dataset, backbone, baseline, metric))
             if base is not None:
