@@ -59,10 +59,11 @@ def _builds_in_3d(arch: str) -> bool:
 
 
 def list_backbones() -> str:
-    """Every backbone config with what it can do: dims, dense (segmentation), offline ImageNet
-    weights, the smallest input, and the optional extra a config needs when it is not installed."""
+    """Every backbone config with what it can do: dims, dense (segmentation), a feature pyramid
+    (detection), offline ImageNet weights, the smallest input, and the optional extra a config
+    needs when it is not installed."""
     from dkbench.backbones import BACKBONES
-    from dkbench.backbones.registry import is_dense, pretrained_weights_file
+    from dkbench.backbones.registry import is_dense, pretrained_weights_file, task_incompatibility
 
     installed = set(BACKBONES.names())
     rows = []
@@ -71,14 +72,15 @@ def list_backbones() -> str:
         about = _first_comment(group_files("backbone")[stem])
         if arch not in installed:
             extra = about[about.find("dkbench["):].split("]")[0] + "]" if "dkbench[" in about else "an optional extra"
-            rows.append([stem, arch, "-", "-", "-", cfg.get("min_size") or "-", f"not installed: needs {extra}"])
+            rows.append([stem, arch, "-", "-", "-", "-", cfg.get("min_size") or "-", f"not installed: needs {extra}"])
             continue
         weights = "shipped / cached" if pretrained_weights_file(arch, 2) else "-"
+        pyramid = "no" if task_incompatibility(arch, "detection") else "yes"
         rows.append([stem, arch, "2D, 3D" if _builds_in_3d(arch) else "2D", "yes" if is_dense(arch) else "no",
-                     weights, cfg.get("min_size") or "-",
+                     pyramid, weights, cfg.get("min_size") or "-",
                      "pretrained: true" if cfg.get("pretrained") else ""])
     return _table(["config (backbone=…)", "registry name", "dims", "dense (segmentation)",
-                   "ImageNet weights offline (2D)", "min input px", "notes"], rows)
+                   "pyramid (detection)", "ImageNet weights offline (2D)", "min input px", "notes"], rows)
 
 
 def list_strategies() -> str:

@@ -77,3 +77,31 @@ def test_a_suite_may_not_give_a_post_hoc_strategy_settings_of_another_network():
     suite["per_strategy"]["anatomical_postprocess"].append("trainer.max_epochs=3")
     with pytest.raises(RunConfigError, match="trainer.max_epochs=3.*post-hoc"):
         _check_post_hoc_settings(suite, "anatomical_postprocess")
+
+
+def test_plausible_boxes_evaluates_the_baseline_detector_with_its_own_train_box_rules(tmp_path):
+    """Detection (issue 18): the post-hoc run loads the baseline's detector while keeping the rules it
+    learned from the train boxes (buffers the baseline's checkpoint does not have). With every rule off
+    it scores exactly as the baseline; with the defaults it only removes boxes (the probe has one
+    lesion per image, so at most one detection each is left)."""
+    import pandas as pd
+
+    det = ["dataset=probe_det", "backbone=tinycnn", "dataset.options.n_train=32", "dataset.options.n_val=16",
+           "dataset.options.n_test=16", "trainer.max_epochs=2", "data.batch_size=16", "ui.progress_bar=false",
+           f"paths.runs_dir={tmp_path / 'runs'}", f"paths.root_dir={tmp_path}"]
+    off = compose_config([*det, "strategy=plausible_boxes", "strategy.options.size_margin=0",
+                          "strategy.options.ratio_margin=0", "strategy.options.position=false",
+                          "strategy.options.max_boxes=100"])
+    rules_off = train(off)
+    baseline = _metrics(compose_config([*det, "strategy=baseline"]))
+    for key in ("test/map50", "test/map10", "test/froc_mean"):
+        assert rules_off[key] == pytest.approx(baseline[key], abs=1e-9), key
+    assert rules_off["test/boxes_removed"] == 0
+    default = compose_config([*det, "strategy=plausible_boxes"])
+    train(default)
+    raw = pd.read_csv(Path(compose_config([*det, "strategy=baseline"]).paths.run_dir) / "predictions.csv")
+    kept = pd.read_csv(Path(default.paths.run_dir) / "predictions.csv")
+    assert list(raw["id"]) == list(kept["id"])
+    assert (kept["n_detections"] <= raw["n_detections"]).all() and kept["n_detections"].max() <= 1
+    meta = json.loads((Path(default.paths.run_dir) / "metadata.json").read_text())
+    assert meta["strategy"]["train_boxes"]["max_boxes"] == 1

@@ -62,8 +62,9 @@ def test_list_backbones_says_what_each_can_do(capsys):
     rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()}
     assert rows["unet"][2] == "2D, 3D" and rows["unet"][3] == "yes"          # dense: serves segmentation
     assert rows["resnet18_28"][3] == "no"
-    assert rows["efficientnet_lite0_imagenet"][4] == "shipped / cached"     # offline ImageNet weights
-    assert rows["densenet121"][5] == "32"                                    # smallest input
+    assert rows["resnet18"][4] == "yes" and rows["unet"][4] == "no"          # a feature pyramid: serves detection
+    assert rows["efficientnet_lite0_imagenet"][5] == "shipped / cached"     # offline ImageNet weights
+    assert rows["densenet121"][6] == "32"                                    # smallest input
     for name in ("timm_resnet18", "timm_convnext_atto"):                     # configs of an absent extra stay listed
         assert name in rows
-        assert "timm" in rows[name][6] or rows[name][2] != "-"
+        assert "timm" in rows[name][7] or rows[name][2] != "-"

@@ -119,3 +119,34 @@ def test_end_to_end_probe_run(tiny_run):
     assert meta["channels"] == ["image", *MAP_NAMES] and len(meta["map_standardisation"]["mean"]) == 4
     stem = torch.load(run / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert stem["net.backbone.blocks.0.0.weight"].shape[1] == 1 + len(MAP_NAMES)  # the CNN was fed 5 channels
+
+
+def test_a_detector_reads_the_maps_through_its_feature_pyramid(tmp_path):
+    """Detection (issue 18): the detector is built on a backbone with image + map channels, and a
+    batch with the maps appended trains it (finite per-image losses, none for a negative image)."""
+    from dkbench.models.detector import DetectorNet
+
+    cfg = compose_config(["dataset=probe_det", "dataset.options.n_train=24", "dataset.options.n_val=8",
+                          "dataset.options.n_test=8"])
+    arrays = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    strategy = create_strategy("handcrafted_input")
+    assert strategy.incompatibility(arrays.spec) is None
+    spec = arrays.spec
+
+    def make(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": spec.in_chans, "spatial_dims": 2, "img_size": spec.size,
+                                             **strategy.backbone_kwargs(spec), **overrides})
+
+    net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=make, cache_dir=tmp_path,
+                                          config={"data": {"mean": 0.5, "std": 0.5}, "model": dict(cfg.model)}))
+    assert isinstance(net, DetectorNet)
+    first_conv = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 1 + len(MAP_NAMES)
+    batch = InMemoryDataset(arrays.splits["train"], "detection", 0.5, 0.5).__getitems__(list(range(8)))
+    out = strategy.transform_batch(batch, StepContext.for_stage("train", spec))
+    assert out["image"].shape[1] == 1 + len(MAP_NAMES)
+    torch.testing.assert_close(out["image"][:, 1:], strategy.standardised_maps(batch["image"]))
+    net.train()
+    cls_loss, box_loss = net.per_image_loss(net(out), out["label"])
+    negatives = ~torch.isfinite(out["label"]).all(-1).any(-1)
+    assert torch.isfinite(cls_loss).all() and negatives.any() and (box_loss[negatives] == 0).all()

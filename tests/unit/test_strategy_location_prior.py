@@ -132,3 +132,62 @@ def test_prior_is_a_buffer_in_the_state_dict(tmp_path):
     assert strategy.prior.dtype == torch.float64
     out = strategy.transform_batch(batch_of(2, dtype=torch.float64), step())
     torch.testing.assert_close(out["image"][0, 1], strategy.prior[0, 0])
+
+
+# --- detection (issue 18): the atlas of the train BOXES ------------------------------------
+DET_SPEC = DatasetSpec(name="toy_det", task="detection", num_classes=1, in_chans=1, spatial_dims=2, size=32)
+
+
+def toy_detection(shift_eval: bool = False) -> DatasetArrays:
+    """Three train images: a box at the top left, a negative, an overlapping box; val/test boxes
+    elsewhere (moved further with `shift_eval`), which must not reach the prior."""
+    from dkbench.data.detection import pad_boxes
+
+    none = np.zeros((0, 4))
+    train = pad_boxes([np.array([[0, 0, 8, 8]]), none, np.array([[4, 4, 12, 12]])])
+    far = 16 if shift_eval else 20
+    other = pad_boxes([np.array([[far, far, far + 8, far + 8]]), none])
+
+    def split(label, tag):
+        return SplitArrays(np.zeros((len(label), 1, 32, 32), np.uint8), label,
+                           np.asarray([f"{tag}{i}" for i in range(len(label))]))
+
+    return DatasetArrays(DET_SPEC, {"train": split(train, "tr"), "val": split(other, "va"), "test": split(other, "te")})
+
+
+def built_detector(arrays: DatasetArrays):
+    from dkbench.runner.compose import compose_config
+
+    strategy = create_strategy("location_prior")
+    spec = arrays.spec
+
+    def make_backbone(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": spec.in_chans, "spatial_dims": 2, "img_size": spec.size,
+                                             **strategy.backbone_kwargs(spec), **overrides})
+
+    config = {"model": dict(compose_config(["dataset=probe_det"]).model)}
+    net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=make_backbone, config=config))
+    return strategy, net
+
+
+def test_detection_prior_is_the_train_box_frequency_and_the_detector_reads_it():
+    from dkbench.models.detector import DetectorNet
+
+    assert create_strategy("location_prior").incompatibility(DET_SPEC) is None
+    strategy, net = built_detector(toy_detection())
+    assert isinstance(net, DetectorNet)
+    frequency = (strategy.prior[0, 0] + 1) / 2  # range scaling: 2f - 1
+    # pixel (row, col): (1, 1) only in the first box; (5, 5) in both; (10, 10) in the second; (20, 20) in none;
+    # the negative image counts in the denominator
+    for (r, c), expected in {(1, 1): 1 / 3, (5, 5): 2 / 3, (10, 10): 1 / 3, (20, 20): 0.0, (8, 3): 0.0}.items():
+        assert frequency[r, c].item() == pytest.approx(expected), (r, c)
+    # val/test boxes never reach it
+    assert torch.equal(built_detector(toy_detection(shift_eval=True))[0].prior, strategy.prior)
+    # the detector's pyramid gets image + prior channels, and the run's loss is finite
+    batch = {"image": torch.randn(2, 1, 32, 32), "label": torch.as_tensor(toy_detection().splits["val"].label)}
+    moved = strategy.transform_batch(batch, StepContext.for_stage("train", DET_SPEC))
+    assert moved["image"].shape == (2, 2, 32, 32) and torch.equal(moved["image"][:, 0], batch["image"][:, 0])
+    assert torch.equal(moved["image"][1, 1], strategy.prior[0, 0])
+    net.train()
+    cls_loss, box_loss = net.per_image_loss(net(moved), moved["label"])
+    assert torch.isfinite(cls_loss).all() and box_loss[1] == 0  # the negative image has no box loss

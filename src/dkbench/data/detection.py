@@ -72,6 +72,23 @@ def boxes_from_masks(masks: np.ndarray, chunk: int = 256) -> np.ndarray:
     return pad_boxes([np.stack(b) if b else np.zeros((0, 4), np.float32) for b in per_image])
 
 
+def box_masks(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, K, 5) box rows → (N, 1, H, W) uint8 masks of the pixels inside any box of the image.
+    A pixel is inside when its centre (col + 0.5, row + 0.5) lies in [lo, hi) on both axes, so
+    fractional boxes (after `dataset.resize`) cover the pixels they mostly cover; negatives give
+    empty masks."""
+    rows = np.asarray(label, np.float64)
+    h, w = int(shape[0]), int(shape[1])
+    out = np.zeros((len(rows), 1, h, w), np.uint8)
+    cx, cy = np.arange(w) + 0.5, np.arange(h) + 0.5
+    for i, image_rows in enumerate(rows):
+        for x_lo, y_lo, x_hi, y_hi, _ in image_rows[np.isfinite(image_rows).all(-1)]:
+            inside_y = (cy >= y_lo) & (cy < y_hi)
+            inside_x = (cx >= x_lo) & (cx < x_hi)
+            out[i, 0] |= (inside_y[:, None] & inside_x[None, :]).astype(np.uint8)
+    return out
+
+
 def box_counts(label: np.ndarray) -> np.ndarray:
     """(N,) number of boxes of each image of a (N, K, 5) label."""
     return np.isfinite(np.asarray(label)).all(-1).sum(-1)

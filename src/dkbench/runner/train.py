@@ -276,7 +276,10 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
             tested_best = best.load_into(module)
         else:  # a post-hoc strategy: the baseline run's selected network, tested with this run's outputs
             saved = torch.load(shared / "checkpoints" / BEST_WEIGHTS, map_location="cpu", weights_only=True)
-            module.load_state_dict(saved["state_dict"])
+            # the network only: the post-hoc strategy's own state (rules learned from the train split in
+            # build_net, e.g. plausible_boxes' size ranges) is not in the baseline's checkpoint
+            module.net.load_state_dict({k[len("net."):]: v for k, v in saved["state_dict"].items()
+                                        if k.startswith("net.")})
         test_out = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     finally:
         _finish_wandb(loggers)

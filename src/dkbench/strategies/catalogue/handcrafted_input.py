@@ -37,7 +37,7 @@ from torch import nn
 from dkbench.data.spec import DatasetSpec
 from dkbench.data.transforms import normalize
 from dkbench.features.radiomics import MAP_NAMES, feature_maps
-from dkbench.strategies.base import ALL_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.base import ALL_TASKS, DETECTION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import Bounds, Count, OptionError, Positive, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
@@ -50,7 +50,8 @@ class HandcraftedInput(Strategy):
     family = "E"
     knowledge = "texture / edge maps of the image (train + test)"
     requires = frozenset()
-    tasks = ALL_TASKS  # the maps are per pixel, so they serve segmentation networks as well
+    #: the maps are per pixel, so they serve segmentation networks and a detector's feature pyramid as well
+    tasks = ALL_TASKS | DETECTION_TASKS
     citation = ("MV-KBC: Xie Y., Xia Y., Zhang J., Song Y., Feng D., Fulham M., Cai W., Knowledge-based "
                 "collaborative deep learning for benign-malignant lung nodule classification on chest CT, "
                 "IEEE TMI 38(4):991-1004 (2019); survey §3.6 input-level fusion")

@@ -4,7 +4,9 @@ The anatomical location prior is the pixel-wise foreground frequency of the TRAI
 (an atlas: the mean training mask), computed once in `build_net` (kept as a buffer, so it
 lives on the run's device and in its checkpoints) and concatenated to every batch as one more
 image channel, so the network can weigh "is this a place where lesions occur?"
-together with the image. After Zotti C., Luo Z., Lalande A., Jodoin P.-M., "Convolutional
+together with the image. For detection the label is box rows, so the atlas is the frequency
+with which a pixel lies inside a TRAIN lesion box (`dkbench.data.detection.box_masks`; negative
+images count as all-background), and the detector's feature pyramid reads the extra channel. After Zotti C., Luo Z., Lalande A., Jodoin P.-M., "Convolutional
 neural network with shape prior applied to cardiac MRI segmentation", IEEE JBHI 23(3):1119-1128,
 2019, who build a probabilistic prior from the training ground truths (per-pixel class
 frequencies) offline and embed it in their U-Net-like GridNet; survey §5.5 (anatomical priors).
@@ -12,7 +14,8 @@ frequencies) offline and embed it in their U-Net-like GridNet; survey §5.5 (ana
 Simplified relative to Zotti et al.: the prior is not registered to each image (they move it to
 a regressed centre of the heart) — it stays in the image frame, which is what "organs sit in
 typical places" means for our 2D datasets — and it enters at the input, not inside the network.
-Multi-class masks give one channel, the frequency of any foreground class.
+Multi-class masks give one channel, the frequency of any foreground class. A box atlas is
+coarser than a mask atlas (a box covers more than its lesion).
 
 Scaling (option ``scaling``): ``range`` (default) maps the frequency f ∈ [0, 1] to 2f − 1 ∈
 [−1, 1], the same affine map as the images' (x − 0.5) / 0.5 normalisation, so 0 % and 100 %
@@ -32,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dkbench.data.detection import box_masks
 from dkbench.data.spec import DatasetSpec
-from dkbench.strategies.base import SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.base import DETECTION_TASKS, SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
@@ -43,8 +47,8 @@ class LocationPrior(Strategy):
     name = "location_prior"
     family = "G"
     knowledge = "mean training mask as a channel (train + test)"
-    requires = frozenset()  # the segmentation label is the mask
-    tasks = SEGMENTATION_TASKS
+    requires = frozenset()  # the segmentation label is the mask; a detection label holds the boxes
+    tasks = SEGMENTATION_TASKS | DETECTION_TASKS
     citation = ("Zotti C., Luo Z., Lalande A., Jodoin P.-M., Convolutional neural network with shape prior "
                 "applied to cardiac MRI segmentation, IEEE JBHI 23(3):1119-1128 (2019); survey §5.5")
 
@@ -56,8 +60,17 @@ class LocationPrior(Strategy):
     def backbone_kwargs(self, spec: DatasetSpec) -> dict[str, Any]:
         return {"in_chans": spec.in_chans + 1}
 
+    @staticmethod
+    def train_masks(ctx: BuildContext) -> np.ndarray:
+        """(N, 1, *spatial) lesion masks of the TRAIN split only: the label itself for segmentation,
+        the pixels inside its boxes for detection."""
+        train = ctx.arrays.splits["train"]
+        if ctx.spec.task in DETECTION_TASKS:
+            return box_masks(train.label, tuple(np.asarray(train.image).shape[2:]))
+        return train.label
+
     def build_net(self, ctx: BuildContext) -> nn.Module:
-        masks = ctx.arrays.splits["train"].label  # (N, 1, *spatial); only the train split
+        masks = self.train_masks(ctx)
         frequency = torch.from_numpy((np.asarray(masks) > 0).mean(0, dtype=np.float64)).float().unsqueeze(0)
         if self.options.scaling == "range":
             prior = 2.0 * frequency - 1.0
@@ -87,7 +100,8 @@ class LocationPrior(Strategy):
         return batch
 
     def metadata(self) -> dict[str, Any]:
-        meta = {**super().metadata(), "channels": ["image", "location_prior"], "prior_from": "train split masks only"}
+        meta = {**super().metadata(), "channels": ["image", "location_prior"],
+                "prior_from": "train split masks only (detection: the pixels inside the train boxes)"}
         if hasattr(self, "frequency_stats"):
             meta["prior"] = {"scaling": self.options.scaling, **self.frequency_stats}
         return meta
