@@ -264,3 +264,130 @@ def test_options_are_checked():
     for bad in ({"start_fraction": 0.0}, {"pacing": "cubic"}, {"difficulty": "expert"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             create_strategy("curriculum", **bad)
+
+
+# --- detection (issue 18): easy lesions first -------------------------------------------------
+def _probe_det(tmp_path, n_train=12, **options):
+    """A tiny probe_det (no files): one lesion box or none per image, masks and difficulty as extras."""
+    extra = [f"dataset.options.{k}={v}" for k, v in options.items()]
+    cfg = compose_config(["dataset=probe_det", f"dataset.options.n_train={n_train}", "dataset.options.n_val=4",
+                          "dataset.options.n_test=4", *extra])
+    return load_dataset(cfg.dataset, tmp_path)
+
+
+def _det_context(arrays, seed=0, **config):
+    from dkbench.backbones import create_backbone
+
+    def make_backbone(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": 1, "spatial_dims": 2, "img_size": arrays.spec.size,
+                                             **overrides})
+
+    config = {"model": {"detector": {"fpn_channels": 16}}, **config}
+    return BuildContext(arrays=arrays, make_backbone=make_backbone, seed=seed, config=config)
+
+
+def test_detection_teacher_scores_are_the_detectors_per_image_loss(tmp_path):
+    """The teacher ranks every train image by the detection module's own loss (cls + box per image,
+    `detection_loss`), negatives included with their classification loss only; the hard-negative
+    sampler's draws are seeded (repeatable scores) on a forked stream (the run's is untouched)."""
+    from dkbench.data.datamodule import InMemoryDataset
+    from dkbench.data.detection import box_counts
+    from dkbench.models.detector import DetectorNet
+
+    arrays = _probe_det(tmp_path / "data", signal=1.0)
+    ctx = _det_context(arrays, seed=3)
+    torch.manual_seed(1)
+    teacher = create_strategy("baseline").build_net(ctx)
+    assert isinstance(teacher, DetectorNet)
+    run_dir = tmp_path / "teacher"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in teacher.state_dict().items()}},
+               run_dir / "checkpoints" / "best_weights.pt")
+
+    strategy = create_strategy("curriculum", difficulty="teacher")
+    torch.manual_seed(5)
+    scores = strategy._score_train_split(ctx, run_dir)
+    after = torch.rand(4)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(4))  # the run's random stream did not move
+    np.testing.assert_array_equal(strategy._score_train_split(ctx, run_dir), scores)  # seeded: repeatable
+
+    # the same numbers, computed directly with the detector: one batch (eval_batch_size 256 > 12), same seed
+    train = arrays.splits["train"]
+    batch = InMemoryDataset(train, "detection", 0.5, 0.5).__getitems__(list(range(len(train))))
+    teacher.eval()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        cls_loss, box_loss = teacher.per_image_loss(teacher(batch), batch["label"])
+    assert scores.shape == (12,) and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, (cls_loss + box_loss).numpy(), rtol=1e-6)
+    negative = box_counts(train.label) == 0
+    assert 0 < negative.sum() < 12  # the tiny set has both kinds of images
+    assert (box_loss.numpy()[negative] == 0).all() and (box_loss.numpy()[~negative] > 0).all()
+    np.testing.assert_allclose(scores[negative], cls_loss.numpy()[negative], rtol=1e-6)  # negatives: cls only
+
+
+def test_detection_teacher_trains_the_runs_detector(tmp_path):
+    """A detection run's teacher is a detection run with the run's detector settings and FROC IoU
+    (its config hash, which names the cached scores, changes with them)."""
+    cfg = compose_config(["dataset=probe_det", "backbone=tinycnn", "strategy=curriculum",
+                          "strategy.options.difficulty=teacher", "model.detector.fpn_channels=32",
+                          "model.detector.nms_thresh=0.3", "model.froc_iou=0.25", f"paths.root_dir={tmp_path}"])
+    teacher = create_strategy("curriculum", difficulty="teacher").prestage_runs(cfg)["teacher"]
+    assert teacher.strategy.method == "baseline" and teacher.dataset.name == "probe_det"
+    assert teacher.model._target_ == "dkbench.models.DetectionModule"  # from probe_det's defaults
+    assert teacher.model.detector.fpn_channels == 32 and teacher.model.detector.nms_thresh == 0.3
+    assert teacher.model.froc_iou == 0.25 and teacher.monitor.metric == "val/map50"
+    # probe_det has its own difficulty: auto uses it and trains no teacher
+    assert create_strategy("curriculum").prestage_runs(cfg) == {}
+
+
+def test_detection_pools_hold_the_easiest_lesions_and_negatives_in_proportion(tmp_path):
+    """The probe gives every negative the placeholder difficulty 0.5; stratified by lesion presence,
+    the epoch-0 pool holds the easiest lesion images and negatives in their train proportion,
+    whatever the placeholder's rank. Unstratified, the raw ranking decides."""
+    from dkbench.data.detection import box_counts
+
+    arrays = _probe_det(tmp_path, n_train=60)
+    train = arrays.splits["train"]
+    d = train.extras["difficulty"].astype(np.float64)
+    lesion = box_counts(train.label) > 0
+    assert (d[~lesion] == 0.5).all() and 10 < (~lesion).sum() < 30  # the probe's placeholder for negatives
+
+    strategy = create_strategy("curriculum", start_fraction=0.3)
+    net = strategy.build_net(_det_context(arrays, trainer={"max_epochs": 10}))
+    assert type(net).__name__ == "DetectorNet" and strategy.difficulty_source == "dataset"
+    pool = strategy.train_sampler(_Sized(60)).pool(0)
+    assert len(pool) == 18  # ceil(0.3 * 60)
+    in_pool = np.zeros(60, bool)
+    in_pool[pool] = True
+    for stratum in (lesion, ~lesion):
+        k = (in_pool & stratum).sum()
+        assert abs(k - 18 * stratum.mean()) <= 1  # the stratum's train proportion
+        members = np.flatnonzero(stratum)
+        easiest = members[np.lexsort((members, d[members]))][:k]
+        assert set(pool[stratum[pool]].tolist()) == set(easiest.tolist())  # and its easiest
+    meta = strategy.metadata()
+    assert meta["stratified_by"] == "lesion presence" and meta["class_balanced"] is True
+
+    raw = create_strategy("curriculum", start_fraction=0.3, balance_classes=False)
+    raw.build_net(_det_context(arrays, trainer={"max_epochs": 10}))
+    raw_pool = raw.train_sampler(_Sized(60)).pool(0)
+    np.testing.assert_array_equal(np.sort(raw_pool), np.sort(np.lexsort((np.arange(60), d))[:18]))
+    assert raw.metadata()["stratified_by"] is None
+
+
+def test_detection_teacher_run_end_to_end(tiny_run):
+    """The whole teacher path on probe_det: the runner trains the teacher detector, its checkpoint is
+    rebuilt (meta device) and scores the train split, the run paces lesion-stratified pools."""
+    metrics, run = tiny_run("dataset=probe_det", "strategy=curriculum", "strategy.options.difficulty=teacher",
+                            "strategy.options.teacher_epochs=1", "trainer.max_epochs=2", "data.batch_size=16",
+                            "dataset.options.n_train=48", "dataset.options.n_val=24", "dataset.options.n_test=24",
+                            "model.detector.fpn_channels=16")
+    assert math.isfinite(metrics["test/map50"])
+    meta = json.loads((run / "metadata.json").read_text())["strategy"]
+    assert meta["difficulty_source"] == "teacher" and meta["stratified_by"] == "lesion presence"
+    assert meta["teacher"]["score"].startswith("per-image detector loss") and "val/map50" in meta["teacher"]
+    assert meta["pool_sizes"]["0"] == math.ceil(0.3 * 48)
+    scores = np.load(meta["teacher"]["scores"], allow_pickle=False)
+    assert scores.shape == (48,) and np.isfinite(scores).all() and scores.std() > 0

@@ -159,3 +159,120 @@ def test_tiny_run_records_seg_dice(tiny_run):
     assert meta["strategy"]["strategy"] == "multitask_seg" and "seg_dice" in meta["strategy"]
     state = torch.load(run_dir / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("net.decoder.") for k in state)  # the decoder is part of the trained net
+
+
+# --- detection (issue 18): Retina U-Net's segmentation head beside the detector ---------------
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory):
+    """A tiny probe_det (visible lesions, a third negatives), its BuildContext and one train batch."""
+    from dkbench.data.loading import load_dataset
+
+    cfg = compose_config(["dataset=probe_det", "dataset.options.n_train=8", "dataset.options.n_val=4",
+                          "dataset.options.n_test=4", "dataset.options.signal=1.0"])
+    arrays = load_dataset(cfg.dataset, tmp_path_factory.mktemp("data"))
+
+    def make_backbone(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": 1, "spatial_dims": 2, "img_size": 64, **overrides})
+
+    ctx = BuildContext(arrays=arrays, make_backbone=make_backbone, config={"model": {"detector": {"fpn_channels": 16}}})
+    batch = InMemoryDataset(arrays.splits["train"], "detection", 0.5, 0.5).__getitems__(list(range(8)))
+    assert batch["mask"].shape == (8, 1, 64, 64) and batch["label"].shape[-1] == 5
+    return arrays, ctx, batch
+
+
+def _det_net(strategy, ctx):
+    torch.manual_seed(0)
+    return strategy.build_net(ctx)
+
+
+def test_detection_net_is_the_detector_with_a_seg_head_on_the_finest_level(det_data):
+    from dkbench.models.detector import DetectorNet
+
+    arrays, ctx, batch = det_data
+    strategy = create_strategy("multitask_seg")
+    assert strategy.incompatibility(arrays.spec) is None and strategy.knowledge == "expert masks (training)"
+    net = _det_net(strategy, ctx)
+    assert isinstance(net, DetectorNet) and set(net.dense_heads) == {"seg_logits"}
+    head = net.dense_heads["seg_logits"]
+    assert head.reduce[0].in_channels == 16  # the detector's fpn_channels: it reads an FPN level
+    ids = {id(p) for p in net.parameters()}  # what TaskModule.configure_optimizers optimises
+    assert all(id(p) in ids for p in head.parameters())
+    seen = []
+    hook = head.register_forward_hook(lambda module, args, result: seen.append(tuple(args[0].shape)))
+    out = net(batch)
+    hook.remove()
+    assert seen == [(8, 16, 32, 32)] and net.strides[0] == 2  # the finest level (stride 2 at 64 px)
+    assert out["seg_logits"].shape == (8, 1, 64, 64) and "cls_logits" in out
+    net.eval()
+    with torch.no_grad():
+        found = net(batch)
+    assert found["seg_logits"].shape == (8, 1, 64, 64) and len(found["detections"]) == 8  # boxes still scored
+    assert "finest FPN level (stride 2" in strategy.metadata()["decoder_input"]
+    # the plain detector has no head, no seg output and no extra weights
+    plain = _det_net(create_strategy("baseline"), ctx)
+    assert len(plain.dense_heads) == 0 and "seg_logits" not in plain(batch)
+    assert not any(k.startswith("dense_heads.") for k in plain.state_dict())
+    assert set(net.state_dict()) - set(plain.state_dict()) == {f"dense_heads.seg_logits.{k}"
+                                                              for k in head.state_dict()}
+
+
+def test_detection_seg_term_reaches_the_encoder_and_the_head_only(det_data):
+    from dkbench.models.detector import detection_loss
+
+    arrays, ctx, batch = det_data
+    strategy = create_strategy("multitask_seg")
+    net = _det_net(strategy, ctx)
+    out = net(batch)
+    step = StepContext.for_stage("train", arrays.spec)
+    terms = strategy.loss_terms(detection_loss(net, out, batch["label"])[0], out, batch, step)
+    assert set(terms) == {"task", "seg"} and terms["seg"] > 0
+    terms["seg"].backward()
+    for part in (net.dense_heads, net.backbone):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    # the detector's heads are not on the seg path
+    assert all(p.grad is None for p in net.detector.network.classification_head.parameters())
+    assert 0.0 <= strategy.extra_metrics(out, batch, step)["seg_dice"].item() <= 1.0
+
+
+def _encoder_grads(net, loss_fn, seed=0):
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the hard-negative sampler draws random anchors
+    loss_fn().backward()
+    return [p.grad.clone() for p in net.backbone.parameters()]
+
+
+@pytest.mark.parametrize("seg_weight", [0.0, 1.0])
+def test_detection_seg_weight_is_what_moves_the_encoder(det_data, seg_weight):
+    """seg_weight 0: the encoder's gradient is the plain detector loss's; 1: the seg term changes it."""
+    from dkbench.models.detector import detection_loss
+
+    arrays, ctx, batch = det_data
+    strategy = create_strategy("multitask_seg", seg_weight=seg_weight)
+    net = _det_net(strategy, ctx)
+    step = StepContext.for_stage("train", arrays.spec)
+
+    def joint():
+        out = net(batch)
+        terms = strategy.loss_terms(detection_loss(net, out, batch["label"])[0], out, batch, step)
+        return torch.stack(list(terms.values())).sum()  # as TaskModule.training_step
+
+    def detector_only():
+        out = net(batch)
+        return detection_loss(net, out, batch["label"])[0].mean()
+
+    g_joint, g_plain = _encoder_grads(net, joint), _encoder_grads(net, detector_only)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(g_joint, g_plain, strict=True))
+    assert same == (seg_weight == 0.0)
+
+
+def test_detection_tiny_run_scores_boxes_and_logs_seg_dice(tiny_run):
+    metrics, run_dir = tiny_run("dataset=probe_det", "strategy=multitask_seg", "dataset.options.n_train=48",
+                                "dataset.options.n_val=24", "dataset.options.n_test=24", "data.batch_size=16",
+                                "model.detector.fpn_channels=16")
+    assert 0.0 <= metrics["test/seg_dice"] <= 1.0 and 0.0 <= metrics["test/map50"] <= 1.0
+    assert "test/auroc" not in metrics  # the test metric is the detector's
+    state = torch.load(run_dir / "checkpoints" / "best_weights.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(k.startswith("net.dense_heads.seg_logits.") for k in state)  # the head was trained with the net
+    meta = json.loads((run_dir / "metadata.json").read_text())["strategy"]
+    assert "FPN" in meta["decoder_input"]

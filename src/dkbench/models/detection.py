@@ -26,6 +26,7 @@ from dkbench.data.spec import DatasetSpec
 from dkbench.errors import RunConfigError
 from dkbench.metrics.detection import DETECTION_METRICS, detection_metrics, matching_thresholds, per_image_rows
 from dkbench.models.base import TaskModule
+from dkbench.models.detector import detection_loss
 from dkbench.strategies.base import Strategy
 
 
@@ -47,9 +48,9 @@ class DetectionModule(TaskModule):
 
     # --- loss ------------------------------------------------------------------------------
     def task_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
-        cls_loss, box_loss = self.net.per_image_loss(outputs, batch["label"])
-        outputs["loss_parts"] = {"loss_cls": cls_loss.detach().mean(), "loss_box": box_loss.detach().mean()}
-        return cls_loss + box_loss
+        loss, parts = detection_loss(self.net, outputs, batch["label"])
+        outputs["loss_parts"] = {name: part.detach().mean() for name, part in parts.items()}
+        return loss
 
     def extra_logs(self, outputs: dict, batch: dict, stage: str) -> dict[str, torch.Tensor]:
         return dict(outputs.get("loss_parts") or {})

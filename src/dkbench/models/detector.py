@@ -180,6 +180,11 @@ class DetectorNet(nn.Module):
     layout), the anchors, the deepest encoder map (`feature_map`) and its pooled `embedding`, and —
     in eval mode — `detections`: one dict per image with `boxes` (n, 4) in dkbench order,
     `scores` (n,) and `labels` (n,) int64, after score threshold, NMS and top-k.
+
+    `dense_heads` (empty by default: the plain detector) holds auxiliary dense heads a strategy
+    attaches, name → module called with (finest FPN level, input size); `forward` adds each one's
+    output under its name (e.g. a segmentation head on the pyramid as in Retina U-Net, Jaeger et al.,
+    ML4H 2019: strategies/catalogue/multitask_seg.py).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, plan: AnchorPlan,
@@ -213,6 +218,9 @@ class DetectorNet(nn.Module):
         self.settings, self.plan = settings, plan
         self.num_classes = int(num_classes)
         self.strides = tuple(pyramid.strides)
+        #: auxiliary heads on the finest FPN level (name → module(level, input size)); an empty
+        #: ModuleDict adds no parameters, so a plain detector's state_dict is unchanged
+        self.dense_heads = nn.ModuleDict()
 
     @property
     def pyramid(self) -> nn.Module:
@@ -240,6 +248,10 @@ class DetectorNet(nn.Module):
             "anchors": det.anchors, "num_anchor_locs": num_locs,
             "feature_map": stages[-1], "embedding": self.backbone.pool(stages[-1]),
         }
+        for name, dense_head in self.dense_heads.items():
+            if name in out:
+                raise ValueError(f"dense head '{name}' would overwrite the detector's output '{name}'; rename it")
+            out[name] = dense_head(levels[0], size)
         if not self.training:
             out["detections"] = self.detect(out, size)
         return out
@@ -285,6 +297,16 @@ class DetectorNet(nn.Module):
             box = det.compute_box_loss(box_regression[i:i + 1], targets[i:i + 1], anchors[i:i + 1], matched[i:i + 1])
             box_loss.append(box.to(device=cls_logits.device, dtype=cls_logits.dtype))
         return torch.stack(cls_loss), torch.stack(box_loss)
+
+
+def detection_loss(net: nn.Module, outputs: dict[str, Any], label: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The detection task loss, (B,): per image, the detector's classification + box-regression loss
+    (`DetectorNet.per_image_loss`), and the two parts (B,) by name. The one definition that
+    `DetectionModule` trains with and a curriculum teacher ranks the train images by. The hard-
+    negative sampler draws from the torch random stream, so the value is random unless seeded."""
+    cls_loss, box_loss = net.per_image_loss(outputs, label)
+    return cls_loss + box_loss, {"loss_cls": cls_loss, "loss_box": box_loss}
 
 
 def detector_net(backbone: Backbone, arrays: Any, config: Mapping[str, Any] | None = None) -> DetectorNet:

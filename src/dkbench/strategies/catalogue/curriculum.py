@@ -14,7 +14,9 @@ Difficulty (higher = harder), in this order (`options.difficulty: auto`):
    first, `prestage_runs`: its own run folder under
    ``<cache_dir>/curriculum/<dataset>/<backbone>/seed_<k>``), whose best-validation checkpoint
    scores every TRAIN sample by the run's task loss (segmentation: the run's DiceCE weights,
-   which the teacher also trains with). The scores are cached in that folder as
+   which the teacher also trains with; detection: the detector's per-image classification +
+   box-regression loss, `dkbench.models.detector.detection_loss`, the sum the detection module
+   trains with). The scores are cached in that folder as
    ``difficulty_<teacher config hash>.npy`` (written atomically, under a lock that cells
    sharing the teacher wait on), so later runs (other pacings, resumes) neither retrain nor
    rescore.
@@ -29,7 +31,20 @@ et al. 2019's competence), or s + (1 - s) floor(t · steps) / steps (``step``, H
 Weinshall's staircase with equal increments). The pool is the first ceil(p · N) train samples
 of the difficulty order, which (``balance_classes``, default on, as Hacohen & Weinshall's code)
 is class-stratified: the pool holds the easiest fraction p of every class, in the classes'
-train proportions (multilabel: not stratified).
+train proportions (multilabel, segmentation: not stratified).
+
+Detection ("easy lesions first"): an image's difficulty is the dataset's (the probe's lesion
+size/contrast score; the probe gives every image without a lesion the constant 0.5, a placeholder,
+not a measured difficulty) or the teacher's per-image detector loss, where a negative image (no
+lesion) has no box term: its difficulty is its classification loss only (the hard-negative
+sampler's anchors). Neither places negatives on the lesions' scale, so with ``balance_classes``
+the pools are stratified by lesion presence instead of by class (a label is a set of box rows):
+every pool holds the easiest fraction p of the lesion images and of the negatives, in their train
+proportions, so the probe's placeholder or a negative's lower loss never decides when the
+negatives enter. Without it, the raw ranking decides (the probe's negatives then all enter
+together, at difficulty 0.5). The teacher's hard-negative sampler draws random anchors; the
+scoring draws them from a stream seeded by the run's seed and forked off the run's own, so the
+scores are reproducible and the run's random stream is untouched.
 
 Simplified relative to the papers: Jiménez-Sánchez et al. sample with probabilities derived
 from the difficulty ranking that a scheduler moves toward uniform, and their difficulty comes
@@ -58,7 +73,9 @@ from torch.utils.data import Sampler
 
 from dkbench.data.spec import DatasetSpec
 from dkbench.storage import atomic_file, file_lock
-from dkbench.strategies.base import ALL_TASKS, SEGMENTATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.base import (
+    ALL_TASKS, DETECTION_TASKS, SEGMENTATION_TASKS, BuildContext, StepContext, Strategy,
+)
 from dkbench.strategies.options import Bounds, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
@@ -169,8 +186,9 @@ class Curriculum(Strategy):
     knowledge = "a difficulty ranking: the dataset's or a teacher's loss (training)"
     requires = frozenset()  # labels only: the dataset's difficulty is used when it has one
     #: segmentation too: the teacher's per-image task loss (the run's DiceCE) ranks the images;
-    #: pools are not class-stratified there (a label is a mask)
-    tasks = ALL_TASKS
+    #: pools are not class-stratified there (a label is a mask). Detection: the teacher's per-image
+    #: detector loss; pools stratified by lesion presence (module docstring)
+    tasks = ALL_TASKS | DETECTION_TASKS
     citation = (
         "Jiménez-Sánchez et al., Medical-based Deep Curriculum Learning for Improved Fracture "
         "Classification, MICCAI 2019; pacing: Hacohen & Weinshall, ICML 2019"
@@ -186,7 +204,7 @@ class Curriculum(Strategy):
         start_fraction: Annotated[float, Bounds(gt=0, le=1)] = 0.3
         #: p reaches 1 at this fraction of trainer.max_epochs
         full_at: float = 0.7
-        #: class-stratified pools (not for multilabel or segmentation)
+        #: class-stratified pools (not for multilabel or segmentation; detection: by lesion presence)
         balance_classes: bool = True
         #: step pacing only: equal increments from start_fraction to 1
         steps: int = 3
@@ -206,6 +224,8 @@ class Curriculum(Strategy):
         self.max_epochs: int | None = None
         self.difficulty_source: str | None = None
         self.class_balanced = False
+        #: what the pools are stratified by ("class", "lesion presence"), None when not stratified
+        self.stratified_by: str | None = None
         self.teacher: dict[str, Any] = {}
         self.sampler: CurriculumSampler | None = None
 
@@ -226,13 +246,16 @@ class Curriculum(Strategy):
         o = self.options
         return pacing_fraction(epoch, self.max_epochs, o.pacing, o.start_fraction, o.full_at, o.steps)
 
-    def set_difficulty(self, difficulty: np.ndarray, source: str, labels: np.ndarray | None = None) -> None:
-        """Difficulty over the train split (higher = harder); `labels` for class-stratified pools."""
+    def set_difficulty(self, difficulty: np.ndarray, source: str, labels: np.ndarray | None = None,
+                       strata: str = "class") -> None:
+        """Difficulty over the train split (higher = harder); `labels` (1-D) for stratified pools,
+        `strata` naming what they are (metadata.json)."""
         difficulty = np.asarray(difficulty, dtype=np.float64)
         if difficulty.ndim != 1 or not np.all(np.isfinite(difficulty)):
             raise ValueError("curriculum: difficulty must be a finite 1-D array over the train split")
         labels = np.asarray(labels) if labels is not None and self.options.balance_classes else None
         self.class_balanced = labels is not None and labels.ndim == 1
+        self.stratified_by = strata if self.class_balanced else None
         self.difficulty = torch.from_numpy(difficulty)
         self.order = torch.from_numpy(curriculum_order(difficulty, labels).astype(np.int64))  # easiest first
         self.difficulty_source = source
@@ -245,14 +268,18 @@ class Curriculum(Strategy):
             self.max_epochs = int(trainer["max_epochs"])
         spec = ctx.spec
         train = ctx.arrays.splits["train"]
-        labels = None if spec.task in SEGMENTATION_TASKS else train.label  # a mask is not a class
+        labels, strata = (None if spec.task in SEGMENTATION_TASKS else train.label), "class"  # a mask is not a class
+        if spec.task in DETECTION_TASKS:  # box rows are not a class: stratify by lesion presence
+            from dkbench.data.detection import box_counts
+
+            labels, strata = (box_counts(train.label) > 0).astype(np.int64), "lesion presence"
         has_own = "difficulty" in spec.provides and "difficulty" in train.extras
         if self.options.difficulty == "dataset" or (self.options.difficulty == "auto" and has_own):
             if not has_own:
                 raise ValueError(f"curriculum: dataset '{spec.name}' provides no difficulty")
-            self.set_difficulty(train.extras["difficulty"], "dataset", labels)
+            self.set_difficulty(train.extras["difficulty"], "dataset", labels, strata)
         else:
-            self.set_difficulty(self._teacher_difficulty(ctx), "teacher", labels)
+            self.set_difficulty(self._teacher_difficulty(ctx), "teacher", labels, strata)
         return super().build_net(ctx)
 
     def _uses_teacher(self, spec: DatasetSpec) -> bool:
@@ -292,6 +319,7 @@ class Curriculum(Strategy):
         meta = super().metadata()
         meta["difficulty_source"] = self.difficulty_source
         meta["class_balanced"] = self.class_balanced
+        meta["stratified_by"] = self.stratified_by
         if len(self.difficulty):
             d = self.difficulty.cpu().numpy()
             meta["difficulty_summary"] = {"n": int(len(d)), "min": float(d.min()), "median": float(np.median(d)),
@@ -307,7 +335,8 @@ class Curriculum(Strategy):
     # --- teacher ("self-taught" scoring) -------------------------------------------------
     def teacher_config(self, run: Any):
         """The teacher's run config from the run's config `run`: the run's dataset, backbone,
-        data, trainer, optimizer and task loss weights, with the baseline strategy,
+        data, trainer, optimizer and task loss weights (detection: the detector settings and
+        `froc_iou`, so it trains the run's detector), with the baseline strategy,
         `teacher_epochs` epochs and the default LR schedule. The whole `trainer` block is
         inherited, so the teacher trains where the run does (``trainer.accelerator=cpu`` keeps it
         off a GPU that happens to be present); the loss weights, so the teacher learns and scores
@@ -321,14 +350,15 @@ class Curriculum(Strategy):
             value = OmegaConf.select(run, key)
             return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
-        # the run's dataset choice, so its config defaults apply (segmentation sets model=segmentation)
+        # the run's dataset choice, so its config defaults apply (segmentation sets model=segmentation,
+        # detection model=detection)
         dataset_choice = plain("dataset.name")
         cfg = compose_config(["strategy=baseline", *([f"dataset={dataset_choice}"] if dataset_choice else [])])
         OmegaConf.set_struct(cfg, False)
         for key in ("dataset", "backbone", "data", "trainer", "monitor", "threads", "ui"):
             if key in run:
                 cfg[key] = plain(key)
-        for key in ("optimizer", "lambda_dice", "lambda_ce"):
+        for key in ("optimizer", "lambda_dice", "lambda_ce", "detector", "froc_iou"):
             if OmegaConf.select(run, f"model.{key}") is not None:
                 cfg.model[key] = plain(f"model.{key}")
         cfg.trainer.max_epochs = self.options.teacher_epochs
@@ -357,9 +387,11 @@ class Curriculum(Strategy):
         # weights included), so a cache written before keeps its name
         scores_path = run_dir / f"difficulty_{digest}.npy"
         n_train = len(ctx.arrays.splits["train"])
+        loss = ("per-image detector loss (classification + box regression; negatives: classification only)"
+                if ctx.spec.task in DETECTION_TASKS else "per-sample task loss")
         self.teacher = {"run_dir": str(run_dir), "config_hash": digest, "epochs": self.options.teacher_epochs,
-                        "scores": str(scores_path), "score": "per-sample task loss of the best-validation "
-                        "checkpoint on the train split", "cached": scores_path.exists()}
+                        "scores": str(scores_path), "score": f"{loss} of the best-validation checkpoint on the "
+                        "train split", "cached": scores_path.exists()}
         # cells that share the teacher: the first scores the train split, the others wait, then read
         with file_lock(scores_path.with_suffix(".lock")):
             scores = np.load(scores_path, allow_pickle=False) if scores_path.exists() else None  # never pickled objects
@@ -380,7 +412,8 @@ class Curriculum(Strategy):
 
     def _score_train_split(self, ctx: BuildContext, run_dir: Path) -> np.ndarray:
         """Every train sample's loss under the teacher, with the run's task loss (`ctx.task_loss`:
-        for segmentation, the run's DiceCE weights)."""
+        for segmentation, the run's DiceCE weights; detection: `detection_loss`, the detection
+        module's loss, its hard-negative sampler seeded by the run's seed on a forked stream)."""
         from dkbench.data.datamodule import InMemoryDataset
         from dkbench.runner.checkpointing import BEST_WEIGHTS
         from dkbench.strategies import create_strategy
@@ -401,10 +434,21 @@ class Curriculum(Strategy):
         ds = InMemoryDataset(ctx.arrays.splits["train"], spec.task, float(data.get("mean", 0.5)),
                              float(data.get("std", 0.5)), frozenset(spec.label_derived)).to(device)
         step = int(data.get("eval_batch_size") or data.get("batch_size") or 256)
+        detection = spec.task in DETECTION_TASKS
+        if detection:
+            from dkbench.models.detector import detection_loss
         losses = []
-        with torch.no_grad():
+        # forked: the detector's hard-negative sampler draws random numbers, which must neither move
+        # the run's (already seeded) stream nor make the cached scores differ between runs
+        forked = [device] if device.type != "cpu" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
+            torch.manual_seed(int(ctx.seed))
             for start in range(0, len(ds), step):
                 batch = ds.__getitems__(list(range(start, min(start + step, len(ds)))))
-                logits = net(batch)["logits"].float()
-                losses.append(ctx.task_loss(logits, batch["label"]).cpu())
+                outputs = net(batch)
+                if detection:
+                    loss = detection_loss(net, outputs, batch["label"])[0]
+                else:
+                    loss = ctx.task_loss(outputs["logits"].float(), batch["label"])
+                losses.append(loss.float().cpu())
         return torch.cat(losses).numpy().astype(np.float64)

@@ -27,6 +27,18 @@ Empty masks (images without a lesion, e.g. the probe's normal class): the Dice t
 computed per image on images *with* a lesion only (averaged over them); BCE covers every
 image, so an empty mask is supervised by BCE alone. A batch without any lesion has Dice 0.
 
+Detection (after Retina U-Net: Jaeger, Kohl, Bickelhaupt, Isensee, Kuder, Schlemmer and
+Maier-Hein, "Retina U-Net: Embarrassingly Simple Exploitation of Segmentation Supervision for
+Medical Object Detection", ML4H @ NeurIPS 2019, PMLR 116:171-183, 2020): the plain RetinaNet
+detector (`dkbench.models.detector`) gets the same light decoder as a dense head on its FINEST
+FPN level (`DetectorNet.dense_heads`, its width the detector's ``fpn_channels``), supervised by the
+lesion masks with the same term; the loss is the detector's per-image loss + seg_weight * (soft
+Dice + BCE), and at test time only the boxes are scored (the masks are training knowledge only;
+``seg_dice`` is still logged). Simplified relative to Retina U-Net: there the feature pyramid's
+top-down path continues to full resolution (levels P1, P0 with skip connections from the
+encoder) and the segmentation logits come from P0, over the lesion classes; here the light
+decoder upsamples the finest detection level without skips to one binary lesion channel.
+
 Reported metric ``seg_dice`` (logged as ``val/seg_dice`` / ``test/seg_dice``): the decoder's
 output thresholded at probability 0.5, Dice per image, then averaged over images. Convention
 for an empty ground-truth mask: Dice 1 if the prediction is empty too, else 0 (the empty rules
@@ -47,7 +59,9 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import num_outputs
 from dkbench.metrics.segmentation import per_image_scores, soft_dice
-from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, StepContext, Strategy
+from dkbench.strategies.base import (
+    CLASSIFICATION_TASKS, DETECTION_TASKS, BuildContext, StepContext, Strategy, task_net,
+)
 from dkbench.strategies.options import Count, NonNegative, NonNegativeInt, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
@@ -137,10 +151,12 @@ class MultiTaskSeg(Strategy):
     family = "A"
     knowledge = "expert masks (training)"
     requires = frozenset({"mask"})
-    tasks = CLASSIFICATION_TASKS
+    #: detection: the decoder is a dense head of the detector's pyramid (Retina U-Net)
+    tasks = CLASSIFICATION_TASKS | DETECTION_TASKS
     citation = ("multi-task breast-ultrasound classification + segmentation (SURVEY.md: BUSBench MT rows; "
                 "e.g. Vakanski et al., Ultrasound Med. Biol. 46(10), 2020); Caruana, Multitask "
-                "learning, Machine Learning 28:41-75 (1997)")
+                "learning, Machine Learning 28:41-75 (1997); detection: Jaeger et al., Retina U-Net, "
+                "ML4H @ NeurIPS 2019, PMLR 116:171-183 (2020)")
 
     @dataclass(frozen=True)
     class Options(StrategyOptions):
@@ -153,8 +169,19 @@ class MultiTaskSeg(Strategy):
         #: smoothing added to the soft Dice numerator and denominator
         dice_smooth: NonNegative = 1.0
 
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        #: which feature map the decoder reads (metadata.json), set by build_net
+        self.decoder_input = "the backbone's last feature map"
+
     def build_net(self, ctx: BuildContext) -> nn.Module:
         o = self.options
+        if ctx.spec.task in DETECTION_TASKS:  # Retina U-Net: the plain detector + a seg head on its pyramid
+            net = task_net(ctx.make_backbone(), ctx.spec, o.dropout, ctx)
+            net.dense_heads["seg_logits"] = LightDecoder(net.settings.fpn_channels, o.decoder_channels,
+                                                         o.decoder_stages, spatial_dims=2)
+            self.decoder_input = f"the detector's finest FPN level (stride {net.strides[0]}; Retina U-Net)"
+            return net
         return MultiTaskSegNet(ctx.make_backbone(), num_outputs(ctx.spec.task, ctx.spec.num_classes), o.dropout,
                                decoder_channels=o.decoder_channels, decoder_stages=o.decoder_stages)
 
@@ -178,5 +205,6 @@ class MultiTaskSeg(Strategy):
         return {
             **super().metadata(),
             "seg_loss": "seg_weight * (soft Dice on images with a lesion + BCE on all images)",
+            "decoder_input": self.decoder_input,
             "seg_dice": "threshold 0.5, Dice per image then mean; empty truth: 1 if prediction empty else 0",
         }
