@@ -56,7 +56,7 @@ def test_strategies_and_backbones_that_cannot_detect_are_refused_with_the_reason
                                f"paths.root_dir={tmp_path}", *overrides])
 
     with pytest.raises(IncompatibleStrategyError, match="detection"):
-        train(cfg("strategy=location_prior"))
+        train(cfg("strategy=topology_loss"))  # a segmentation-only prior
     with pytest.raises(IncompatibleStrategyError, match="multi-scale encoder"):
         train(cfg("backbone=unet"))
     assert not list(tmp_path.rglob("status.json")) and not list(tmp_path.rglob("DONE"))  # refused before a run folder
