@@ -104,8 +104,10 @@ def read_kvasir_det(data_dir: Path, spec: DatasetSpec, **options: Any) -> Datase
 
 
 # --- the probe -------------------------------------------------------------------------
-#: extras of the probe that stay aligned with its boxes (views re-render the lesion elsewhere)
-PROBE_DET_EXTRAS = ("mask", "bbox", "difficulty")
+#: extras of the probe: aligned with its boxes (mask, bbox), per image (difficulty), and the second view, which
+#: re-renders the same lesion elsewhere (no box correspondence: a detector can only read it as global context,
+#: strategy multiview)
+PROBE_DET_EXTRAS = ("mask", "bbox", "difficulty", "views")
 
 
 @data_files("probe_det")
