@@ -199,3 +199,65 @@ def test_tiny_run_on_probe_views(tiny_run):
     one_channel = sum(p.numel() for p in create_backbone("tinycnn", in_chans=1, img_size=64).parameters())
     two_channel = sum(p.numel() for p in create_backbone("tinycnn", in_chans=2, img_size=64).parameters())
     assert meta["params"] - 2 * 96 - 2 == two_channel != one_channel
+
+
+# --- detection (issue 18): the second view as global context of the detector -----------------
+def _detector(**options):
+    from dkbench.data.detection import pad_boxes
+    from dkbench.runner.compose import compose_config
+
+    strategy = create_strategy("multiview", **options)
+    spec = DatasetSpec(name="toy_det", task="detection", num_classes=1, in_chans=1, spatial_dims=2, size=32,
+                       provides=VIEWS)
+    label = pad_boxes([np.array([[4, 4, 14, 12]]), np.zeros((0, 4)), np.array([[16, 10, 28, 24]])])
+    rng = np.random.default_rng(0)
+    split = SplitArrays(image=rng.integers(0, 255, (3, 1, 32, 32), dtype=np.uint8), label=label,
+                        ids=np.array(["a", "b", "c"]),
+                        extras={"views": rng.integers(0, 255, (3, 2, 1, 32, 32), dtype=np.uint8)})
+    arrays = DatasetArrays(spec=spec, splits={"train": split, "val": split, "test": split})
+
+    def make(**overrides):
+        return create_backbone("tinycnn", **{"in_chans": 1, "spatial_dims": 2, "img_size": 32, **overrides})
+
+    config = {"model": dict(compose_config(["dataset=probe_det"]).model)}
+    torch.manual_seed(0)
+    net = strategy.build_net(BuildContext(arrays=arrays, make_backbone=make, config=config))
+    batch = {"image": torch.randn(3, 1, 32, 32), "views": torch.randn(3, 2, 1, 32, 32),
+             "label": torch.as_tensor(label)}
+    batch["views"][:, 0] = batch["image"]
+    return strategy, spec, net, batch
+
+
+def test_a_detector_reads_the_second_view_as_context_of_every_level():
+    from dkbench.models.detector import DetectorNet
+    from dkbench.strategies.catalogue.multiview import SecondViewContext
+
+    strategy, spec, net, batch = _detector()
+    assert isinstance(net, DetectorNet) and isinstance(net.level_context, SecondViewContext)
+    assert strategy.metadata()["views"]["n_views"] == 2
+    net.train()
+    other_view = {**batch, "views": batch["views"].clone()}
+    other_view["views"][:, 1] = torch.randn(3, 1, 32, 32)
+    # zero-initialised: untrained, it is the plain detector, whatever the second view shows
+    torch.testing.assert_close(net(batch)["cls_logits"], net(other_view)["cls_logits"])
+    # but the loss already pulls the projection, so the context can grow
+    cls_loss, box_loss = net.per_image_loss(net(batch), batch["label"])
+    (cls_loss + box_loss).sum().backward()
+    assert net.level_context.project.weight.grad.abs().sum() > 0
+    # once it has grown, the second view changes the scores of view 0's anchors (and only view 1 is read)
+    with torch.no_grad():
+        net.level_context.project.weight.normal_()
+    assert not torch.allclose(net(batch)["cls_logits"], net(other_view)["cls_logits"])
+    same_view1 = {**batch, "views": batch["views"].clone()}
+    same_view1["views"][:, 0] = torch.randn(3, 1, 32, 32)  # view 0 is the image, read as such, not as context
+    torch.testing.assert_close(net(batch)["cls_logits"], net(same_view1)["cls_logits"])
+
+
+def test_detection_refuses_fusions_that_need_registered_views_and_datasets_without_views():
+    _, spec, _, _ = _detector()
+    reason = create_strategy("multiview", fusion="channels").incompatibility(spec)
+    assert reason and "fusion=late" in reason
+    assert "shared=true" in create_strategy("multiview", shared=False).incompatibility(spec)
+    no_views = DatasetSpec(name="busi_det", task="detection", num_classes=1, in_chans=1, spatial_dims=2, size=32,
+                           provides=frozenset({"mask"}))
+    assert "views" in create_strategy("multiview").incompatibility(no_views)

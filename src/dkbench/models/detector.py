@@ -184,7 +184,9 @@ class DetectorNet(nn.Module):
     `dense_heads` (empty by default: the plain detector) holds auxiliary dense heads a strategy
     attaches, name → module called with (finest FPN level, input size); `forward` adds each one's
     output under its name (e.g. a segmentation head on the pyramid as in Retina U-Net, Jaeger et al.,
-    ML4H 2019: strategies/catalogue/multitask_seg.py).
+    ML4H 2019: strategies/catalogue/multitask_seg.py). `level_context` (None by default) adds a
+    per-image vector from the batch to every FPN level before the heads (a second view's features:
+    strategies/catalogue/multiview.py).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, plan: AnchorPlan,
@@ -221,6 +223,10 @@ class DetectorNet(nn.Module):
         #: auxiliary heads on the finest FPN level (name → module(level, input size)); an empty
         #: ModuleDict adds no parameters, so a plain detector's state_dict is unchanged
         self.dense_heads = nn.ModuleDict()
+        #: optional global context added to every FPN level before the heads: module(batch, backbone)
+        #: → (B, fpn_channels), e.g. a second view's features (strategies/catalogue/multiview.py); None:
+        #: the plain detector
+        self.level_context: nn.Module | None = None
 
     @property
     def pyramid(self) -> nn.Module:
@@ -239,6 +245,9 @@ class DetectorNet(nn.Module):
         net, det = self.detector.network, self.detector
         stages = self.pyramid.encoder(images)
         levels = list(self.pyramid.fpn(OrderedDict((f"p{i}", x) for i, x in enumerate(stages))).values())
+        if self.level_context is not None:  # one (B, C) vector per image, broadcast over every level's grid
+            context = self.level_context(batch, self.backbone)[:, :, None, None]
+            levels = [level + context.to(level.dtype) for level in levels]
         head = {net.cls_key: net.classification_head(levels), net.box_reg_key: net.regression_head(levels)}
         det.generate_anchors(images, head)
         num_locs = [x.shape[2:].numel() for x in head[net.cls_key]]

@@ -26,8 +26,18 @@ Fusion (``options.fusion``):
   pooled features concatenated (``options.pool: concat``, head input V·F) or averaged
   (``mean``, F) before the linear head.
 
-Simplified: classification only (no detection / RPN); no cross-view relation module; in
-volume mode each view is one slice (or slab), not 3DCE's groups of three slices per view.
+Detection (``fusion: late``, shared backbone; the probe's second view): the views are not
+registered to the image (the probe re-renders its lesion at another position and tilt), so no
+box-to-box correspondence exists for CVR-RCNN's relation module. The other views enter as global
+context instead (`SecondViewContext`): views 1..V-1 go through the detector's own encoder (shared
+weights), are pooled and averaged, projected to the FPN width and added to every pyramid level
+before the RetinaNet heads (`DetectorNet.level_context`), so every anchor's score can read "what
+the second view shows" (a lesion, or normal tissue only). The projection starts at zero: the
+untrained network is the plain detector.
+
+Simplified: no cross-view relation module (classification: pooled features fused; detection: a
+global context vector, not RoI-to-RoI relations); in volume mode each view is one slice (or
+slab), not 3DCE's groups of three slices per view.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from torch import nn
 from dkbench.backbones.base import Backbone
 from dkbench.data.spec import DatasetSpec
 from dkbench.data.spec import num_outputs
-from dkbench.strategies.base import CLASSIFICATION_TASKS, BuildContext, Strategy
+from dkbench.strategies.base import CLASSIFICATION_TASKS, DETECTION_TASKS, BuildContext, Strategy, task_net
 from dkbench.strategies.options import Bounds, Count, StrategyOptions
 from dkbench.strategies.registry import register_strategy
 
@@ -139,6 +149,30 @@ class MultiViewNet(nn.Module):
         return out
 
 
+class SecondViewContext(nn.Module):
+    """The other views of each image as global context for a detector (`DetectorNet.level_context`):
+    views 1..V-1 through the detector's encoder (the same weights), pooled, averaged over the views
+    and projected to the FPN width. The projection is zero-initialised, so training starts from the
+    plain detector and the context term grows only as far as it helps the loss."""
+
+    def __init__(self, num_features: int, channels: int, n_views: int):
+        super().__init__()
+        if n_views < 2:
+            raise ValueError(f"multiview: detection reads views 1..V-1 as context; n_views={n_views} leaves none")
+        self.n_views = int(n_views)
+        self.project = nn.Linear(num_features, channels)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, batch: dict, backbone: Backbone) -> torch.Tensor:
+        others = batch["views"][:, 1: self.n_views]
+        b, v = others.shape[:2]
+        if v != self.n_views - 1:
+            raise ValueError(f"multiview: expected {self.n_views} views, the batch has {v + 1}")
+        embedding = backbone.pool(backbone.forward_features(others.flatten(0, 1))).view(b, v, -1).mean(1)
+        return self.project(embedding)
+
+
 @register_strategy("multiview")
 class MultiView(Strategy):
     """Several views or adjacent slices read together (3DCE / CVR-RCNN; module docstring)."""
@@ -147,9 +181,10 @@ class MultiView(Strategy):
     family = "C"
     knowledge = "a second view (train + **test**)"
     requires = frozenset()  # views OR a 3D volume: checked in `incompatibility`
-    #: classification only: the probe's second view re-renders the lesion elsewhere (no pixel
-    #: correspondence with the mask), and no 3D segmentation set ships for 2.5D slices
-    tasks = CLASSIFICATION_TASKS
+    #: not segmentation: the probe's second view re-renders the lesion elsewhere (no pixel
+    #: correspondence with the mask), and no 3D segmentation set ships for 2.5D slices; detection
+    #: reads the other views as global context (module docstring)
+    tasks = CLASSIFICATION_TASKS | DETECTION_TASKS
     citation = (
         "Yan et al., 3D context enhanced region-based CNN for end-to-end lesion detection (3DCE), "
         "MICCAI 2018; Ma et al., Cross-view relation networks for mammogram mass detection (CVR-RCNN), 2019"
@@ -205,6 +240,10 @@ class MultiView(Strategy):
                 f"{spec.spatial_dims}D view per sample and provides "
                 f"{sorted(spec.provides) or 'nothing beyond images and labels'}"
             )
+        if spec.task in DETECTION_TASKS and (self.options.fusion != "late" or not self.options.shared):
+            return (f"strategy '{self.name}' on detection reads the other views through the detector's own encoder "
+                    f"(fusion=late, shared=true); fusion={self.options.fusion}, shared={self.options.shared} "
+                    f"is classification only")
         return None
 
     def _declared_views(self, spec: DatasetSpec) -> int | None:
@@ -243,6 +282,16 @@ class MultiView(Strategy):
         if source is None:
             raise ValueError(self.incompatibility(spec))
         v = self._views_count(ctx, source)
+        if spec.task in DETECTION_TASKS:  # the plain detector + the other views as context of every level
+            why = self.incompatibility(spec)
+            if why:
+                raise ValueError(why)
+            net = task_net(ctx.make_backbone(), spec, o.dropout, ctx)
+            net.level_context = SecondViewContext(net.backbone.num_features, net.settings.fpn_channels, v)
+            self.layout = {**self._describe(spec, source, v),
+                           "detection": "views 1..V-1 through the shared encoder, pooled, averaged, projected "
+                                        "(zero-initialised) and added to every FPN level"}
+            return net
         # the run's backbone first (`backbone_kwargs` already makes it 2D for volumes); the
         # random stream of every run depends on the backbones being built in this order
         backbone = ctx.make_backbone()
