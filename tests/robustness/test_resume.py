@@ -55,3 +55,6 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_run, monkeypatch, strategy
     pd.testing.assert_frame_equal(log.drop(columns=[c for c in log if "per_s" in c or "time" in c]),
                                   ref_log.drop(columns=[c for c in ref_log if "per_s" in c or "time" in c]))
     assert json.loads((run / "status.json").read_text())["status"] == "done"
+    # the wall time counts the first attempt's checkpointed epochs too, not only the resumed share
+    assert reference["resumed_after_s"] is None and resumed["resumed_after_s"] > 0
+    assert resumed["wall_time_s"] > resumed["resumed_after_s"]

@@ -131,6 +131,26 @@ class FailOnNonFiniteLoss(pl.Callback):
             raise NonFiniteLossError(f"non-finite training loss {float(loss)} at epoch {trainer.current_epoch}")
 
 
+class EarlierAttempts(pl.Callback):
+    """The wall time of a run's earlier attempts travels in last.ckpt, so a resumed run's
+    `wall_time_s` counts the training its checkpoint holds, not only the last process's share (a
+    suite killed and resumed twice would otherwise report a fraction of its compute). A killed
+    attempt's time after its last checkpoint is not counted: that work is redone, and counted then.
+    `earlier_s` is the checkpointed time of the attempts before this process (0 for a fresh run)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = float(started)
+        self.earlier_s = 0.0
+        self.resumed = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": float(self.earlier_s + time.time() - self.started)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier_s = float(state_dict.get("elapsed_s", 0.0))
+        self.resumed = True
+
+
 class ResumableRandomState(pl.Callback):
     """The process-wide random streams (torch CPU and CUDA, numpy, Python's `random`) travel in
     last.ckpt, so a resumed run draws the dropout masks and random choices an uninterrupted run

@@ -29,6 +29,7 @@ from dkbench.errors import RunInterrupted
 from dkbench.leaderboard.collect import selected_val_metrics
 from dkbench.losses.task import TaskLoss
 from dkbench.runner.callbacks import (
+    EarlierAttempts,
     FailOnNonFiniteLoss,
     ProgressLog,
     ResumableRandomState,
@@ -256,7 +257,8 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
     # `best` before `last`: an epoch's improvement is in the last.ckpt written at that epoch
     # the random streams travel in last.ckpt and the CSV log keeps earlier epochs: a resumed
     # run ends as an uninterrupted one would (tests/robustness/test_resume.py)
-    callbacks = [best, last, throughput, FailOnNonFiniteLoss(), ResumableRandomState(), KeepLoggedEpochs(),
+    attempts = EarlierAttempts(started)
+    callbacks = [best, last, throughput, attempts, FailOnNonFiniteLoss(), ResumableRandomState(), KeepLoggedEpochs(),
                  *_instantiate_list(cfg.get("callbacks"))]
     if not cfg.ui.progress_bar:  # no terminal: progress as log lines (train.log and the console)
         callbacks.append(ProgressLog(logging.getLogger("dkbench.progress"), str(cfg.monitor.metric), str(cfg.monitor.mode),
@@ -304,7 +306,9 @@ def _fit_and_record(cfg: DictConfig, run: RunFolder, cfg_hash: str, job_started_
         **{k: float(v) for k, v in test_out.items() if k.startswith("test/")},
         "selection": selection,
         **training,
-        "wall_time_s": round(time.time() - started, 2),
+        # with the checkpointed time of earlier attempts when resumed (EarlierAttempts)
+        "wall_time_s": round(time.time() - started + attempts.earlier_s, 2),
+        "resumed_after_s": round(attempts.earlier_s, 2) if attempts.resumed else None,
         "started_at": started,
         # runner overhead to the first training step: from the start of this job (for a process's
         # first job, the dkbench import: imports, composition; in a reused sweep worker, entering
