@@ -72,6 +72,18 @@ def boxes_from_masks(masks: np.ndarray, chunk: int = 256) -> np.ndarray:
     return pad_boxes([np.stack(b) if b else np.zeros((0, 4), np.float32) for b in per_image])
 
 
+def all_boxes(label: np.ndarray) -> np.ndarray:
+    """Every box of a split's (N, K, 5) rows as one (n, 4) float64 array (padding dropped)."""
+    rows = np.asarray(label, np.float64).reshape(-1, 5)
+    return rows[np.isfinite(rows).all(1), :4]
+
+
+def box_sizes_and_ratios(boxes: np.ndarray | torch.Tensor) -> tuple:
+    """(n, 4) boxes (x_lo, y_lo, x_hi, y_hi) → sizes sqrt(w·h) and aspect ratios h/w (numpy or torch)."""
+    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    return (w * h) ** 0.5, h / w
+
+
 def box_masks(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(N, K, 5) box rows → (N, 1, H, W) uint8 masks of the pixels inside any box of the image.
     A pixel is inside when its centre (col + 0.5, row + 0.5) lies in [lo, hi) on both axes, so

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from dkbench.backbones.base import Backbone
-from dkbench.data.detection import unpad_boxes
+from dkbench.data.detection import all_boxes, box_sizes_and_ratios, unpad_boxes
 from dkbench.errors import InvalidDataError, RunConfigError
 
 #: dkbench (x_lo, y_lo, x_hi, y_hi) ↔ MONAI (row_lo, col_lo, row_hi, col_hi); the permutation is its own inverse
@@ -149,13 +149,12 @@ class AnchorPlan:
 def plan_anchors(train_label: np.ndarray, strides: tuple[int, ...], sizes_per_octave: int = 3,
                  ratio_quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> AnchorPlan:
     """The anchor rule of the module docstring, from the train split's (N, K, 5) box rows."""
-    rows = np.asarray(train_label).reshape(-1, 5)
-    rows = rows[np.isfinite(rows).all(1)]
-    if len(rows) == 0:
+    boxes = all_boxes(train_label)
+    if len(boxes) == 0:
         raise InvalidDataError("the train split has no box: anchors cannot be sized and nothing can be learned; "
                                "check the dataset's split or reader")
-    w, h = rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1]
-    sizes, ratios = np.sqrt(w * h), h / w
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    sizes, ratios = box_sizes_and_ratios(boxes)
     g = float(np.exp(np.log(sizes).mean()))
     scales = tuple(float(s) / strides[0] for s in strides)
     n = int(sizes_per_octave)
@@ -169,7 +168,7 @@ def plan_anchors(train_label: np.ndarray, strides: tuple[int, ...], sizes_per_oc
     aw = np.array([s * ww for s in scales for _, ww in shapes])
     inter = np.minimum(h[:, None], ah[None]) * np.minimum(w[:, None], aw[None])
     iou = inter / ((h * w)[:, None] + (ah * aw)[None] - inter)
-    return AnchorPlan(feature_map_scales=scales, base_shapes=shapes, train_boxes=int(len(rows)),
+    return AnchorPlan(feature_map_scales=scales, base_shapes=shapes, train_boxes=int(len(boxes)),
                       geometric_mean_size=g, coverage=float((iou.max(1) >= 0.5).mean()))
 
 

@@ -44,16 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dkbench.data.detection import box_counts, box_masks
+from dkbench.data.detection import all_boxes, box_counts, box_masks, box_sizes_and_ratios
 from dkbench.strategies.base import DETECTION_TASKS, BuildContext, StepContext, Strategy
 from dkbench.strategies.options import NonNegative, NonNegativeInt, StrategyOptions
 from dkbench.strategies.registry import register_strategy
-
-
-def box_sizes_and_ratios(boxes: np.ndarray | torch.Tensor) -> tuple[Any, Any]:
-    """(n, 4) boxes (x_lo, y_lo, x_hi, y_hi) → sizes sqrt(w·h) and aspect ratios h/w."""
-    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-    return (w * h) ** 0.5, h / w
 
 
 @register_strategy("plausible_boxes")
@@ -82,8 +76,7 @@ class PlausibleBoxes(Strategy):
 
     def build_net(self, ctx: BuildContext) -> nn.Module:
         train = ctx.arrays.splits["train"]
-        rows = np.asarray(train.label, np.float64).reshape(-1, 5)
-        boxes = rows[np.isfinite(rows).all(1), :4]
+        boxes = all_boxes(train.label)
         if len(boxes) == 0:
             raise ValueError("plausible_boxes: the train split has no box to learn plausible boxes from")
         sizes, ratios = box_sizes_and_ratios(boxes)
