@@ -19,10 +19,12 @@ commands:
   sweep  suite=<name> [overrides]
                                every compatible cell of a suite; finished cells are skipped
                                (hydra/launcher=joblib hydra.launcher.n_jobs=2 for parallel runs)
-  report suite=<name> [overrides] [compare=<suite folder>] [compare_runs=<runs dir>]
+  report suite=<name> [overrides] [compare=<suite folder>] [compare_runs=<runs dir>] [publish=<folder>]
                                leaderboard from the suite's run folders → reports/<suite>/
                                (md, self-contained interactive html, csv, booktabs tex; heatmap and
-                               CD diagram as png + svg + pdf); with compare= / compare_runs=: this
+                               CD diagram as png + svg + pdf); publish=docs/results also writes
+                               <suite>_leaderboard.md and its figures there, links renamed to match;
+                               with compare= / compare_runs=: this
                                suite (A) beside another suite folder (B, e.g. <suite>@tuned) or the
                                same suite in another runs folder, B − A per cell →
                                reports/<A>__vs__<B>/ (compare.md, .html, .csv)

@@ -61,9 +61,11 @@ def test_sigkill_midway_then_resume_recomputes_nothing_finished(tmp_path):
     for key, files in stamps.items():  # finished cells untouched, byte for byte in time
         assert {f.name: f.stat().st_mtime_ns for f in cells(tmp_path)[key].iterdir() if f.is_file()} == files
 
-    report = cli(tmp_path, "report", *SMOKE).stdout
+    report = cli(tmp_path, "report", *SMOKE, f"publish={tmp_path / 'docs'}").stdout
     assert "missing" in report.lower() or "done" in report.lower()
     assert (tmp_path / "reports/smoke/leaderboard.md").exists()
+    published = (tmp_path / "docs/smoke_leaderboard.md").read_text()  # publish=: links renamed, files beside it
+    assert "](smoke_heatmap_delta.png)" in published and (tmp_path / "docs/smoke_heatmap_delta.png").is_file()
 
 
 def test_joblib_runs_two_cells_at_once(tmp_path):
@@ -200,8 +202,9 @@ def test_tuned_protocol_resumes_after_sigkill_and_reports_default_beside_tuned(t
     status = json.loads((tmp_path / "runs/smoke@tuned/probe/tinycnn__transfer_natural/seed_0/status.json").read_text())
     assert status["status"] == "incompatible" and "pretrained" in status["reason"]
     cli(tmp_path, "sweep", *SMOKE, *both)  # the default protocol, for the side-by-side table
-    report = cli(tmp_path, "report", *SMOKE, "protocol=tuned", *both).stdout
+    report = cli(tmp_path, "report", *SMOKE, "protocol=tuned", *both, f"publish={tmp_path / 'docs'}").stdout
     assert "Tuned protocol: default vs tuned" in report and "upper bound" in report
+    assert "Tuned protocol: default vs tuned" in (tmp_path / "docs/smoke_tuned_leaderboard.md").read_text()
     table = (tmp_path / "reports/smoke@tuned/tuning.md").read_text()
     row = next(line for line in table.splitlines() if "| baseline |" in line)
     assert "(n=2)" in row and f"trial {chosen['trial']}" in row

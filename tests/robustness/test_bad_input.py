@@ -36,6 +36,8 @@ CASES = [
     ("sweep with dataset= over two datasets", ["sweep", "suite=smoke", "suite.datasets=[probe,probe_3class]",
                                                "dataset=probe"], 2, ["dataset=probe", "suite.datasets="]),
     ("report without a suite", ["report"], 2, ["suite=<name>"]),
+    ("publish beside compare", ["report", "suite=smoke", "compare=smoke@tuned", "publish=docs"], 2,
+     ["publish=", "drop compare="]),
     # settings that used to fail late (after imports and data loading), with a traceback, or never
     ("epochs not a number", ["train", "trainer.max_epochs=abc"], 2, ["trainer.max_epochs='abc'", "whole number"]),
     ("two devices", ["train", "trainer.devices=2"], 2, ["trainer.devices=2", "one device", "hydra/launcher=gpu_pack"]),

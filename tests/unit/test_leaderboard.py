@@ -595,6 +595,7 @@ def test_header_states_the_protocol_the_runs_recorded(runs, report):
     assert p.epochs == "max_epochs not recorded; trained 3"  # the fixture's config.yaml has no trainer
     assert p.seeds == "3 planned per cell (0, 1, 2); done per cell: 2–3"
     assert p.compute.startswith("102 done runs, 0.04 h") and p.budget.startswith("none: every strategy")
+    assert p.code == "not recorded" and "**code**" in header  # the fixture's metadata.json has no git_sha
 
 
 def test_protocol_states_per_dataset_epochs_disagreement_and_the_tuning_budget(tmp_path):
@@ -606,8 +607,11 @@ def test_protocol_states_per_dataset_epochs_disagreement_and_the_tuning_budget(t
             for k in SEEDS:
                 write_run(tmp_path, "p@tuned", d, "bb1", s, k)
                 epochs = 8 if d == "d1" else (20 if (s, k) != ("sB", 2) else 10)
-                (tmp_path / "p@tuned" / d / f"bb1__{s}" / f"seed_{k}" / "config.yaml").write_text(
-                    f"trainer:\n  max_epochs: {epochs}\n")
+                run = tmp_path / "p@tuned" / d / f"bb1__{s}" / f"seed_{k}"
+                (run / "config.yaml").write_text(f"trainer:\n  max_epochs: {epochs}\n")
+                meta = json.loads((run / "metadata.json").read_text())  # a resumed sweep: d2 at a later commit
+                sha = "a" * 40 if d == "d1" else "b" * 40 + ("-dirty" if (s, k) == ("sB", 2) else "")
+                (run / "metadata.json").write_text(json.dumps({**meta, "git_sha": sha}))
             (tmp_path / "p@tuned" / d / f"bb1__{s}" / "chosen.json").write_text(json.dumps({
                 "budget": {"trials": 8, "sampler": "random", "trial_seed": 1000},
                 "rule": "best val/auroc (max) of 8 trials at seed 1000"}))
@@ -616,6 +620,9 @@ def test_protocol_states_per_dataset_epochs_disagreement_and_the_tuning_budget(t
     assert p.epochs.startswith("max_epochs d1 8, d2 20 (8 runs); 10 (1 runs) — runs DISAGREE")
     assert p.budget.startswith("8 random-search trials per dataset × backbone × strategy at seed 1000 (the same in "
                                "every cell, baseline included)")
+    assert p.code.startswith("git aaaaaaa (9 runs); bbbbbbb (8 runs); bbbbbbb-dirty (1 runs) — runs DISAGREE")
+    assert "never recomputed" in p.code and "uncommitted" in p.code
+    assert read_protocol(tmp_path, {**suite, "datasets": ["d1"]}, long[long["dataset"] == "d1"]).code == "git aaaaaaa"
 
 
 def test_heatmap_and_cd_diagram_are_also_vector_figures(report):
@@ -642,3 +649,25 @@ def test_html_page_carries_filters_toggle_links_and_its_own_script(runs, report)
     assert f"class='runs' href='{folder}/'" in page and folder.startswith("..")  # relative: survives a copy
     assert "class='cfg' href='" in page and "seed_0/config.yaml'" in page
     assert page.count("<section class='matrix-block'") == 2  # test/auroc and test/acc
+
+
+def test_publish_copies_the_leaderboard_with_every_figure_link_resolving(report, tmp_path):
+    from dkbench.errors import RunConfigError
+    from dkbench.leaderboard.publish import publish_report
+
+    report_dir = report["paths"]["leaderboard.md"].parent
+    docs = tmp_path / "docs"
+    written = publish_report(report_dir, docs, "mine@tuned")
+    md = docs / "mine_tuned_leaderboard.md"
+    assert written[0] == md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
+    assert sorted(links) == ["mine_tuned_bars.png", "mine_tuned_cd_diagram.png", "mine_tuned_heatmap_delta.png"]
+    for link in links:  # every link resolves, to a copy of the report's own figure
+        original = report_dir / link.removeprefix("mine_tuned_")
+        assert (docs / link).read_bytes() == original.read_bytes()
+        assert (docs / link).stat().st_ino != original.stat().st_ino  # a copy: a later report cannot change it
+    assert md.read_text().replace("mine_tuned_", "") == report["markdown"]  # only the links differ
+    with pytest.raises(RunConfigError, match="run `dkbench report suite=other` first"):
+        publish_report(tmp_path / "no_report", docs, "other")
+    with pytest.raises(RunConfigError, match="is a file"):
+        publish_report(report_dir, md, "mine")

@@ -25,10 +25,11 @@ class Protocol:
     seeds: str
     budget: str
     compute: str
+    code: str = "not recorded"
 
     def lines(self) -> list[tuple[str, str]]:
         return [("epochs", self.epochs), ("model selection", self.selection), ("seeds", self.seeds),
-                ("tuning budget", self.budget), ("compute", self.compute)]
+                ("tuning budget", self.budget), ("compute", self.compute), ("code", self.code)]
 
 
 def _read(path: Path) -> dict:
@@ -63,7 +64,7 @@ def read_protocol(runs_dir: str | Path, suite: dict, long: pd.DataFrame) -> Prot
     """The protocol of the done runs of ``suite`` under ``runs_dir`` (``long``: ``collect_runs``)."""
     done = long[long["status"] == "done"].drop_duplicates(["dataset", "backbone", "strategy", "seed"])
     max_epochs: dict[str, Counter] = {}  # per dataset: suites may give each dataset its own budget
-    trained, rules, devices = [], Counter(), Counter()
+    trained, rules, devices, commits = [], Counter(), Counter(), Counter()
     wall = 0.0
     for r in done.itertuples(index=False):
         run = cell_dir(runs_dir, suite["name"], r.dataset, r.backbone, r.strategy, r.seed)
@@ -79,6 +80,8 @@ def read_protocol(runs_dir: str | Path, suite: dict, long: pd.DataFrame) -> Prot
             rules["the last epoch"] += 1
         elif sel.get("monitor"):
             rules[f"the epoch with the best {sel['monitor']} ({sel.get('mode', 'max')}) on the validation split"] += 1
+        if meta.get("git_sha"):
+            commits[str(meta["git_sha"])[:7] + ("-dirty" if str(meta["git_sha"]).endswith("-dirty") else "")] += 1
         hw = meta.get("hardware") or {}
         if hw:
             devices["GPU" if hw.get("cuda") else f"CPU ({hw.get('cpu_count', '?')} cores)"] += 1
@@ -100,7 +103,20 @@ def read_protocol(runs_dir: str | Path, suite: dict, long: pd.DataFrame) -> Prot
     compute = (f"{len(done)} done runs, {wall / 3600:.2f} h of run wall time in all, on "
                + (_counted(devices) if devices else "unrecorded hardware"))
     return Protocol(epochs=epochs, selection=selection, seeds=seeds_text, budget=_budget(runs_dir, suite),
-                    compute=compute)
+                    compute=compute, code=_code(commits))
+
+
+def _code(commits: Counter) -> str:
+    """The commits the done runs were trained at. A cell's hash is its configuration, not the code, so
+    a sweep resumed after a code change keeps the cells finished before it: the report says so."""
+    if not commits:
+        return "not recorded"
+    text = "git " + _counted(commits)
+    if len(commits) > 1:
+        text += " (finished cells are never recomputed, so a code change reaches only the runs after it)"
+    if any(c.endswith("-dirty") for c in commits):
+        text += "; -dirty: uncommitted changes in the working tree"
+    return text
 
 
 def _budget(runs_dir: str | Path, suite: dict) -> str:

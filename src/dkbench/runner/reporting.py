@@ -11,8 +11,9 @@ from dkbench.errors import RunConfigError
 from dkbench.runner.compose import compose_config
 
 
-#: report-only options (not config keys, so taken out before composing; `+key=` is accepted too)
-REPORT_OPTIONS = ("compare", "compare_runs")
+#: report-only options (not config keys, so taken out before composing; `+key=` is accepted too);
+#: publish=<folder> also copies the leaderboard and its figures there (leaderboard/publish.py)
+REPORT_OPTIONS = ("compare", "compare_runs", "publish")
 
 
 def _report_options(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -38,11 +39,13 @@ def report_suite(overrides: list[str]) -> dict:
     suite["name"] += str(cfg.get("variant") or "")  # the sweep's command-line settings: run_folder.variant_suffix
     runs_dir = Path(cfg.paths.runs_dir)
     if "compare" in options or "compare_runs" in options:  # two suites side by side (leaderboard/compare.py)
+        if "publish" in options:
+            raise RunConfigError("publish= copies a suite's own leaderboard; drop compare=/compare_runs= to publish")
         from dkbench.leaderboard.compare import report_comparison
 
         return report_comparison(runs_dir, suite, Path(cfg.paths.reports_dir), options)
     if str(cfg.get("protocol") or "default") == "tuned":
-        return _report_tuned(runs_dir, suite, Path(cfg.paths.reports_dir))
+        return _published(_report_tuned(runs_dir, suite, Path(cfg.paths.reports_dir)), options)
     suite_dir = runs_dir / suite["name"]
     if not any(suite_dir.glob("*/*/seed_*/status.json")):  # nothing was ever run here
         print(f"dkbench report: no run folders of suite '{suite['name']}' under {suite_dir}; run "
@@ -53,7 +56,18 @@ def report_suite(overrides: list[str]) -> dict:
     result = build_report(runs_dir, suite, out_dir)
     print(result["markdown"])
     print(f"\nreport of {suite_dir} written to {out_dir}/ (leaderboard.md, .html, .csv, .tex, figures)")
-    return result
+    return _published({**result, "out_dir": out_dir, "suite_name": suite["name"]}, options)
+
+
+def _published(result: dict, options: dict[str, str]) -> dict:
+    """`publish=<folder>`: the report's Markdown and figures copied there under the suite's name."""
+    if not result or not options.get("publish"):
+        return result
+    from dkbench.leaderboard.publish import publish_report
+
+    written = publish_report(result["out_dir"], Path(options["publish"]), result["suite_name"])
+    print(f"published to {written[0]} (+ {len(written) - 1} figures)")
+    return {**result, "published": written}
 
 
 def _report_tuned(runs_dir: Path, suite: dict, reports_dir: Path) -> dict:
@@ -79,4 +93,4 @@ def _report_tuned(runs_dir: Path, suite: dict, reports_dir: Path) -> dict:
     (out_dir / "leaderboard.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     print(f"\nreport of {runs_dir / tuned['name']} written to {out_dir}/ (leaderboard.md, tuning.md, .html, .csv, PNGs)")
-    return {**result, "markdown": markdown, "tuning": table}
+    return {**result, "markdown": markdown, "tuning": table, "out_dir": out_dir, "suite_name": tuned["name"]}

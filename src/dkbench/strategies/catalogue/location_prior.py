@@ -46,7 +46,7 @@ from dkbench.strategies.registry import register_strategy
 class LocationPrior(Strategy):
     name = "location_prior"
     family = "G"
-    knowledge = "mean training mask as a channel (train + test)"
+    knowledge = "atlas of the training masks (detection: boxes) as a channel (train + test)"
     requires = frozenset()  # the segmentation label is the mask; a detection label holds the boxes
     tasks = SEGMENTATION_TASKS | DETECTION_TASKS
     citation = ("Zotti C., Luo Z., Lalande A., Jodoin P.-M., Convolutional neural network with shape prior "
