@@ -31,6 +31,10 @@ commands:
   evaluate run=<run folder> dataset=<name> [split=test] [dataset overrides]
                                external validation: a finished run's selected model scored on
                                another dataset → <run>/external/<dataset>/metrics.json
+  reproduce run=<run folder> [into=<folder>] [tolerance=0]
+                               retrain a finished run from its own config.yaml with today's code into
+                               <folder> (default <root>/reproduce) and compare every val/test number,
+                               the selected epoch, config hash and data checksum; exit 1 if they differ
   demo   [overrides]           the main job: sweep + report of the `demo` suite, offline
   list   datasets|backbones|strategies|experiments|suites
                                what `dataset=…`, `backbone=…` etc. accept
@@ -149,6 +153,27 @@ def _evaluate(rest: list[str]) -> int:
     record = evaluate(run[0], overrides, split=split[0] if split else "test")
     print(" ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("test/")))
     return 0
+
+
+def _reproduce(rest: list[str]) -> int:
+    import logging
+
+    from dkbench.errors import RunConfigError
+    from dkbench.runner.reproduce import reproduce, summary_line
+
+    options = dict(a.split("=", 1) for a in rest if "=" in a)
+    unknown = sorted(set(options) - {"run", "into", "tolerance"}) + [a for a in rest if "=" not in a]
+    if "run" not in options or unknown:
+        raise RunConfigError("reproduce takes run=<run folder> [into=<folder>] [tolerance=<absolute>]"
+                             + (f"; not {', '.join(unknown)}" if unknown else ""))
+    try:
+        tolerance = float(options.get("tolerance", 0.0))
+    except ValueError:
+        raise RunConfigError(f"tolerance={options['tolerance']!r} is not a number (0: identical)") from None
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    record = reproduce(options["run"], options.get("into"), tolerance)
+    print(summary_line(record))
+    return 0 if record["agrees"] else 1
 
 
 def _list(what: str | None) -> int:
@@ -301,6 +326,8 @@ def _run(command: str, rest: list[str]) -> int:
         return _report(rest)
     elif command == "evaluate":
         return _evaluate(rest)
+    elif command == "reproduce":
+        return _reproduce(rest)
     elif command == "demo":
         has_suite = any(a.startswith("suite=") for a in rest)
         args = rest if has_suite else ["suite=demo", *rest]
