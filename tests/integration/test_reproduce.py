@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -60,6 +62,26 @@ def test_a_changed_number_is_reported_and_tolerance_bounds_it(moved_run, tmp_pat
     stamp = (tmp_path / "again/runs" / CELL / "metrics.json").stat().st_mtime_ns
     assert reproduce(copy, into=tmp_path / "again", tolerance=0.2)["agrees"]
     assert (tmp_path / "again/runs" / CELL / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_post_hoc_run_retrains_its_baseline_in_its_own_scratch_folder(tmp_path):
+    # the saved config is resolved: unless the run's paths become interpolations again, the baseline
+    # pre-stage composed from it would name the post-hoc run's own folder (and wait on its own lock)
+    settings = ["dataset=probe_seg", "backbone=unet", "dataset.options.n_train=32", "dataset.options.n_val=16",
+                "dataset.options.n_test=16", "trainer.max_epochs=2", "data.batch_size=16",
+                "strategy=anatomical_postprocess", f"paths.root_dir={tmp_path / 'a'}",
+                f"paths.runs_dir={tmp_path / 'a/runs'}"]
+    train(compose_config(settings))
+    run = tmp_path / "a/runs/adhoc/probe_seg/unet__anatomical_postprocess/seed_0"
+    # in a child process with a time limit: the bug this guards against was a wait that never ends
+    proc = subprocess.run([sys.executable, "-m", "dkbench.cli", "reproduce", f"run={run}", f"into={tmp_path / 'b'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("REPRODUCED"), proc.stderr[-2000:]
+    record = json.loads((tmp_path / "b/runs/adhoc/probe_seg/unet__anatomical_postprocess/seed_0/"
+                         "reproduction.json").read_text())
+    assert record["agrees"] and record["compared"] == record["identical"] > 0
+    baseline = tmp_path / "b/runs/adhoc/probe_seg/unet__baseline/seed_0"
+    assert (baseline / "DONE").is_file() and (baseline / "csv/metrics.csv").is_file()
 
 
 def test_comparison_counts_nan_as_equal_and_names_missing_metrics():

@@ -35,43 +35,40 @@ def _run_config(run: RunFolder) -> DictConfig:
 
 
 def scratch_config(cfg: DictConfig, original: Path, into: Path) -> DictConfig:
-    """`cfg` with every output path under `into` (the run keeps its place relative to its runs
-    folder, pre-stages get a cache of their own) and the data read from today's data folder.
+    """`cfg` with every output path under `into` and the data read from today's data folder.
 
-    The saved config is resolved, so paths derived from `paths.*` (the CSV logger's folder, a
-    placement lock, ...) are plain strings by now: every string under one of the run's recorded
-    folders is moved with it, or the reproduction would write into the original's folders."""
+    The saved config is resolved: `paths.run_dir` and what derives from it (the CSV logger's
+    folder, a placement lock, ...) are plain strings by now. Each string under one of the run's
+    recorded folders becomes an interpolation of that folder again (`${paths.run_dir}/csv`), and
+    `paths` gets today's templates with `into` as its root, so the run lands at the same place
+    under `into` — and a pre-stage composed from this config (the baseline a post-hoc run shares,
+    a teacher) follows its own strategy to its own folder instead of sharing this one's."""
     from dkbench.runner.compose import compose_config
 
-    here = compose_config([]).paths
-    old = {k: str(cfg.paths[k]) for k in ("run_dir", "cache_dir", "runs_dir", "reports_dir", "weights_dir",
-                                         "data_dir", "root_dir") if cfg.paths.get(k)}
-    try:
-        relative = original.resolve().relative_to(Path(old.get("runs_dir", "")).resolve())
-    except ValueError:  # the folder was moved since: its last four parts name the cell
-        relative = Path(*original.resolve().parts[-4:])
-    runs = into / "runs"
-    new = {"run_dir": str(runs / relative), "cache_dir": str(runs / ".cache"), "runs_dir": str(runs),
-           "reports_dir": str(into / "reports"), "weights_dir": str(here.weights_dir),
-           "data_dir": str(here.data_dir), "root_dir": str(into)}
-    if Path(new["run_dir"]).resolve() == original.resolve():
-        raise RunConfigError(f"into={into} would retrain into the run's own folder; give another folder")
+    today = compose_config([])
+    templates = OmegaConf.to_container(today.paths, resolve=False)
+    keys = ("run_dir", "cache_dir", "runs_dir", "reports_dir", "weights_dir", "data_dir", "root_dir")
+    old = {k: str(cfg.paths[k]).rstrip("/") for k in keys if cfg.paths.get(k)}
     prefixes = sorted(old.items(), key=lambda kv: -len(kv[1]))  # the most specific folder first
 
-    def moved(value: Any) -> Any:
+    def interpolated(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: moved(v) for k, v in value.items()}
+            return {k: interpolated(v) for k, v in value.items()}
         if isinstance(value, list):
-            return [moved(v) for v in value]
+            return [interpolated(v) for v in value]
         if isinstance(value, str):
             for key, prefix in prefixes:
-                if value == prefix or value.startswith(prefix.rstrip("/") + "/"):
-                    return new[key] + value[len(prefix):]
+                if value == prefix or value.startswith(prefix + "/"):
+                    return "${paths." + key + "}" + value[len(prefix):]
         return value
 
-    container = moved(OmegaConf.to_container(cfg, resolve=False))
-    container["paths"] = {**container.get("paths", {}), **new}
-    return OmegaConf.create(container)
+    container = interpolated(OmegaConf.to_container(cfg, resolve=False))
+    container["paths"] = {**templates, "root_dir": str(into), "data_dir": str(today.paths.data_dir),
+                          "weights_dir": str(today.paths.weights_dir)}
+    scratch = OmegaConf.create(container)
+    if Path(scratch.paths.run_dir).resolve() == original.resolve():
+        raise RunConfigError(f"into={into} would retrain into the run's own folder; give another folder")
+    return scratch
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
