@@ -31,13 +31,11 @@ SPLITS = ("train", "val", "test")
 
 
 def _run_config(run: RunFolder) -> DictConfig:
-    if run.done_hash is None:
-        raise RunConfigError(f"{run.path} is not a finished run (no DONE with readable results); evaluate a run "
-                             "folder that `dkbench train` or `sweep` completed")
+    cfg = run.finished_config("evaluate")
     if not run.file("checkpoints").joinpath(BEST_WEIGHTS).is_file():
         raise RunConfigError(f"{run.path} kept no weights (checkpoints/{BEST_WEIGHTS} is absent: it ran with "
                              "keep_checkpoints=false); rerun it with keep_checkpoints=true to evaluate it")
-    return OmegaConf.load(run.file("config.yaml"))
+    return cfg
 
 
 def _mismatch(trained: Any, other: Any) -> str | None:

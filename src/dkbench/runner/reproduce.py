@@ -27,14 +27,7 @@ from dkbench.storage import atomic_write_text
 COMPARED_PREFIXES = ("test/", "val/")
 
 
-def _run_config(run: RunFolder) -> DictConfig:
-    if run.done_hash is None:
-        raise RunConfigError(f"{run.path} is not a finished run (no DONE with readable results); reproduce a run "
-                             "folder that `dkbench train` or `sweep` completed")
-    return OmegaConf.load(run.file("config.yaml"))  # plain YAML: nothing in it is executed
-
-
-def scratch_config(cfg: DictConfig, original: Path, into: Path) -> DictConfig:
+def scratch_config(cfg: DictConfig, original: Path, into: Path, today: DictConfig) -> DictConfig:
     """`cfg` with every output path under `into` and the data read from today's data folder.
 
     The saved config is resolved: `paths.run_dir` and what derives from it (the CSV logger's
@@ -42,10 +35,8 @@ def scratch_config(cfg: DictConfig, original: Path, into: Path) -> DictConfig:
     recorded folders becomes an interpolation of that folder again (`${paths.run_dir}/csv`), and
     `paths` gets today's templates with `into` as its root, so the run lands at the same place
     under `into` — and a pre-stage composed from this config (the baseline a post-hoc run shares,
-    a teacher) follows its own strategy to its own folder instead of sharing this one's."""
-    from dkbench.runner.compose import compose_config
-
-    today = compose_config([])
+    a teacher) follows its own strategy to its own folder instead of sharing this one's.
+    `today`: the config composed in this environment (its path templates, data and weights folders)."""
     templates = OmegaConf.to_container(today.paths, resolve=False)
     keys = ("run_dir", "cache_dir", "runs_dir", "reports_dir", "weights_dir", "data_dir", "root_dir")
     old = {k: str(cfg.paths[k]).rstrip("/") for k in keys if cfg.paths.get(k)}
@@ -101,9 +92,10 @@ def reproduce(run_dir: str | Path, into: str | Path | None = None, tolerance: fl
     if tolerance < 0 or math.isnan(tolerance):
         raise RunConfigError(f"tolerance={tolerance} must be ≥ 0 (an absolute difference; 0: identical)")
     run = RunFolder(run_dir)
-    cfg = _run_config(run)
-    into = Path(into) if into else Path(compose_config([]).paths.root_dir) / "reproduce"
-    cfg = scratch_config(cfg, run.path, into)
+    cfg = run.finished_config("reproduce")
+    today = compose_config([])
+    into = Path(into) if into else Path(today.paths.root_dir) / "reproduce"
+    cfg = scratch_config(cfg, run.path, into, today)
     recorded = run.read_json("metrics.json")
     recorded_meta = run.read_json("metadata.json") if run.file("metadata.json").exists() else {}
     train(cfg)  # an existing finished reproduction (same config hash) is read back, not retrained

@@ -188,6 +188,16 @@ class RunFolder:
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text())
 
+    def finished_config(self, command: str) -> DictConfig:
+        """The saved, resolved config of a finished run (plain YAML: nothing in it is executed);
+        a folder that is not a finished run is refused in one line naming `command`."""
+        from dkbench.errors import RunConfigError
+
+        if self.done_hash is None:
+            raise RunConfigError(f"{self.path} is not a finished run (no DONE with readable results); {command} a "
+                                 "run folder that `dkbench train` or `sweep` completed")
+        return OmegaConf.load(self.file("config.yaml"))
+
     def mark_done(self, cfg_hash: str) -> None:
         self.write_json("DONE", {"config_hash": cfg_hash, "status": "done"})
         self.set_status("done", cfg_hash)
